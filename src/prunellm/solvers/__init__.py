@@ -1,0 +1,21 @@
+"""Pure tensor math of one-shot compression: no modules, no I/O, no printing.
+
+Every solver takes W (out_features, in_features) float32, the input statistics H
+(in, in) float32 where it needs them, and a config dataclass, and returns a SolveResult.
+"""
+
+from .gptq import GPTQConfig, gptq
+from .hessian import HessianAccumulator, InverseHessian, damped_inverse, layer_error, relative_layer_error
+from .magnitude import MagnitudeConfig, magnitude
+from .masks import lowest_fraction_mask, nm_mask
+from .quant import QuantGrid, fit_minmax, quantize
+from .result import SolveResult
+from .sparsegpt import SparseGPTConfig, sparsegpt
+from .wanda import WandaConfig, wanda, wanda_scores
+
+__all__ = [
+    "GPTQConfig", "gptq", "HessianAccumulator", "InverseHessian", "damped_inverse", "layer_error",
+    "relative_layer_error", "MagnitudeConfig", "magnitude", "lowest_fraction_mask", "nm_mask",
+    "QuantGrid", "fit_minmax", "quantize", "SolveResult", "SparseGPTConfig", "sparsegpt",
+    "WandaConfig", "wanda", "wanda_scores",
+]

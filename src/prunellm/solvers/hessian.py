@@ -1,0 +1,104 @@
+"""Second-order statistics of a layer's input, shared by every method.
+
+The layer-wise problem of SparseGPT and GPTQ is min ||WX - ŴX||², whose Hessian is
+H = 2 X Xᵀ (here normalised by the token count so that damping is scale-free).
+Wanda only needs the diagonal (the squared input norms), so the accumulator can keep
+just that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class HessianAccumulator:
+    """Running H = 2/N · Σ_t x_t x_tᵀ over the N tokens seen so far, in float32.
+
+    `add` takes any (..., cols) activation; the running mean keeps the values O(1)
+    whatever the number of calibration tokens. With `diag_only`, keeps diag(H) alone:
+    (cols,) instead of (cols, cols).
+    """
+
+    def __init__(self, columns: int, *, device: torch.device | str = "cpu", diag_only: bool = False) -> None:
+        self.columns = columns
+        self.diag_only = diag_only
+        shape = (columns,) if diag_only else (columns, columns)
+        self.H = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.num_tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.columns)  # (T, C)
+        n = x.shape[0]
+        if n == 0:
+            return
+        x = x.to(device=self.H.device, dtype=torch.float32)
+        total = self.num_tokens + n
+        # Rescale the old mean rather than summing raw outer products: no overflow for long runs.
+        self.H.mul_(self.num_tokens / total)
+        if self.diag_only:
+            self.H.add_(x.pow(2).sum(0), alpha=2.0 / total)
+        else:
+            self.H.addmm_(x.t(), x, alpha=2.0 / total)  # (C, T) @ (T, C)
+        self.num_tokens = total
+
+    @property
+    def diag(self) -> torch.Tensor:
+        return self.H if self.diag_only else torch.diagonal(self.H)
+
+
+@dataclass
+class InverseHessian:
+    """Upper Cholesky factor U of the damped H⁻¹ (H⁻¹ = UᵀU), as SparseGPT's sweep wants it.
+
+    Row j of U, scaled by 1/U[j, j], is the OBS update that spreads the error of removing
+    column j over the columns after it; U[j, j]² is [H_{F}⁻¹]_jj of the remaining set F.
+    """
+
+    upper: torch.Tensor  # (C, C) float32
+    dead: torch.Tensor  # (C,) bool: inputs that were always zero
+    damp_frac: float  # the damping that was finally used (may exceed the one asked for)
+    retries: int  # how many times damping had to be raised
+
+
+def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int = 6) -> InverseHessian:
+    """Cholesky factor of (H + λI)⁻¹ with λ = damp_frac · mean(diag H), as the paper's code.
+
+    Dead inputs (zero diagonal) get H_jj = 1 so the matrix stays invertible; their weights
+    are set to zero by the caller. If H + λI is still not positive definite (rank-deficient
+    calibration data, bad numerics), λ is multiplied by 10 up to `max_retries` times; the
+    result says so, so that the caller can warn naming the layer.
+    """
+    H = H.to(torch.float32).clone()
+    cols = H.shape[0]
+    diag = torch.diagonal(H)
+    dead = diag == 0
+    diag[dead] = 1.0
+    mean_diag = diag.mean()
+    frac = damp_frac
+    for attempt in range(max_retries + 1):
+        damped = H.clone()
+        torch.diagonal(damped).add_(frac * mean_diag)
+        L, info = torch.linalg.cholesky_ex(damped)
+        if info.item() == 0:
+            inverse = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if info.item() == 0 and torch.isfinite(U).all():
+                return InverseHessian(upper=U, dead=dead, damp_frac=frac, retries=attempt)
+        frac = frac * 10 if frac > 0 else 1e-4
+    raise torch.linalg.LinAlgError(
+        f"Hessian of {cols} columns not positive definite even with damp_frac={frac / 10:g}"
+    )
+
+
+def layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """tr((W - Ŵ) H (W - Ŵ)ᵀ): the layer's output error on the calibration inputs (times 2/N)."""
+    D = (W - W_hat).to(torch.float32)  # (R, C)
+    return float(((D @ H.to(torch.float32)) * D).sum())
+
+
+def relative_layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """layer_error / tr(W H Wᵀ): the fraction of the layer's output energy that was lost."""
+    reference = layer_error(W, torch.zeros_like(W), H)
+    return layer_error(W, W_hat, H) / reference if reference > 0 else 0.0

@@ -1,0 +1,85 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune, and optionally quantize, a layer in one sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .checks import aligned_block_size, check_bits, check_positive, check_problem, check_sparsity, parse_nm
+from .gptq import GPTQConfig, gptq
+from .hessian import damped_inverse
+from .quant import QuantGrid, fit_minmax
+from .result import SolveResult
+from .sweep import SweepGrid, obs_sweep
+
+
+@dataclass
+class SparseGPTConfig:
+    """sparsity: unstructured fraction to zero (ignored when `nm` is set).
+    nm: (n, m) or "n:m": n zeros in every m consecutive inputs.
+    bits: 2-8 to quantize jointly, 16 for none. group_size: inputs per scale (None = per row).
+    sym: symmetric grid. block_size: columns per lazy-update block (and per mask choice).
+    damp_frac: fraction of mean(diag H) added to the diagonal.
+    """
+
+    sparsity: float = 0.5
+    nm: tuple[int, int] | str | None = None
+    bits: int = 16
+    group_size: int | None = None
+    sym: bool = False
+    block_size: int = 128
+    damp_frac: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.nm = parse_nm(self.nm)
+        check_sparsity(self.sparsity)
+        check_bits(self.bits)
+        check_positive("group_size", self.group_size, allow_none=True)
+        check_positive("block_size", self.block_size)
+        check_positive("damp_frac", self.damp_frac, allow_zero=True)
+
+
+def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None = None) -> SolveResult:
+    """Prune (and quantize) one layer so that its outputs on the calibration inputs change least.
+
+    W: (out_features, in_features) float32; H: (in, in) = 2/N XᵀX of the layer's inputs.
+
+    A tiny example: W = [[4, 1, 3, 2]], H = I, 50% sparsity. With H = I the scores
+    w²/[H⁻¹]²_jj are just w², so the two smallest (1 and 2) go: Ŵ = [[4, 0, 3, 0]]. With a
+    correlated H, the error of removing a weight is compensated on the weights that remain.
+    """
+    config = config or SparseGPTConfig()
+    nm = config.nm
+    check_problem(W, H, nm=nm, group_size=config.group_size)
+    if nm is None and config.sparsity == 0 and config.bits < 16:
+        # Nothing to prune: the column order is then free, and GPTQ's activation order
+        # (largest diag(H) first) gives a clearly lower layer error than the left-to-right sweep.
+        return gptq(W, H, GPTQConfig(bits=config.bits, group_size=config.group_size, sym=config.sym,
+                                     act_order=True, block_size=config.block_size, damp_frac=config.damp_frac))
+    W = W.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+
+    grid = None
+    if config.bits < 16:
+        if config.group_size is None:
+            # Per-row grid fixed from the dense weight before pruning, as the paper's code.
+            scale, zero = fit_minmax(W, config.bits, config.sym)
+            grid = SweepGrid(config.bits, config.sym, scale[:, None], zero[:, None],
+                             torch.zeros(cols, dtype=torch.long, device=W.device))
+        else:
+            groups = cols // config.group_size
+            grid = SweepGrid(config.bits, config.sym,
+                             torch.ones(rows, groups, device=W.device), torch.zeros(rows, groups, device=W.device),
+                             torch.arange(cols, device=W.device) // config.group_size,
+                             group_size=config.group_size, fit_on_the_fly=True)
+
+    inverse = damped_inverse(H.to(W.device), config.damp_frac)
+    W[:, inverse.dead] = 0.0  # inputs that never fire: their weights do nothing
+    block = aligned_block_size(config.block_size, nm[1] if nm else None, config.group_size)
+    weight, mask = obs_sweep(W, inverse.upper, block_size=block,
+                             sparsity=0.0 if nm else config.sparsity, nm=nm, grid=grid)
+    quant = None
+    if grid is not None:
+        quant = QuantGrid(config.bits, config.sym, config.group_size, grid.scale, grid.zero)
+    return SolveResult(weight, mask, quant, inverse.damp_frac, inverse.retries)

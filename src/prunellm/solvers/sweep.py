@@ -1,0 +1,115 @@
+"""The OBS column sweep shared by SparseGPT and GPTQ (the readable reference path).
+
+Columns are processed left to right. Each column is pruned (if its mask says so) and/or
+rounded onto the grid; the error this makes is spread over the not-yet-processed columns
+through the row of the inverse-Hessian Cholesky factor (the OBS update). Updates are applied
+lazily: inside a block of `block_size` columns immediately, to the columns after the block
+in one matrix product when the block is done. The mask is chosen as the sweep reaches it:
+per block for unstructured sparsity, every m columns for n:m, using the weights as already
+updated, which is what makes the mask adaptive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .masks import nm_mask
+from .quant import fit_minmax, quantize
+
+
+@dataclass
+class SweepGrid:
+    """Quantization inside the sweep.
+
+    scale, zero: (R, G). group_of: (C,) the group of each column in sweep order.
+    fit_on_the_fly: fit group g's scale from the current (updated, pruned) weights when the
+    sweep reaches its first column, as GPTQ's code does; otherwise the grid is fixed upfront.
+    """
+
+    bits: int
+    sym: bool
+    scale: torch.Tensor
+    zero: torch.Tensor
+    group_of: torch.Tensor
+    group_size: int | None = None
+    fit_on_the_fly: bool = False
+
+
+def obs_sweep(
+    W: torch.Tensor,
+    hinv: torch.Tensor,
+    *,
+    block_size: int = 128,
+    sparsity: float = 0.0,
+    nm: tuple[int, int] | None = None,
+    fixed_mask: torch.Tensor | None = None,
+    grid: SweepGrid | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune and/or quantize W in one sweep. Returns (Ŵ, pruned mask).
+
+    W: (R, C) float32, consumed (updated in place). hinv: (C, C) upper Cholesky factor of
+    the damped H⁻¹. Exactly one way of choosing zeros may be active: `sparsity` (adaptive,
+    per block, by w²/[H⁻¹]²_jj), `nm` = (n, m), or `fixed_mask` (R, C) True = must be zero.
+    """
+    rows, cols = W.shape
+    Q = torch.zeros_like(W)  # (R, C)
+    pruned = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2].clone()  # (R, B): this block's weights, updated as we go
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = hinv[i1:i2, i1:i2]  # (B, B)
+        d2 = torch.diagonal(Hinv1).pow(2)  # (B,)  [H_F⁻¹]_jj of each column when reached
+
+        if fixed_mask is not None:
+            mask1 = fixed_mask[:, i1:i2].clone()
+        elif sparsity > 0 and nm is None:
+            mask1 = _block_mask(W1.pow(2) / d2, sparsity)
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                mask1[:, i : i + m] = nm_mask(W1[:, i : i + m].pow(2) / d2[i : i + m], n, m)
+            if grid is not None and grid.fit_on_the_fly and (i1 + i) % grid.group_size == 0:
+                _fit_group(grid, W1, W, mask1, i, i1, i2)
+
+            w = W1[:, i]  # (R,)
+            q = w.masked_fill(mask1[:, i], 0.0)
+            if grid is not None:
+                g = grid.group_of[i1 + i]
+                q = quantize(q, grid.scale[:, g], grid.zero[:, g], grid.bits)
+            Q1[:, i] = q
+            err = (w - q) / Hinv1[i, i]  # (R,)
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)  # OBS update, (R, B-i)
+            Err1[:, i] = err
+
+        Q[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]  # lazy batched update of the later columns
+    return Q, pruned
+
+
+def _block_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference's per-block rule: prune scores <= the k-th smallest, k = ⌊sparsity · numel⌋.
+
+    Kept as `<=` (one weight beyond the fraction per block) to reproduce the authors' masks.
+    """
+    k = int(scores.numel() * sparsity)
+    threshold = torch.kthvalue(scores.flatten(), k + 1).values
+    return scores <= threshold
+
+
+def _fit_group(grid: SweepGrid, W1: torch.Tensor, W: torch.Tensor, mask1: torch.Tensor, i: int, i1: int, i2: int) -> None:
+    """Fit the grid of the group starting at block column i from the weights as they are now."""
+    size = grid.group_size
+    inside = W1[:, i : i + size].masked_fill(mask1[:, i : i + size], 0.0)
+    # Groups never straddle blocks (the caller aligns block_size), but stay correct if they do.
+    spill = size - inside.shape[1]
+    values = inside if spill <= 0 else torch.cat([inside, W[:, i2 : i2 + spill]], dim=1)
+    g = grid.group_of[i1 + i]
+    grid.scale[:, g], grid.zero[:, g] = fit_minmax(values, grid.bits, grid.sym)

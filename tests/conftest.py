@@ -1,0 +1,42 @@
+"""Shared fixtures: where the data and the golden file live (outside the repo), layer problems."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_path(env: str, default: Path) -> Path:
+    return Path(os.environ.get(env, default))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_path("PRUNELLM_DATA_DIR", REPO.parent / "shared" / "data")
+    if not path.is_dir():
+        pytest.skip(f"no local data directory at {path} (set PRUNELLM_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_cases() -> dict:
+    path = shared_path("PRUNELLM_GOLDEN", REPO.parent / "shared" / "golden" / "sparsegpt_reference.pt")
+    if not path.is_file():
+        pytest.skip(f"no golden file at {path} (set PRUNELLM_GOLDEN)")
+    return torch.load(path)
+
+
+def layer_problem(rows: int = 32, cols: int = 64, tokens: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight and the Hessian of correlated inputs with a few outlier features, like an LLM's."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(rows, cols, generator=gen)
+    mixing = torch.randn(cols, cols, generator=gen) / cols**0.5 + torch.eye(cols)
+    X = torch.randn(tokens, cols, generator=gen) @ mixing  # (T, C)
+    X[:, :3] *= 8.0  # outlier input features
+    H = 2.0 / tokens * X.t() @ X
+    return W, H

@@ -1,0 +1,33 @@
+import torch
+
+from prunellm.solvers import HessianAccumulator, damped_inverse, layer_error
+
+
+def test_accumulating_in_chunks_equals_one_product():
+    X = torch.randn(3, 100, 16)  # (B, T, C)
+    acc = HessianAccumulator(16)
+    for chunk in X.split(1):
+        acc.add(chunk)
+    flat = X.reshape(-1, 16)
+    torch.testing.assert_close(acc.H, 2.0 / 300 * flat.t() @ flat, rtol=1e-5, atol=1e-6)
+    diag = HessianAccumulator(16, diag_only=True)
+    diag.add(X)
+    torch.testing.assert_close(diag.diag, torch.diagonal(acc.H), rtol=1e-5, atol=1e-6)
+    assert acc.num_tokens == 300
+
+
+def test_damped_inverse_factor_reconstructs_inverse():
+    X = torch.randn(200, 12)
+    H = X.t() @ X / 100
+    inverse = damped_inverse(H, 0.01)
+    damped = H + 0.01 * torch.diagonal(H).mean() * torch.eye(12)
+    torch.testing.assert_close(inverse.upper.t() @ inverse.upper, torch.linalg.inv(damped), rtol=1e-4, atol=1e-5)
+    assert torch.equal(inverse.upper, torch.triu(inverse.upper))
+
+
+def test_layer_error_is_output_error():
+    X = torch.randn(50, 8)
+    W, W_hat = torch.randn(4, 8), torch.randn(4, 8)
+    H = X.t() @ X
+    expected = ((X @ W.t() - X @ W_hat.t()) ** 2).sum()
+    torch.testing.assert_close(torch.tensor(layer_error(W, W_hat, H)), expected, rtol=1e-4, atol=1e-4)
