@@ -1,0 +1,63 @@
+"""A method turns a layer's weight and input statistics into a solver call. No math here."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ..errors import PrunellmError
+from ..solvers import SolveResult
+
+Statistics = Literal["none", "diag", "hessian"]
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, **options: Any) -> "Method":
+    """The method registered as `name`, configured from keyword options (unknown ones are errors)."""
+    if name not in _REGISTRY:
+        raise PrunellmError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
+    return _REGISTRY[name](**options)
+
+
+class Method(ABC):
+    """One compression method: a config dataclass and `compress(W, H) -> SolveResult`.
+
+    `statistics` says what the walker must collect from calibration: nothing, the
+    diagonal of H (squared input norms), or the full Hessian.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, **options: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise PrunellmError(
+                f"method {self.name!r} does not take {', '.join(unknown)}; it takes {', '.join(sorted(fields))}"
+            )
+        self.config = self.config_class(**options)
+
+    @property
+    @abstractmethod
+    def statistics(self) -> Statistics: ...
+
+    @abstractmethod
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
+        """weight: (out, in) float32; hessian: (in, in), (in,) or None as `statistics` says."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self.config)}

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import torch
+
+from ..solvers import GPTQConfig, SolveResult, gptq
+from .base import Method, register
+
+
+@register
+class GPTQ(Method):
+    """GPTQ: quantization alone; weights that are already zero stay zero."""
+
+    name = "gptq"
+    config_class = GPTQConfig
+    statistics = "hessian"
+
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
+        return gptq(weight, hessian, self.config)

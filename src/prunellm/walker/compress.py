@@ -1,0 +1,144 @@
+"""Compress every selected linear layer of a model, block by block, with one method."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import PrunellmError
+from ..methods import Method
+from ..solvers import relative_layer_error
+from .blockwalk import BlockStep, resolve_device, walk_blocks
+from .discovery import find_blocks, find_linear_layers, read_weight, write_weight
+from .statistics import InputGroup, StatisticsCollector, discover_input_groups
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WalkConfig:
+    """device: where the current block runs (None = CUDA if present). true_sequential: compress
+    the layers of a block stage by stage (q/k/v, then o, ...), each stage calibrated on the
+    outputs of the stages already compressed. include/exclude: shell patterns on layer names.
+    first_block/last_block: the range of blocks to compress (inclusive; None = to the end).
+    batch_size: calibration samples per block forward. offload_activations: keep calibration
+    activations in CPU memory. layer_errors: report tr((W-Ŵ)H(W-Ŵ)ᵀ)/tr(WHWᵀ) per layer
+    (needs the full Hessian even for methods that do not)."""
+
+    device: str | None = None
+    true_sequential: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    first_block: int = 0
+    last_block: int | None = None
+    batch_size: int = 1
+    offload_activations: bool = False
+    layer_errors: bool = True
+    progress: bool = True
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    block: int
+    shape: tuple[int, int]  # (out_features, in_features)
+    sparsity: float
+    relative_error: float | None
+    seconds: float
+    damp_frac: float | None = None
+
+
+@dataclass
+class WalkResult:
+    layers: list[LayerRecord] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None) -> WalkResult:
+    """Compress `model` in place. calibration: (N, T) token ids."""
+    config = config or WalkConfig()
+    blocks = find_blocks(model)
+    last = len(blocks) - 1 if config.last_block is None else config.last_block
+    if not 0 <= config.first_block <= last < len(blocks):
+        raise PrunellmError(
+            f"block range {config.first_block}..{config.last_block} is outside the model's {len(blocks)} blocks"
+        )
+    if config.batch_size < 1:
+        raise PrunellmError(f"batch_size must be positive, got {config.batch_size}")
+    device = resolve_device(config.device)
+    result = WalkResult()
+    started = time.perf_counter()
+    solve_seconds = 0.0
+
+    bar = tqdm(total=last + 1 - config.first_block, desc="blocks", unit="block", disable=not config.progress)
+    walk = walk_blocks(model, calibration, device=device, batch_size=config.batch_size,
+                       offload_activations=config.offload_activations, blocks=blocks)
+    for step in walk:
+        if step.index < config.first_block:
+            continue
+        layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
+        if layers:
+            solve_seconds += _compress_block(step, layers, method, config, result, bar)
+        bar.update(1)
+        if step.index == last:
+            break  # later blocks are not compressed: their inputs are not needed
+    walk.close()
+    bar.close()
+    result.seconds["solve"] = solve_seconds
+    result.seconds["total"] = time.perf_counter() - started
+    result.seconds["calibration_forwards"] = result.seconds["total"] - solve_seconds
+    return result
+
+
+def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Method, config: WalkConfig,
+                    result: WalkResult, bar: tqdm) -> float:
+    """Collect statistics and compress every layer of one block; returns the solver seconds."""
+    groups = discover_input_groups(step.block, layers, lambda: step.run(0))
+    missing = set(layers) - {name for group in groups for name in group.names}
+    for name in sorted(missing):
+        log.warning("layer %s was never called on calibration data: left unchanged", name)
+    stages: list[list[InputGroup]] = [[g] for g in groups] if config.true_sequential else [groups]
+    needs = "hessian" if config.layer_errors else method.statistics
+    seconds = 0.0
+    for stage in stages:
+        hessians: dict[str, torch.Tensor | None] = {name: None for group in stage for name in group.names}
+        if needs != "none":
+            collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag",
+                                            stop_early=config.true_sequential)
+            for batch in range(step.num_batches):
+                collector.run(lambda: step.run(batch))
+            collector.remove()
+            hessians = collector.hessians()
+        for name, hessian in hessians.items():
+            seconds += _compress_layer(name, layers[name], hessian, method, step, config, result, bar)
+    return seconds
+
+
+def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
+                    config: WalkConfig, result: WalkResult, bar: tqdm) -> float:
+    started = time.perf_counter()
+    weight = read_weight(layer).to(step.device)  # (out, in)
+    if hessian is not None and hessian.dim() == 2 and method.statistics == "diag":
+        solved = method.compress(weight, torch.diagonal(hessian))
+    else:
+        solved = method.compress(weight, hessian)
+    if solved.damp_frac is not None and solved.damp_frac > getattr(method.config, "damp_frac", 0) * 1.0001:
+        log.warning("layer %s: Hessian not positive definite after damping; used damp_frac=%g",
+                    name, solved.damp_frac)
+    error = None
+    if config.layer_errors and hessian is not None and hessian.dim() == 2:
+        error = relative_layer_error(weight, solved.weight, hessian)
+    write_weight(layer, solved.weight)
+    seconds = time.perf_counter() - started
+    short = name[len(step.name) + 1:]
+    record = LayerRecord(name, step.index, tuple(weight.shape), float((solved.weight == 0).float().mean()),
+                         error, seconds, solved.damp_frac)
+    result.layers.append(record)
+    bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
+    log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
+    return seconds

@@ -1,0 +1,104 @@
+"""Input statistics of a block's linear layers, one Hessian per distinct input.
+
+Layers that read the same tensor (q/k/v; gate/up; GPT-2 has none) share one Hessian. Which
+layers share is learned by one forward of the block with hooks that compare input tensors,
+which also gives the order the layers run in: the stages of true-sequential compression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..solvers import HessianAccumulator
+
+
+@dataclass
+class InputGroup:
+    """Layers fed by the same input tensor, in the order they run."""
+
+    names: list[str]
+    columns: int
+
+
+class _Stop(Exception):
+    pass
+
+
+def discover_input_groups(block: nn.Module, layers: dict[str, nn.Module], run: Callable[[], object]) -> list[InputGroup]:
+    """Run the block once (`run`) and group its layers by shared input, in execution order."""
+    order: list[tuple[str, tuple]] = []
+    alive: list[torch.Tensor] = []  # keep inputs alive so that no address is reused mid-pass
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0]
+            alive.append(x)
+            order.append((name, (x.data_ptr(), tuple(x.shape), tuple(x.stride()))))
+
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: dict[tuple, InputGroup] = {}
+    seen: set[str] = set()
+    for name, key in order:
+        if name in seen:  # a layer called twice in one pass: keep its first input
+            continue
+        seen.add(name)
+        if key not in groups:
+            groups[key] = InputGroup([], key[1][-1])
+        groups[key].names.append(name)
+    return list(groups.values())
+
+
+class StatisticsCollector:
+    """Hooks that accumulate one Hessian per input group while the block runs.
+
+    With `stop_after` (true-sequential stages), the forward is cut short once every group of
+    the stage has seen its input: the rest of the block does not matter yet.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], groups: list[InputGroup], *, device: torch.device,
+                 diag_only: bool = False, stop_early: bool = False) -> None:
+        self.groups = groups
+        self.accumulators = [HessianAccumulator(g.columns, device=device, diag_only=diag_only) for g in groups]
+        self.stop_early = stop_early
+        self._pending: set[int] = set()
+        self._handles = [
+            layers[group.names[0]].register_forward_pre_hook(self._hook(index)) for index, group in enumerate(groups)
+        ]
+
+    def _hook(self, index: int) -> Callable:
+        def accumulate(module: nn.Module, inputs: tuple) -> None:
+            self.accumulators[index].add(inputs[0])
+            self._pending.discard(index)
+            if self.stop_early and not self._pending:
+                raise _Stop
+
+        return accumulate
+
+    def run(self, forward: Callable[[], object]) -> None:
+        """One calibration batch through the block."""
+        self._pending = set(range(len(self.groups)))
+        try:
+            with torch.no_grad():
+                forward()
+        except _Stop:
+            pass
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """Layer name -> its (shared) Hessian."""
+        return {name: acc.H for group, acc in zip(self.groups, self.accumulators) for name in group.names}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()

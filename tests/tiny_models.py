@@ -1,0 +1,48 @@
+"""Tiny random models of several architectures, built offline from configs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig,
+                          PhiConfig, Qwen2Config)
+
+VOCAB = 128
+
+
+def tiny_config(arch: str):
+    common = dict(vocab_size=VOCAB)
+    if arch == "llama":  # grouped-query attention: 4 heads share 2 key/value heads
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256, **common)
+    if arch == "qwen2":
+        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256, **common)
+    if arch == "gemma3":  # sliding-window and full-attention blocks: different masks and rotary tables
+        return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=256,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention"], **common)
+    if arch == "opt":
+        return OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                         word_embed_proj_dim=64, max_position_embeddings=256, **common)
+    if arch == "gpt2":  # Conv1D layers, weight stored (in, out)
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             max_position_embeddings=256, **common)
+    if arch == "phi":
+        return PhiConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=256, **common)
+    raise ValueError(arch)
+
+
+ARCHS = ["llama", "qwen2", "gemma3", "opt", "gpt2", "gpt_neox", "phi"]
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch), attn_implementation="eager")
+    return model.eval()
+
+
+def tokens(num: int = 4, length: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (num, length), generator=torch.Generator().manual_seed(seed))
