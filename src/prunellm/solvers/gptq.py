@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import PrunellmError
 from .checks import aligned_block_size, check_bits, check_positive, check_problem
 from .hessian import damped_inverse
 from .quant import QuantGrid, fit_minmax
@@ -33,7 +34,7 @@ class GPTQConfig:
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if self.bits == 16:
-            raise ValueError("GPTQ needs bits between 2 and 8")
+            raise PrunellmError("GPTQ needs bits between 2 and 8")
         check_positive("group_size", self.group_size, allow_none=True)
         check_positive("block_size", self.block_size)
         check_positive("damp_frac", self.damp_frac, allow_zero=True)

@@ -1,0 +1,123 @@
+"""Load a causal LM and its tokenizer from a GGUF file, a local directory or the hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prunellm.errors import PrunellmError
+from prunellm.io.checks import check_finite
+from prunellm.io.default_model import default_model_path
+from prunellm.io.gguf import clear_gguf_marks, gguf_model_kwargs
+from prunellm.io.source import ModelSource, resolve_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_model(
+    source: str | Path | None = None,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM in eval mode with finite float weights, and its tokenizer.
+
+    source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float),
+    a directory written by `save_pretrained`, or a hub id (needs network or the HF cache).
+    dtype: "auto" (float32 on CPU, the checkpoint's dtype elsewhere), "float32",
+    "float16" or "bfloat16".
+    """
+    target = _parse_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    resolved = resolve_source(default_model_path() if source is None else source)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if target.type != "cpu":
+        # Place weights straight on the device rather than building a CPU copy first.
+        kwargs["device_map"] = {"": target}
+
+    model = _from_pretrained("model", resolved, kwargs)
+    clear_gguf_marks(model)
+    model.eval()
+    check_finite(model)
+    tokenizer = _from_pretrained("tokenizer", resolved, {})
+    log.info("loaded %s (%s, %s) from %s", type(model).__name__, model.dtype, target, resolved.location)
+    return model, tokenizer
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
+    """A torch dtype for `from_pretrained`, or "auto" to keep the checkpoint's own."""
+    if dtype == "auto":
+        # Half-precision matmuls are many times slower than float32 on CPU.
+        return torch.float32 if device.type == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise PrunellmError(f"unknown dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _parse_device(device: str) -> torch.device:
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PrunellmError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise PrunellmError(f"device '{device}' requested but CUDA is not available")
+    return target
+
+
+def _from_pretrained(what: str, source: ModelSource, kwargs: dict[str, Any]) -> Any:
+    """Call the Auto class for `what` ("model" or "tokenizer"), turning failures into PrunellmError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    auto = AutoModelForCausalLM if what == "model" else AutoTokenizer
+    try:
+        if source.kind == "gguf":
+            path = Path(source.location)
+            gguf = gguf_model_kwargs(path.name) if what == "model" else {"gguf_file": path.name}
+            return auto.from_pretrained(path.parent, **gguf, **kwargs)
+        return auto.from_pretrained(source.location, **kwargs)
+    except PrunellmError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+        raise _load_error(what, source, error) from error
+
+
+def _load_error(what: str, source: ModelSource, error: Exception) -> PrunellmError:
+    reason = _first_line(error)
+    if source.kind == "hub":
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if _caused_by(error, LocalEntryNotFoundError):
+            return PrunellmError(
+                f"cannot load model '{source.location}': not a local file or directory, "
+                f"and the hub is unreachable ({reason})"
+            )
+        return PrunellmError(
+            f"cannot load {what} '{source.location}': not a local file or directory, "
+            f"and the hub did not provide it ({reason})"
+        )
+    return PrunellmError(f"cannot load {what} from {source.location}: {reason}")
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:  # chains can loop
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    # transformers' messages span several lines; PrunellmError messages are one line.
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,26 @@
+"""Library versions and hardware, recorded in reports so results can be reproduced."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+import torch
+
+import prunellm
+
+_DISTRIBUTIONS = ("torch", "transformers", "numpy", "gguf")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of python, prunellm and the libraries that shape results; the GPU when there is one."""
+    versions = {"python": platform.python_version(), "prunellm": prunellm.__version__}
+    for name in _DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # gguf is optional for non-GGUF users
+            continue
+    if torch.cuda.is_available():
+        versions["cuda_device"] = torch.cuda.get_device_name(torch.cuda.current_device())
+        versions["cuda"] = str(torch.version.cuda)
+    return versions
