@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: venv
-	$(VENV)/bin/prunellm prune --method sparsegpt --sparsity 0.5 --calib wikitext2 \
-		--num-samples 32 --seqlen 512 --eval wikitext2 --eval-tokens 32768 --out runs/demo-sparsegpt50
+	# Offline here: calibrate on WikiText-2 validation (tokenized), evaluate on the raw test split.
+	$(VENV)/bin/prunellm prune --method sparsegpt --sparsity 0.5 \
+		--calib $(PRUNELLM_DATA_DIR)/wikitext-2-tokenized/valid.txt --num-samples 32 --seqlen 512 \
+		--eval wikitext2 --eval-tokens 32768 --out runs/demo-sparsegpt50 --overwrite
 
 test: venv
 	$(PY) -m pytest -q

@@ -46,3 +46,15 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
 
 def tokens(num: int = 4, length: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (num, length), generator=torch.Generator().manual_seed(seed))
+
+
+def word_tokenizer(words: list[str], vocab_size: int = VOCAB):
+    """A word-level tokenizer trained offline on `words`: enough for models built from configs."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator([" ".join(words)], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")

@@ -1,0 +1,122 @@
+"""The public API: calibrate, compress, evaluate, report. What the CLI calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import load_calibration, needs_bos
+from .errors import PrunellmError
+from .eval import evaluate
+from .io import library_versions
+from .methods import Method
+from .walker import WalkConfig, WalkResult, compress_model, find_blocks, find_linear_layers, read_weight
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationConfig:
+    """source: wikitext2, ptb, c4 or a local text/JSONL file; `num_samples` random windows of
+    `seqlen` tokens drawn with `seed`. data_dir: local data (default: $PRUNELLM_DATA_DIR)."""
+
+    source: str = "wikitext2"
+    num_samples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    data_dir: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """datasets: perplexity texts (test splits). seqlen: window length (None = calibration's).
+    max_tokens: score only the first N tokens. dense: also evaluate the model before compression."""
+
+    datasets: tuple[str, ...] = ()
+    seqlen: int | None = None
+    max_tokens: int | None = None
+    batch_size: int = 1
+    dense: bool = True
+
+
+def bos_for(model: nn.Module, tokenizer: Any) -> int | None:
+    """The BOS id to start every window with, for models that need it (Gemma), else None."""
+    if not needs_bos(model.config):
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        bos = getattr(model.config, "bos_token_id", None)
+    if bos is None:
+        raise PrunellmError(f"{model.config.model_type} needs a BOS token per window but its tokenizer has none")
+    return int(bos)
+
+
+def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> None:
+    """Refuse, before any work, layers whose inputs the n:m pattern or the groups do not divide."""
+    nm = getattr(method.config, "nm", None)
+    group_size = getattr(method.config, "group_size", None)
+    blocks = find_blocks(model)
+    for index, block in enumerate(blocks.modules):
+        for name, layer in find_linear_layers(block, blocks.name(index), walk.include, walk.exclude).items():
+            columns = read_weight(layer).shape[1] if not hasattr(layer, "in_features") else layer.in_features
+            if nm is not None and columns % nm[1]:
+                raise PrunellmError(f"{name}: in_features {columns} is not divisible by m={nm[1]} of {nm[0]}:{nm[1]}")
+            if group_size is not None and columns % group_size:
+                raise PrunellmError(f"{name}: group_size {group_size} does not divide in_features {columns}")
+
+
+def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: CalibrationConfig | None = None,
+          walk: WalkConfig | None = None) -> WalkResult:
+    """Compress `model` in place with `method` on calibration windows; returns per-layer records."""
+    calibration = calibration or CalibrationConfig()
+    walk = walk or WalkConfig()
+    check_layer_shapes(model, method, walk)
+    torch.manual_seed(calibration.seed)
+    started = time.perf_counter()
+    windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
+                               seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
+                               data_dir=calibration.data_dir)  # (N, T)
+    load_seconds = time.perf_counter() - started
+    result = compress_model(model, method, windows, walk)
+    result.seconds["load_calibration"] = load_seconds
+    return result
+
+
+def perplexities(model: nn.Module, tokenizer: Any, config: EvalConfig, *, default_seqlen: int = 2048,
+                 data_dir: str | None = None, device: str | None = None, progress: bool = True) -> dict[str, float]:
+    if not config.datasets:
+        return {}
+    return evaluate(model, tokenizer, list(config.datasets), seqlen=config.seqlen or default_seqlen,
+                    max_tokens=config.max_tokens, batch_size=config.batch_size, bos_token_id=bos_for(model, tokenizer),
+                    data_dir=data_dir, device=device, progress=progress)
+
+
+def build_report(*, model_source: str, model: nn.Module, method: Method, calibration: CalibrationConfig,
+                 walk: WalkConfig, result: WalkResult, eval_config: EvalConfig,
+                 dense_ppl: dict[str, float], compressed_ppl: dict[str, float]) -> dict[str, Any]:
+    """Everything needed to reproduce and judge a run, as plain JSON."""
+    total = sum(r.shape[0] * r.shape[1] for r in result.layers)
+    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in result.layers)
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"source": model_source, "class": type(model).__name__, "model_type": model.config.model_type,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "method": method.describe(),
+        "calibration": dataclasses.asdict(calibration),
+        "walk": dataclasses.asdict(walk),
+        "seed": calibration.seed,
+        "versions": library_versions(),
+        "sparsity": {"compressed_layers": zeros / total if total else 0.0, "layers": len(result.layers)},
+        "layers": [dataclasses.asdict(r) for r in result.layers],
+        "seconds": result.seconds,
+        "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl,
+                       "seqlen": eval_config.seqlen or calibration.seqlen, "max_tokens": eval_config.max_tokens},
+    }

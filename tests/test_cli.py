@@ -1,0 +1,108 @@
+"""The command line end to end on a tiny model, and every kind of bad input it must refuse."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from prunellm.cli import main
+from tests.tiny_models import tiny_model, word_tokenizer
+
+WORDS = [f"w{i}" for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    rng = random.Random(0)
+    text = root / "calib.txt"
+    text.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(200)))
+    model_dir = root / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    word_tokenizer(WORDS).save_pretrained(model_dir)
+    nan_dir = root / "nan-llama"
+    broken = tiny_model("llama")
+    with torch.no_grad():
+        broken.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    broken.save_pretrained(nan_dir)
+    word_tokenizer(WORDS).save_pretrained(nan_dir)
+    return {"root": root, "text": str(text), "model": str(model_dir), "nan": str(nan_dir)}
+
+
+def prune_args(ws: dict, out: Path, *extra: str) -> list[str]:
+    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32",
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_prune_saves_a_loadable_model_and_report(workspace, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(prune_args(workspace, out, "--method", "sparsegpt", "--sparsity", "0.5", "--eval", workspace["text"]))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "perplexity: dense" in printed and "saved to" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"]["method"] == "sparsegpt" and report["method"]["sparsity"] == 0.5
+    assert report["calibration"]["num_samples"] == 4 and report["seed"] == 0
+    assert len(report["layers"]) == 21 and all(0 <= layer["relative_error"] < 1 for layer in report["layers"])
+    assert set(report["perplexity"]["dense"]) == set(report["perplexity"]["compressed"]) == {workspace["text"]}
+    assert "torch" in report["versions"]
+    weights = load_file(out / "model.safetensors")
+    down = weights["model.layers.2.mlp.down_proj.weight"]
+    assert 0.5 <= (down == 0).float().mean() <= 0.52
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(reloaded.model.layers[2].mlp.down_proj.weight, down)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
+
+
+def test_eval_command(workspace, capsys):
+    assert main(["eval", workspace["model"], "--datasets", workspace["text"], "--seqlen", "32", "--quiet"]) == 0
+    assert "perplexity:" in capsys.readouterr().out
+
+
+BAD = {
+    "sparsity too high": (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    "negative sparsity": (["--sparsity", "-0.2"], "sparsity must be in [0, 1)"),
+    "n >= m": (["--nm", "4:4"], "0 < n < m"),
+    "m does not divide": (["--nm", "2:3"], "not divisible by m=3"),
+    "bits too low": (["--bits", "1"], "bits must be between 2 and 8"),
+    "bits too high": (["--method", "gptq", "--bits", "9"], "bits must be between 2 and 8"),
+    "group does not divide": (["--bits", "4", "--group-size", "48"], "group_size 48 does not divide"),
+    "unknown method": (["--method", "obs"], "unknown method 'obs'"),
+    "option the method lacks": (["--method", "gptq", "--sparsity", "0.5"], "does not take sparsity"),
+    "unknown dataset": (["--calib", "wikitext9"], "wikitext9"),
+    "unknown eval dataset": (["--eval", "wikitext9"], "wikitext9"),
+    "text shorter than a window": (["--seqlen", "100000"], "too few"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_clear_line_and_writes_nothing(workspace, tmp_path, capsys, case):
+    extra, message = BAD[case]
+    out = tmp_path / "out"
+    code = main(prune_args(workspace, out, *extra))
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("error:") and message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model,message", [("missing", "model path not found"), ("nan", "NaN")])
+def test_bad_models_are_refused(workspace, tmp_path, capsys, model, message):
+    source = str(workspace["root"] / "no-such-model") if model == "missing" else workspace["nan"]
+    out = tmp_path / "out"
+    code = main(["prune", source, "--calib", workspace["text"], "--seqlen", "32", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_before_any_work(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(prune_args(workspace, out)) != 0
+    assert "exists" in capsys.readouterr().err
