@@ -40,3 +40,17 @@ def layer_problem(rows: int = 32, cols: int = 64, tokens: int = 512, seed: int =
     X[:, :3] *= 8.0  # outlier input features
     H = 2.0 / tokens * X.t() @ X
     return W, H
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (model, tokenizer), loaded once per run (~15 s). Do not modify it:
+    tests that prune take a copy.deepcopy."""
+    from prunellm.errors import PrunellmError
+    from prunellm.io import default_model_path, load_model
+
+    try:
+        default_model_path()
+    except PrunellmError as error:
+        pytest.skip(str(error))
+    return load_model()

@@ -2,24 +2,11 @@
 
 import copy
 
-import pytest
-
-from prunellm.eval import perplexity, tokenize_eval_text
 from prunellm.data import load_eval_text
+from prunellm.eval import perplexity, tokenize_eval_text
 from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, prune
 from prunellm.walker import WalkConfig
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from prunellm.io import default_model_path, load_model
-
-    try:
-        default_model_path()
-    except Exception as error:
-        pytest.skip(str(error))
-    return load_model()
 
 
 def test_sparsegpt_far_below_magnitude_on_real_model(smollm2, data_dir):

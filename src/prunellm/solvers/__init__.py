@@ -4,11 +4,13 @@ Every solver takes W (out_features, in_features) float32, the input statistics H
 (in, in) float32 where it needs them, and a config dataclass, and returns a SolveResult.
 """
 
+from .allocation import outlier_ratio, owl_sparsities
 from .gptq import GPTQConfig, gptq
 from .hessian import HessianAccumulator, InverseHessian, damped_inverse, layer_error, relative_layer_error
 from .magnitude import MagnitudeConfig, magnitude
 from .masks import lowest_fraction_mask, nm_mask
 from .quant import QuantGrid, fit_minmax, quantize
+from .refine import refine_on_mask
 from .result import SolveResult
 from .sparsegpt import SparseGPTConfig, sparsegpt
 from .wanda import WandaConfig, wanda, wanda_scores
@@ -17,5 +19,5 @@ __all__ = [
     "GPTQConfig", "gptq", "HessianAccumulator", "InverseHessian", "damped_inverse", "layer_error",
     "relative_layer_error", "MagnitudeConfig", "magnitude", "lowest_fraction_mask", "nm_mask",
     "QuantGrid", "fit_minmax", "quantize", "SolveResult", "SparseGPTConfig", "sparsegpt",
-    "WandaConfig", "wanda", "wanda_scores",
+    "WandaConfig", "wanda", "wanda_scores", "outlier_ratio", "owl_sparsities", "refine_on_mask",
 ]

@@ -57,10 +57,13 @@ class LayerRecord:
 class WalkResult:
     layers: list[LayerRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float] = field(default_factory=dict)  # per-layer sparsity of an allocation
 
 
-def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None) -> WalkResult:
-    """Compress `model` in place. calibration: (N, T) token ids."""
+def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None,
+                   layer_sparsity: dict[str, float] | None = None) -> WalkResult:
+    """Compress `model` in place. calibration: (N, T) token ids. layer_sparsity: per-layer
+    targets (an allocation) overriding the method's own sparsity."""
     config = config or WalkConfig()
     blocks = find_blocks(model)
     last = len(blocks) - 1 if config.last_block is None else config.last_block
@@ -71,7 +74,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     if config.batch_size < 1:
         raise PrunellmError(f"batch_size must be positive, got {config.batch_size}")
     device = resolve_device(config.device)
-    result = WalkResult()
+    result = WalkResult(targets=dict(layer_sparsity or {}))
     started = time.perf_counter()
     solve_seconds = 0.0
 
@@ -83,7 +86,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
             continue
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
         if layers:
-            solve_seconds += _compress_block(step, layers, method, config, result, bar)
+            solve_seconds += _compress_block(step, layers, method, config, result, bar, layer_sparsity or {})
         bar.update(1)
         if step.index == last:
             break  # later blocks are not compressed: their inputs are not needed
@@ -96,7 +99,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
 
 
 def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Method, config: WalkConfig,
-                    result: WalkResult, bar: tqdm) -> float:
+                    result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float]) -> float:
     """Collect statistics and compress every layer of one block; returns the solver seconds."""
     groups = discover_input_groups(step.block, layers, lambda: step.run(0))
     missing = set(layers) - {name for group in groups for name in group.names}
@@ -115,7 +118,8 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             collector.remove()
             hessians = collector.hessians()
         for name, hessian in hessians.items():
-            seconds += _compress_layer(name, layers[name], hessian, method, step, config, result, bar)
+            layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
+            seconds += _compress_layer(name, layers[name], hessian, layer_method, step, config, result, bar)
     return seconds
 
 

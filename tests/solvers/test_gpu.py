@@ -1,0 +1,28 @@
+"""The solvers on a GPU give what they give on the CPU (run with `pytest -m gpu`)."""
+
+import pytest
+import torch
+
+from prunellm.solvers import GPTQConfig, SparseGPTConfig, gptq, layer_error, sparsegpt
+from tests.conftest import layer_problem
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("config", [SparseGPTConfig(sparsity=0.5), SparseGPTConfig(nm=(2, 4)),
+                                    SparseGPTConfig(sparsity=0.5, bits=4)])
+def test_sparsegpt_on_gpu_matches_cpu(config):
+    W, H = layer_problem(rows=128, cols=256)
+    cpu = sparsegpt(W, H, config)
+    gpu = sparsegpt(W.cuda(), H.cuda(), config)
+    assert gpu.weight.is_cuda
+    agree = (cpu.mask == gpu.mask.cpu()).float().mean()
+    assert agree > 0.999
+    assert layer_error(W, gpu.weight.cpu(), H) <= layer_error(W, cpu.weight, H) * 1.01
+
+
+def test_gptq_on_gpu_matches_cpu():
+    W, H = layer_problem(rows=128, cols=256)
+    cpu = gptq(W, H, GPTQConfig(bits=4, group_size=64))
+    gpu = gptq(W.cuda(), H.cuda(), GPTQConfig(bits=4, group_size=64))
+    assert layer_error(W, gpu.weight.cpu(), H) <= layer_error(W, cpu.weight, H) * 1.01

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from prunellm.solvers import SparseGPTConfig, layer_error, refine_on_mask, sparsegpt
+from tests.conftest import layer_problem
+
+
+def exact_on_mask(W, H, pruned):
+    """Row by row, in float64: X_K = W_K + H_KK⁻¹ H_KP W_P."""
+    W64, H64 = W.double(), H.double()
+    X = torch.zeros_like(W64)
+    for r in range(W.shape[0]):
+        keep, drop = ~pruned[r], pruned[r]
+        rhs = H64[keep][:, drop] @ W64[r, drop]
+        X[r, keep] = W64[r, keep] + torch.linalg.solve(H64[keep][:, keep], rhs)
+    return X.float()
+
+
+def test_lsq_reaches_the_optimum_on_a_small_problem():
+    W, H = layer_problem(rows=6, cols=24, tokens=256)
+    start = sparsegpt(W, H, SparseGPTConfig(sparsity=0.5))
+    refined = refine_on_mask(W, H, start.weight, start.mask, iterations=200, tolerance=1e-7)
+    optimum = exact_on_mask(W, H, start.mask)
+    torch.testing.assert_close(refined, optimum, rtol=1e-3, atol=1e-4)
+    assert layer_error(W, refined, H) <= layer_error(W, optimum, H) * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("pattern", [dict(sparsity=0.5), dict(sparsity=0.7), dict(sparsity=0.8), dict(nm=(2, 4))])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lsq_never_above_sparsegpt_and_keeps_the_mask(pattern, seed):
+    W, H = layer_problem(rows=64, cols=128, seed=seed)
+    start = sparsegpt(W, H, SparseGPTConfig(**pattern))
+    refined = refine_on_mask(W, H, start.weight, start.mask, iterations=30)
+    assert layer_error(W, refined, H) <= layer_error(W, start.weight, H)
+    assert torch.all(refined[start.mask] == 0)
+    assert (refined == 0).sum() == (start.weight == 0).sum()
+
+
+def test_lsq_leaves_dead_inputs_alone():
+    W, H = layer_problem(rows=8, cols=32)
+    H[3, :] = 0
+    H[:, 3] = 0
+    start = sparsegpt(W, H, SparseGPTConfig(sparsity=0.5))
+    refined = refine_on_mask(W, H, start.weight, start.mask)
+    assert torch.isfinite(refined).all()
+    assert torch.equal(refined[:, 3], start.weight[:, 3])
