@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=32768)
     parser.add_argument("--owl-lambda", type=float, default=0.08)
     parser.add_argument("--owl-threshold", type=float, default=5.0)
+    parser.add_argument("--allocation-unit", default="block", help="block or layer")
     parser.add_argument("--out", default="bench/results/high_sparsity.json")
     args = parser.parse_args()
 
@@ -70,7 +71,7 @@ def main() -> None:
             method = build_method("sparsegpt", **{kind: value}, **options)
             started = time.perf_counter()
             prune(candidate, tokenizer, method, calibration, WalkConfig(progress=False, layer_errors=False),
-                  AllocationConfig(allocation, args.owl_lambda, args.owl_threshold))
+                  AllocationConfig(allocation, args.owl_lambda, args.owl_threshold, args.allocation_unit))
             seconds = time.perf_counter() - started
             ppl = perplexity(candidate, test_ids, seqlen=args.seqlen, batch_size=4, bos_token_id=bos, progress=False)
             label = f"{value:.0%}" if kind == "sparsity" else value
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"| {row['setting']} | {row['variant']} | {row['ppl']:.2f} | {row['seconds']:.1f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "versions": library_versions(), "calibration": vars(calibration),
+    out.write_text(json.dumps({"model": args.model, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit], "versions": library_versions(), "calibration": vars(calibration),
                                "eval_tokens": test_ids.numel(), "rows": rows}, indent=2))
 
 
