@@ -109,3 +109,19 @@ def test_batching_and_offloading_do_not_change_the_result():
 def test_bad_block_range_is_refused():
     with pytest.raises(PrunellmError, match="outside the model's 3 blocks"):
         compress_model(tiny_model("llama"), build_method("noop"), tokens(), WalkConfig(last_block=7, **QUIET))
+
+
+def test_extra_damping_is_reported_with_the_layer_name(caplog):
+    # A Hessian made indefinite on purpose: the solver retries with more damping, the walker warns.
+    from prunellm.methods.sparsegpt import SparseGPT
+
+    class Indefinite(SparseGPT):
+        def compress(self, weight, hessian):
+            shifted = hessian - 0.05 * torch.diagonal(hessian).mean() * torch.eye(hessian.shape[0])
+            return super().compress(weight, shifted)
+
+    model = tiny_model("llama")
+    with caplog.at_level("WARNING", logger="prunellm.walker.compress"):
+        compress_model(model, Indefinite(sparsity=0.5), tokens(), WalkConfig(last_block=0, **QUIET))
+    messages = [r.getMessage() for r in caplog.records if "not positive definite" in r.getMessage()]
+    assert any("model.layers.0.self_attn.q_proj" in m for m in messages)
