@@ -19,7 +19,7 @@ from .eval import evaluate
 from .io import library_versions
 from .methods import Method
 from .walker import (AllocationConfig, WalkConfig, WalkResult, collect_input_norms, compress_model, find_blocks,
-                     find_linear_layers, owl_allocation, read_weight, resolve_device)
+                     find_linear_layers, in_features, owl_allocation, resolve_device)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> No
     blocks = find_blocks(model)
     for index, block in enumerate(blocks.modules):
         for name, layer in find_linear_layers(block, blocks.name(index), walk.include, walk.exclude).items():
-            columns = read_weight(layer).shape[1] if not hasattr(layer, "in_features") else layer.in_features
+            columns = in_features(layer)
             if nm is not None and columns % nm[1]:
                 raise PrunellmError(f"{name}: in_features {columns} is not divisible by m={nm[1]} of {nm[0]}:{nm[1]}")
             if group_size is not None and columns % group_size:

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from prunellm.data import load_eval_text
 from prunellm.errors import PrunellmError
 from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
+from tests.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +19,7 @@ def wikitext_ids(data_dir, smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama")  # vocabulary of 128
 
 
 def _reference_ppl(model, windows):

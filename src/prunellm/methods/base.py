@@ -58,7 +58,9 @@ class Method(ABC):
 
     @abstractmethod
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
-        """weight: (out, in) float32; hessian: (in, in), (in,) or None as `statistics` says."""
+        """weight: (out, in) float32; hessian: (in, in), (in,) or None as `statistics` says. A
+        method that asks for the diagonal also takes the full Hessian (collected anyway when
+        the walker reports layer errors)."""
 
     def with_sparsity(self, sparsity: float) -> "Method":
         """The same method with another unstructured sparsity (per-layer targets of an allocation)."""

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import PrunellmError
 from ..solvers import HessianAccumulator, outlier_ratio, owl_sparsities, wanda_scores
 from .blockwalk import walk_blocks
-from .discovery import find_linear_layers, read_weight
+from .discovery import find_linear_layers, in_features, read_weight
 
 UNITS = ("block", "layer")
 
@@ -56,8 +56,7 @@ def _hook_diagonals(layers: dict[str, nn.Module], device: torch.device, out: dic
     accumulators = {}
     handles = []
     for name, layer in layers.items():
-        columns = read_weight(layer).shape[1]
-        accumulators[name] = HessianAccumulator(columns, device=device, diag_only=True)
+        accumulators[name] = HessianAccumulator(in_features(layer), device=device, diag_only=True)
         handles.append(layer.register_forward_pre_hook(lambda m, inputs, acc=accumulators[name]: acc.add(inputs[0])))
 
     def finish() -> None:

@@ -127,10 +127,7 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
                     config: WalkConfig, result: WalkResult, bar: tqdm) -> float:
     started = time.perf_counter()
     weight = read_weight(layer).to(step.device)  # (out, in)
-    if hessian is not None and hessian.dim() == 2 and method.statistics == "diag":
-        solved = method.compress(weight, torch.diagonal(hessian))
-    else:
-        solved = method.compress(weight, hessian)
+    solved = method.compress(weight, hessian)
     if solved.damp_frac is not None and solved.damp_frac > getattr(method.config, "damp_frac", 0) * 1.0001:
         log.warning("layer %s: Hessian not positive definite after damping; used damp_frac=%g",
                     name, solved.damp_frac)

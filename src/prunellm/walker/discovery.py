@@ -76,6 +76,11 @@ def find_linear_layers(
     return layers
 
 
+def in_features(layer: nn.Module) -> int:
+    """Input width of a linear layer, whatever its storage layout."""
+    return layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.weight.shape[1]
+
+
 def read_weight(layer: nn.Module) -> torch.Tensor:
     """(out_features, in_features) float32 copy, whatever the layer's storage layout."""
     weight = layer.weight.detach()
