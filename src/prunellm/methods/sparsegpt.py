@@ -34,11 +34,12 @@ class SparseGPT(Method):
         solver_config = SparseGPTConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(SparseGPTConfig)})
         if not config.refines:
             return sparsegpt(weight, hessian, solver_config)
-        pruned = sparsegpt(weight, hessian, dataclasses.replace(solver_config, bits=16))
+        pruned = sparsegpt(weight, hessian, dataclasses.replace(solver_config, bits=16, gguf=None))
         refined = config.apply(weight, hessian, pruned)
-        if config.bits == 16:
+        if config.bits == 16 and config.gguf is None:
             return refined
-        quantized = gptq(refined.weight, hessian, GPTQConfig(bits=config.bits, group_size=config.group_size,
+        bits = config.bits if config.bits < 16 else 4  # unused with a GGUF type
+        quantized = gptq(refined.weight, hessian, GPTQConfig(bits=bits, gguf=config.gguf, group_size=config.group_size,
                                                              sym=config.sym, block_size=config.block_size,
                                                              damp_frac=config.damp_frac, keep_zeros=True))
         quantized.mask = pruned.mask

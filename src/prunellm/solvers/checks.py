@@ -73,3 +73,17 @@ def aligned_block_size(block_size: int, *units: int | None) -> int:
         if unit:
             step = math.lcm(step, unit)
     return max(1, block_size // step) * step
+
+
+def check_gguf_options(gguf: str | None, group_size: int | None, bits: int | None = None) -> None:
+    """A GGUF type fixes its own block size and grid: refuse a conflicting group_size or bits."""
+    if gguf is None:
+        return
+    from .gguf_grids import gguf_grid  # the grids module imports this one's error type
+
+    grid = gguf_grid(gguf)
+    if group_size is not None and group_size != grid.block:
+        raise PrunellmError(f"{grid.name} stores one scale per {grid.block} inputs; group_size {group_size} "
+                            f"cannot be held (leave group_size unset with a GGUF type)")
+    if bits is not None and bits != 16:
+        raise PrunellmError(f"bits {bits} and GGUF type {grid.name} both set: the GGUF type fixes the grid")

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PrunellmError
-from .checks import aligned_block_size, check_bits, check_positive, check_problem
+from .checks import aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem
+from .gguf_grids import GGUFBlocks, check_gguf_problem, fit_gguf_blocks
+from .gguf_refit import refit_block_scales
 from .hessian import damped_inverse
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
-from .sweep import SweepGrid, obs_sweep
+from .sweep import GGUFSweepGrid, SweepGrid, obs_sweep
 
 
 @dataclass
@@ -21,6 +23,10 @@ class GPTQConfig:
     markedly (on the golden 3-bit case, 0.88 against 1.41). With groups, their grids are then
     fixed from the dense weight upfront, so that each group stays a contiguous run of inputs.
     keep_zeros: weights that are exactly zero (pruned earlier) stay zero.
+    gguf: quantize onto a GGUF block format instead ('q4_0', 'q4_k', ...): its block size
+    replaces group_size, its grid replaces bits and sym (see gguf_grids).
+    refit_scales: with a one-scale GGUF grid (q4_0, q5_0, q8_0), re-solve the block scales for
+    the chosen codes afterwards (see gguf_refit); a row keeps the result only if it helps.
     """
 
     bits: int = 4
@@ -30,9 +36,12 @@ class GPTQConfig:
     block_size: int = 128
     damp_frac: float = 0.01
     keep_zeros: bool = True
+    gguf: str | None = None
+    refit_scales: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        check_gguf_options(self.gguf, self.group_size)
         if self.bits == 16:
             raise PrunellmError("GPTQ needs bits between 2 and 8")
         check_positive("group_size", self.group_size, allow_none=True)
@@ -47,6 +56,8 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> 
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
     """
     config = config or GPTQConfig()
+    if config.gguf is not None:
+        return _gptq_gguf(W, H, config)
     check_problem(W, H, group_size=config.group_size)
     W = W.detach().to(torch.float32).clone()
     H = H.to(device=W.device, dtype=torch.float32)
@@ -83,3 +94,50 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> 
         weight, mask = weight[:, inverse_perm], mask[:, inverse_perm]
     quant = QuantGrid(bits, sym, g, grid.scale, grid.zero)
     return SolveResult(weight, mask, quant, inverse.damp_frac, inverse.retries)
+
+
+def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> SolveResult:
+    """GPTQ onto a GGUF block format: the same sweep, rounding onto the blocks' grids.
+
+    With act-order the blocks' parameters are fixed from the dense weight upfront (static
+    groups: a block must stay a contiguous run of inputs); without, each block is fitted when
+    the sweep reaches it, from the weights as updated so far.
+    """
+    check_problem(W, H)
+    W = W.detach().to(torch.float32).clone()
+    H = H.to(device=W.device, dtype=torch.float32)
+    W_dense, H_dense = W.clone(), H
+    rows, cols = W.shape
+    keep = (W == 0) if config.keep_zeros else None  # (R, C)
+    keep_zero = keep is not None and bool(keep.any())
+    grid = check_gguf_problem(config.gguf, cols, sparse=False)
+    if keep_zero and not grid.holds_zero:
+        keep, keep_zero = None, False  # zeros cannot survive this grid: round them like any weight
+    origin = torch.arange(cols, device=W.device)
+    importance = torch.diagonal(H).clone()  # (C,) what llama.cpp's importance matrix holds
+    if config.act_order:
+        params = fit_gguf_blocks(grid.name, W, keep_zero, importance).params
+        sweep_grid = GGUFSweepGrid(grid, params, origin)
+    else:
+        params = torch.zeros(rows, cols // grid.block, grid.n_params, device=W.device)
+        sweep_grid = GGUFSweepGrid(grid, params, origin, fit_on_the_fly=True, keep_zero=keep_zero,
+                                   importance=importance)
+
+    perm = None
+    if config.act_order:
+        perm = torch.argsort(torch.diagonal(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+        keep = keep[:, perm] if keep is not None else None
+        sweep_grid.origin = perm
+
+    inverse = damped_inverse(H, config.damp_frac)
+    W[:, inverse.dead] = 0.0
+    block = config.block_size if config.act_order else aligned_block_size(config.block_size, grid.block)
+    weight, mask = obs_sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=sweep_grid)
+    if perm is not None:
+        inverse_perm = torch.argsort(perm)
+        weight, mask = weight[:, inverse_perm], mask[:, inverse_perm]
+    blocks = GGUFBlocks(grid.name, sweep_grid.params)
+    if config.refit_scales:
+        weight, blocks = refit_block_scales(W_dense, H_dense, weight, blocks)
+    return SolveResult(weight, mask, blocks, inverse.damp_frac, inverse.retries)

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import aligned_block_size, check_bits, check_positive, check_problem, check_sparsity, parse_nm
+from .checks import (aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem,
+                     check_sparsity, parse_nm)
+from .gguf_grids import GGUFBlocks, check_gguf_problem
 from .gptq import GPTQConfig, gptq
 from .hessian import damped_inverse
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
-from .sweep import SweepGrid, obs_sweep
+from .sweep import GGUFSweepGrid, SweepGrid, obs_sweep
 
 
 @dataclass
@@ -21,6 +23,7 @@ class SparseGPTConfig:
     bits: 2-8 to quantize jointly, 16 for none. group_size: inputs per scale (None = per row).
     sym: symmetric grid. block_size: columns per lazy-update block (and per mask choice).
     damp_frac: fraction of mean(diag H) added to the diagonal.
+    gguf: quantize jointly onto a GGUF block format ('q4_0', 'q6_k', ...) instead of `bits`.
     """
 
     sparsity: float = 0.5
@@ -30,9 +33,13 @@ class SparseGPTConfig:
     sym: bool = False
     block_size: int = 128
     damp_frac: float = 0.01
+    gguf: str | None = None
 
     def __post_init__(self) -> None:
         self.nm = parse_nm(self.nm)
+        check_gguf_options(self.gguf, self.group_size, self.bits)
+        if self.gguf is not None:
+            check_gguf_problem(self.gguf, None, sparse=self.nm is not None or self.sparsity > 0)
         check_sparsity(self.sparsity)
         check_bits(self.bits)
         check_positive("group_size", self.group_size, allow_none=True)
@@ -52,16 +59,23 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
     config = config or SparseGPTConfig()
     nm = config.nm
     check_problem(W, H, nm=nm, group_size=config.group_size)
-    if nm is None and config.sparsity == 0 and config.bits < 16:
+    quantized = config.bits < 16 or config.gguf is not None
+    if nm is None and config.sparsity == 0 and quantized:
         # Nothing to prune: the column order is then free, and GPTQ's activation order
         # (largest diag(H) first) gives a clearly lower layer error than the left-to-right sweep.
-        return gptq(W, H, GPTQConfig(bits=config.bits, group_size=config.group_size, sym=config.sym,
-                                     act_order=True, block_size=config.block_size, damp_frac=config.damp_frac))
+        return gptq(W, H, GPTQConfig(bits=config.bits if config.bits < 16 else 4, group_size=config.group_size, sym=config.sym,
+                                     act_order=True, block_size=config.block_size, damp_frac=config.damp_frac,
+                                     gguf=config.gguf))
     W = W.detach().to(torch.float32).clone()
     rows, cols = W.shape
 
     grid = None
-    if config.bits < 16:
+    if config.gguf is not None:
+        gguf = check_gguf_problem(config.gguf, cols, sparse=True)
+        grid = GGUFSweepGrid(gguf, torch.zeros(rows, cols // gguf.block, gguf.n_params, device=W.device),
+                             torch.arange(cols, device=W.device), fit_on_the_fly=True, keep_zero=True,
+                             importance=torch.diagonal(H).to(W.device, torch.float32).clone())
+    elif config.bits < 16:
         if config.group_size is None:
             # Per-row grid fixed from the dense weight before pruning, as the paper's code.
             scale, zero = fit_minmax(W, config.bits, config.sym)
@@ -76,10 +90,13 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
 
     inverse = damped_inverse(H.to(W.device), config.damp_frac)
     W[:, inverse.dead] = 0.0  # inputs that never fire: their weights do nothing
-    block = aligned_block_size(config.block_size, nm[1] if nm else None, config.group_size)
+    block = aligned_block_size(config.block_size, nm[1] if nm else None, config.group_size,
+                               grid.group_size if grid is not None else None)
     weight, mask = obs_sweep(W, inverse.upper, block_size=block,
                              sparsity=0.0 if nm else config.sparsity, nm=nm, grid=grid)
     quant = None
-    if grid is not None:
+    if isinstance(grid, GGUFSweepGrid):
+        quant = GGUFBlocks(grid.grid.name, grid.params)
+    elif grid is not None:
         quant = QuantGrid(config.bits, config.sym, config.group_size, grid.scale, grid.zero)
     return SolveResult(weight, mask, quant, inverse.damp_frac, inverse.retries)

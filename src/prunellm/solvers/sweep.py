@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .gguf_grids import GGUFGrid
 from .masks import nm_mask
 from .quant import fit_minmax, quantize
 
@@ -36,6 +37,59 @@ class SweepGrid:
     group_size: int | None = None
     fit_on_the_fly: bool = False
 
+    def round(self, q: torch.Tensor, col: int) -> torch.Tensor:
+        """Column q (R,) at sweep position col, moved onto its group's grid."""
+        g = self.group_of[col]
+        return quantize(q, self.scale[:, g], self.zero[:, g], self.bits)
+
+    def fit(self, values: torch.Tensor, col: int) -> None:
+        """Fit the grid of the group that starts at sweep column col from values (R, group_size)."""
+        g = self.group_of[col]
+        self.scale[:, g], self.zero[:, g] = fit_minmax(values, self.bits, self.sym)
+
+
+@dataclass
+class GGUFSweepGrid:
+    """Quantization onto a GGUF block format inside the sweep.
+
+    params: (R, G, n_params), G = C / grid.block. origin: (C,) the input column of each sweep
+    column (a permutation under act-order), which gives its block and position in the block.
+    fit_on_the_fly: fit each block from the current weights when the sweep reaches it (blocks
+    are then in input order); otherwise params are fixed upfront. keep_zero: fit grids that
+    hold zero exactly (for pruned layers).
+    """
+
+    grid: GGUFGrid
+    params: torch.Tensor
+    origin: torch.Tensor
+    fit_on_the_fly: bool = False
+    keep_zero: bool = False
+    importance: torch.Tensor | None = None  # (C,) diag(H) by input column: weights the fit's error
+
+    @property
+    def group_size(self) -> int:
+        """How often the sweep refits: every sub-block (K-quants refit its integer scales)."""
+        return self.grid.sub
+
+    def fit_span(self, col: int) -> int:
+        """Columns the fit at sweep column col looks at: the whole block at its start."""
+        return self.grid.block if int(self.origin[col]) % self.grid.block == 0 else self.grid.sub
+
+    def round(self, q: torch.Tensor, col: int) -> torch.Tensor:
+        source = int(self.origin[col])
+        g, pos = divmod(source, self.grid.block)
+        position = torch.tensor([pos], device=q.device)
+        return self.grid.round(q[:, None], self.params[:, g], position)[:, 0]
+
+    def fit(self, values: torch.Tensor, col: int) -> None:
+        source = int(self.origin[col])
+        g, pos = divmod(source, self.grid.block)
+        h = None if self.importance is None else self.importance[source : source + values.shape[1]]
+        if pos == 0:
+            self.params[:, g] = self.grid.fit(values, self.keep_zero, h)
+        else:  # a later sub-block: its own scale from its weights as they are now
+            self.params[:, g] = self.grid.refit_sub(values, self.params[:, g], pos // self.grid.sub, h)
+
 
 def obs_sweep(
     W: torch.Tensor,
@@ -45,7 +99,7 @@ def obs_sweep(
     sparsity: float = 0.0,
     nm: tuple[int, int] | None = None,
     fixed_mask: torch.Tensor | None = None,
-    grid: SweepGrid | None = None,
+    grid: SweepGrid | GGUFSweepGrid | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune and/or quantize W in one sweep. Returns (Ŵ, pruned mask).
 
@@ -81,8 +135,7 @@ def obs_sweep(
             w = W1[:, i]  # (R,)
             q = w.masked_fill(mask1[:, i], 0.0)
             if grid is not None:
-                g = grid.group_of[i1 + i]
-                q = quantize(q, grid.scale[:, g], grid.zero[:, g], grid.bits)
+                q = grid.round(q, i1 + i)
             Q1[:, i] = q
             err = (w - q) / Hinv1[i, i]  # (R,)
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)  # OBS update, (R, B-i)
@@ -104,12 +157,11 @@ def _block_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return scores <= threshold
 
 
-def _fit_group(grid: SweepGrid, W1: torch.Tensor, W: torch.Tensor, mask1: torch.Tensor, i: int, i1: int, i2: int) -> None:
+def _fit_group(grid: SweepGrid | GGUFSweepGrid, W1: torch.Tensor, W: torch.Tensor, mask1: torch.Tensor, i: int, i1: int, i2: int) -> None:
     """Fit the grid of the group starting at block column i from the weights as they are now."""
-    size = grid.group_size
+    size = grid.fit_span(i1 + i) if isinstance(grid, GGUFSweepGrid) else grid.group_size
     inside = W1[:, i : i + size].masked_fill(mask1[:, i : i + size], 0.0)
     # Groups never straddle blocks (the caller aligns block_size), but stay correct if they do.
     spill = size - inside.shape[1]
     values = inside if spill <= 0 else torch.cat([inside, W[:, i2 : i2 + spill]], dim=1)
-    g = grid.group_of[i1 + i]
-    grid.scale[:, g], grid.zero[:, g] = fit_minmax(values, grid.bits, grid.sym)
+    grid.fit(values, i1 + i)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..errors import PrunellmError
 from ..methods import Method
 from ..solvers import relative_layer_error
+from ..solvers.gguf_grids import GGUFBlocks
 from .blockwalk import BlockStep, resolve_device, walk_blocks
 from .discovery import find_blocks, find_linear_layers, read_weight, write_weight
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
@@ -58,6 +59,7 @@ class WalkResult:
     layers: list[LayerRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     targets: dict[str, float] = field(default_factory=dict)  # per-layer sparsity of an allocation
+    gguf_blocks: dict[str, GGUFBlocks] = field(default_factory=dict)  # layers left on a GGUF grid
 
 
 def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None,
@@ -86,7 +88,8 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
             continue
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
         if layers:
-            solve_seconds += _compress_block(step, layers, method, config, result, bar, layer_sparsity or {})
+            solve_seconds += _compress_block(step, layers, method, config, result, bar, layer_sparsity or {},
+                                             len(blocks))
         bar.update(1)
         if step.index == last:
             break  # later blocks are not compressed: their inputs are not needed
@@ -99,7 +102,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
 
 
 def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Method, config: WalkConfig,
-                    result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float]) -> float:
+                    result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float], n_blocks: int) -> float:
     """Collect statistics and compress every layer of one block; returns the solver seconds."""
     groups = discover_input_groups(step.block, layers, lambda: step.run(0))
     missing = set(layers) - {name for group in groups for name in group.names}
@@ -119,6 +122,7 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             hessians = collector.hessians()
         for name, hessian in hessians.items():
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
+            layer_method = layer_method.for_layer(name, step.index, n_blocks)
             seconds += _compress_layer(name, layers[name], hessian, layer_method, step, config, result, bar)
     return seconds
 
@@ -135,6 +139,8 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     if config.layer_errors and hessian is not None and hessian.dim() == 2:
         error = relative_layer_error(weight, solved.weight, hessian)
     write_weight(layer, solved.weight)
+    if isinstance(solved.grid, GGUFBlocks):  # what a GGUF export packs, bit for bit
+        result.gguf_blocks[name] = GGUFBlocks(solved.grid.type, solved.grid.params.cpu())
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
     record = LayerRecord(name, step.index, tuple(weight.shape), float((solved.weight == 0).float().mean()),

@@ -1,0 +1,153 @@
+"""GGUF export against llama.cpp's own quantizer, perplexity measured by llama.cpp.
+
+For one model (a GGUF file, as the real models here are): writes the dense model as an F32
+GGUF, quantizes it with llama.cpp's `llama-quantize` (with and without an importance matrix
+from `llama-imatrix` on the same calibration text prunellm uses), exports prunellm's GPTQ and
+SparseGPT results onto the same GGUF types, and scores every file with llama.cpp (its Python
+bindings, the papers' windows: see prunellm.eval.llama_cpp). Prunellm rows also give prunellm's
+own perplexity of the same weights, to check the export. In every file the token embedding
+(also the output head: both models tie them) is Q8_0, so rows differ only in the block layers;
+llama.cpp's uniform types use `--pure` for the same reason, its Q4_K_M keeps its mixture.
+
+    python bench/gguf_export.py --model smollm2 --seqlen 512 --llama-bin DIR
+    python bench/gguf_export.py --model /path/gemma-3-270m.gguf --seqlen 1024 --llama-bin DIR
+
+DIR holds llama-quantize and llama-imatrix (`make llama-tools` builds them from the
+llama-cpp-python source package); the bindings come from the same package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from prunellm.data import load_eval_text, resolve_data_dir
+from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
+from prunellm.eval.llama_cpp import llama_cpp_perplexity
+from prunellm.io import default_model_path, library_versions, load_model
+from prunellm.io.gguf_export import GGUFExportConfig, export_gguf
+from prunellm.methods import build_method
+from prunellm.pipeline import CalibrationConfig, bos_for, prune
+from prunellm.walker import WalkConfig
+
+# name: (kind, options). llama.cpp rows: (ftype, imatrix?); prunellm rows: (method, options).
+VARIANTS = {
+    "llama.cpp Q8_0": ("llama", ("Q8_0", False)),
+    "prunellm GPTQ → Q8_0": ("prunellm", ("gptq", {"gguf": "q8_0"})),
+    "llama.cpp Q4_0": ("llama", ("Q4_0", False)),
+    "llama.cpp Q4_0 + imatrix": ("llama", ("Q4_0", True)),
+    "prunellm GPTQ → Q4_0": ("prunellm", ("gptq", {"gguf": "q4_0"})),
+    "prunellm SparseGPT 50% + Q4_0": ("prunellm", ("sparsegpt", {"gguf": "q4_0", "sparsity": 0.5})),
+    "llama.cpp Q4_K_M": ("llama", ("Q4_K_M", False)),
+    "llama.cpp Q4_K_M + imatrix": ("llama", ("Q4_K_M", True)),
+    "prunellm GPTQ → Q4_K_M": ("prunellm", ("gptq", {"gguf": "q4_k_m"})),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", help="smollm2 (bundled) or a .gguf path")
+    parser.add_argument("--llama-bin", default=os.environ.get("PRUNELLM_LLAMA_BIN"),
+                        help="directory with llama-quantize and llama-imatrix")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-tokens", type=int, default=32768)
+    parser.add_argument("--work-dir", default="/tmp/prunellm-gguf-bench")
+    parser.add_argument("--out", default=None, help="JSON results (default bench/results/gguf_<model>.json)")
+    args = parser.parse_args()
+
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None or not args.llama_bin:
+        raise SystemExit("set --data-dir (or PRUNELLM_DATA_DIR) and --llama-bin (or PRUNELLM_LLAMA_BIN)")
+    source = default_model_path() if args.model == "smollm2" else Path(args.model)
+    tag = "smollm2" if args.model == "smollm2" else source.stem
+    work = Path(args.work_dir) / tag
+    work.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(args.llama_bin)
+
+    model, tokenizer = load_model(source)
+    calib_text = data_dir / "wikitext-2-tokenized" / "valid.txt"
+    calibration = CalibrationConfig(str(calib_text), args.num_samples, args.seqlen, seed=0)
+    bos = bos_for(model, tokenizer)
+    test_ids = tokenize_eval_text(load_eval_text("wikitext2", data_dir=data_dir), tokenizer, args.eval_tokens)
+    windows = eval_windows(test_ids, args.seqlen, bos)  # (W, seqlen)
+
+    dense = work / "dense-f32.gguf"
+    export_gguf(model, {}, source, dense, GGUFExportConfig("q8_0", other_type="f32"))
+    rows = [_row("dense (F32 GGUF)", dense, windows, bos, 0.0,
+                 perplexity(model, test_ids, seqlen=args.seqlen, batch_size=4, bos_token_id=bos, progress=False))]
+    print(_line(rows[-1]), flush=True)
+    imatrix = None
+    for name in args.variants.split(","):
+        kind, spec = VARIANTS[name]
+        path = work / (name.replace(" ", "_").replace("→", "to").replace("%", "").replace("+", "plus") + ".gguf")
+        started = time.perf_counter()
+        own_ppl = None
+        if kind == "llama":
+            ftype, with_imatrix = spec
+            if with_imatrix and imatrix is None:
+                imatrix = _imatrix(bin_dir, dense, calib_text, work, args.seqlen, args.num_samples)
+            _llama_quantize(bin_dir, dense, path, ftype, imatrix if with_imatrix else None)
+        else:
+            method_name, options = spec
+            candidate = copy.deepcopy(model)
+            method = build_method(method_name, **options)
+            result = prune(candidate, tokenizer, method, calibration, WalkConfig(progress=False, layer_errors=False))
+            export_gguf(candidate, {r.name: result.gguf_blocks.get(r.name) for r in result.layers}, source, path,
+                        GGUFExportConfig(options["gguf"], other_type="q8_0"))
+            own_ppl = perplexity(candidate, test_ids, seqlen=args.seqlen, batch_size=4, bos_token_id=bos,
+                                 progress=False)
+            del candidate
+        rows.append(_row(name, path, windows, bos, time.perf_counter() - started, own_ppl))
+        print(_line(rows[-1]), flush=True)
+
+    print("\n| variant | file (MB) | ppl, llama.cpp | ppl, prunellm (same weights) | time (s) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        own = f"{row['ppl_prunellm']:.2f}" if row["ppl_prunellm"] is not None else "-"
+        print(f"| {row['variant']} | {row['megabytes']:.1f} | {row['ppl_llama_cpp']:.2f} | {own} | {row['seconds']:.0f} |")
+    out = Path(args.out or f"bench/results/gguf_{tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": str(source), "versions": library_versions(), "calibration": vars(calibration),
+                               "eval_tokens": test_ids.numel(), "seqlen": args.seqlen, "rows": rows}, indent=2))
+
+
+def _row(name: str, path: Path, windows, bos, seconds: float, own_ppl: float | None) -> dict:
+    ppl = llama_cpp_perplexity(path, windows, bos)
+    return {"variant": name, "megabytes": path.stat().st_size / 1e6, "ppl_llama_cpp": ppl, "ppl_prunellm": own_ppl,
+            "seconds": seconds}
+
+
+def _line(row: dict) -> str:
+    own = f", prunellm {row['ppl_prunellm']:.3f}" if row["ppl_prunellm"] is not None else ""
+    return f"{row['variant']}: llama.cpp {row['ppl_llama_cpp']:.3f}{own}, {row['megabytes']:.1f} MB, {row['seconds']:.0f} s"
+
+
+def _imatrix(bin_dir: Path, model: Path, text: Path, work: Path, seqlen: int, chunks: int) -> Path:
+    """llama.cpp's importance matrix from the same text (and amount of it) prunellm calibrates on."""
+    out = work / "imatrix.gguf"
+    subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", str(seqlen),
+                    "--chunks", str(chunks), "-o", str(out), "-t", str(os.cpu_count())],
+                   check=True, capture_output=True)
+    return out
+
+
+def _llama_quantize(bin_dir: Path, source: Path, out: Path, ftype: str, imatrix: Path | None) -> None:
+    command = [str(bin_dir / "llama-quantize"), "--token-embedding-type", "q8_0", "--output-tensor-type", "q8_0"]
+    if not ftype.endswith("_M"):
+        command.append("--pure")  # one type for every block layer, as prunellm's rows
+    if imatrix is not None:
+        command += ["--imatrix", str(imatrix)]
+    command += [str(source), str(out), ftype, str(os.cpu_count())]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

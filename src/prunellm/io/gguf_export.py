@@ -1,0 +1,303 @@
+"""Export a compressed model as a GGUF file that llama.cpp runs, reusing a source GGUF's metadata.
+
+Why reuse the source GGUF: its key-value metadata (architecture hyper-parameters, tokenizer
+vocabulary, merges, special tokens, chat template) was written by llama.cpp's own converter,
+which the llama.cpp project maintains for hundreds of architectures. Re-deriving it from a
+Hugging Face config by hand would duplicate that converter and drift from it. So the exporter
+copies every key of the source GGUF, keeps its tensor names, order and layouts, and replaces
+only the tensors the solver changed, packed onto exactly the grid the solver used. See
+docs/gguf.md.
+
+Layout: tensor names come from the `gguf` package's own map from Hugging Face names; for
+architectures whose converter permutes the rows of q/k for rotary embeddings (llama), the same
+permutation is applied. Every replaced tensor is checked against the source tensor it replaces
+(shape, and a cosine similarity that a wrong layout cannot reach).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from prunellm.errors import PrunellmError
+from prunellm.io.atomic import sibling_name
+from prunellm.io.gguf_pack import pack_gguf_blocks
+from prunellm.solvers.gguf_grids import (GGUF_GRIDS, GGUF_MIXES, MIX_ROLES, GGUFBlocks, fit_gguf_blocks, gguf_grid,
+                                         check_gguf_problem, layer_gguf_type, mixed_layer_type)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = ("f32", "f16", "bf16")
+OTHER_TYPES = ("keep", *FLOAT_TYPES, *GGUF_GRIDS)
+# Architectures whose llama.cpp converter permutes q/k rows (and transformers un-permutes them).
+_ROTARY_PERMUTED = {"llama": True}
+# Below this, the exported tensor is not the pruned version of the source tensor it replaces.
+MIN_COSINE = 0.3
+
+
+@dataclass
+class GGUFExportConfig:
+    """type: the GGUF type of the compressed linear layers ('q4_0', ...). Layers the solver
+    already put on a GGUF grid must be on this type (or its fallback for widths the type
+    cannot block); others are rounded onto it here (round-to-nearest, zeros kept).
+    other_type: embeddings, head and layers left uncompressed: 'keep' (the source's bytes),
+    'f32', 'f16', 'bf16' or a GGUF type. One-dimensional tensors (norms) always keep theirs."""
+
+    type: str
+    other_type: str = "keep"
+
+    def __post_init__(self) -> None:
+        if self.type.lower() not in FLOAT_TYPES:
+            gguf_grid(self.type)
+        if self.other_type.lower() not in OTHER_TYPES:
+            raise PrunellmError(f"unknown type '{self.other_type}' for other tensors: choose {', '.join(OTHER_TYPES)}")
+        self.type, self.other_type = self.type.lower(), self.other_type.lower()
+
+
+@dataclass
+class _Replacement:
+    source_name: str
+    weight: torch.Tensor  # (out, in) in the GGUF's row order
+    blocks: GGUFBlocks | None  # None: written as floats of the export type
+
+
+def export_gguf(
+    model: nn.Module,
+    layers: dict[str, GGUFBlocks | None],
+    source: str | Path,
+    out_path: str | Path,
+    config: GGUFExportConfig,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `model` as a GGUF file at out_path (through a temporary file and a rename).
+
+    layers: the compressed linear layers by module name, each with the GGUF grid the solver
+    left it on, or None to round it onto `config.type` here. source: the GGUF file the model
+    was loaded from (metadata, tokenizer and untouched tensors come from it).
+    """
+    import gguf
+
+    reader = _open_source(source)
+    arch = _field(reader, "general.architecture")
+    plan = _plan(model, layers, reader, arch, config, dry_run=False)
+    out = Path(out_path).expanduser()
+    if out.is_dir():
+        raise PrunellmError(f"GGUF output path is a directory: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sibling_name(out, "tmp")
+    try:
+        writer = gguf.GGUFWriter(tmp, arch)
+        _copy_metadata(reader, writer, config.type if plan else config.other_type, extra_metadata or {})
+        payloads = []
+        for tensor in reader.tensors:
+            data, qtype = _tensor_payload(tensor, plan.get(tensor.name), config)
+            writer.add_tensor_info(tensor.name, data.shape, data.dtype, data.nbytes, qtype)
+            payloads.append(data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for data in payloads:
+            writer.write_tensor_data(data)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("wrote %s (%d tensors replaced, %.1f MB)", out, len(plan), out.stat().st_size / 1e6)
+    return out
+
+
+def check_gguf_export(model: nn.Module, layer_names: list[str], source: str | Path, config: GGUFExportConfig) -> None:
+    """Refuse, before any work, an export that cannot succeed: an unreadable source, an
+    architecture or layer the exporter cannot map, shapes that differ, a type a width cannot hold."""
+    reader = _open_source(source)
+    _plan(model, dict.fromkeys(layer_names), reader, _field(reader, "general.architecture"), config, dry_run=True)
+
+
+def _open_source(source: str | Path) -> Any:
+    import gguf
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise PrunellmError(f"source GGUF not found: {path}")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError) as error:
+        raise PrunellmError(f"cannot read source GGUF {path}: {error}") from None
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        raise PrunellmError(f"source GGUF has no '{key}' metadata")
+    return field.contents()
+
+
+def _plan(model: nn.Module, layers: dict[str, GGUFBlocks | None], reader: Any, arch: str,
+          config: GGUFExportConfig, dry_run: bool) -> dict[str, _Replacement]:
+    """Map every compressed layer to the source tensor it replaces, checking everything first.
+    dry_run: check names, shapes and types only (before compression: no fitting, no layout check)."""
+    import gguf
+
+    arch_ids = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}
+    if arch not in arch_ids:
+        raise PrunellmError(f"GGUF architecture '{arch}' is unknown to the gguf package; cannot map tensor names")
+    n_blocks = int(_field(reader, f"{arch}.block_count"))
+    names = gguf.get_tensor_name_map(arch_ids[arch], n_blocks)
+    source_tensors = {t.name: t for t in reader.tensors}
+    modules = dict(model.named_modules())
+    plan: dict[str, _Replacement] = {}
+    for name, blocks in layers.items():
+        target = names.get_name(name + ".weight", try_suffixes=(".weight",))
+        if target is None or target not in source_tensors:
+            raise PrunellmError(f"cannot map layer '{name}' to a tensor of the {arch} GGUF")
+        source_tensor = source_tensors[target]
+        weight = _weight_of(modules.get(name), name)  # (out, in)
+        if tuple(int(d) for d in reversed(source_tensor.shape)) != tuple(weight.shape):
+            raise PrunellmError(f"layer '{name}' has shape {tuple(weight.shape)} but GGUF tensor {target} "
+                                f"has {tuple(int(d) for d in reversed(source_tensor.shape))}")
+        weight = _to_gguf_rows(weight, target, arch, reader)
+        if config.type in FLOAT_TYPES:
+            if not dry_run:
+                _check_layout(weight, source_tensor, name)
+            plan[target] = _Replacement(target, weight, None)
+            continue
+        expected = layer_gguf_type(_tensor_type(config.type, target, n_blocks), weight.shape[1])
+        check_gguf_problem(expected, weight.shape[1], sparse=False)
+        if dry_run:
+            continue
+        sparse = bool((weight == 0).float().mean() > 0.05)
+        if blocks is None:
+            blocks = _fit_here(weight, expected, sparse, name)
+        else:
+            if blocks.type != expected:
+                raise PrunellmError(f"layer '{name}' was quantized onto {blocks.type}; it cannot be exported as "
+                                    f"{config.type} (prune again with that GGUF type)")
+            blocks = GGUFBlocks(blocks.type, _to_gguf_rows(blocks.params, target, arch, reader))
+        _check_layout(weight, source_tensor, name)
+        plan[target] = _Replacement(target, weight, blocks)
+    return plan
+
+
+def _tensor_type(type_name: str, target: str, n_blocks: int) -> str:
+    """The type of GGUF tensor `target` (blk.N.attn_v.weight, ...) under a type or a mixture."""
+    if type_name not in GGUF_MIXES:
+        return type_name
+    parts = target.split(".")
+    role = parts[2] if len(parts) > 2 and parts[2] in MIX_ROLES else None
+    block = int(parts[1]) if parts[0] == "blk" and parts[1].isdigit() else 0
+    return mixed_layer_type(type_name, role, block, n_blocks)
+
+
+def _fit_here(weight: torch.Tensor, type_name: str, sparse: bool, name: str) -> GGUFBlocks:
+    grid = gguf_grid(type_name)
+    if sparse and not grid.holds_zero:
+        raise PrunellmError(f"layer '{name}' is sparse and {grid.name} cannot keep its zeros; choose a type "
+                            f"that holds zero (q4_0, q5_0, q8_0, q6_k, q4_1, q5_1)")
+    return fit_gguf_blocks(type_name, weight, keep_zero=sparse)
+
+
+def _weight_of(module: Any, name: str) -> torch.Tensor:
+    from prunellm.walker.discovery import read_weight
+
+    if module is None:
+        raise PrunellmError(f"model has no layer '{name}'")
+    return read_weight(module).detach().to(torch.float32).cpu()
+
+
+def _to_gguf_rows(t: torch.Tensor, target: str, arch: str, reader: Any) -> torch.Tensor:
+    """Rows (dim 0) of a q/k weight (or its per-row params) in the order llama.cpp's converter
+    writes them: for llama it interleaves the two rotary halves of every head."""
+    if not _ROTARY_PERMUTED.get(arch) or not (".attn_q." in target or ".attn_k." in target):
+        return t
+    heads = int(_field(reader, f"{arch}.attention.head_count"))
+    if ".attn_k." in target:
+        kv = reader.fields.get(f"{arch}.attention.head_count_kv")
+        heads = int(kv.contents()) if kv is not None else heads
+    rows = t.shape[0]
+    return t.reshape(heads, 2, rows // heads // 2, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+
+
+def _check_layout(weight: torch.Tensor, source_tensor: Any, name: str) -> None:
+    """A compressed tensor stays close to the one it replaces; a mis-mapped one does not."""
+    from gguf.quants import dequantize
+
+    original = torch.from_numpy(np.asarray(dequantize(source_tensor.data, source_tensor.tensor_type),
+                                           dtype=np.float32)).reshape(weight.shape)
+    cosine = torch.nn.functional.cosine_similarity(weight.flatten(), original.flatten(), dim=0)
+    if not cosine > MIN_COSINE:
+        raise PrunellmError(f"layer '{name}' does not match GGUF tensor {source_tensor.name} "
+                            f"(cosine {float(cosine):.2f}): the model was not loaded from this GGUF")
+
+
+def _tensor_payload(tensor: Any, replacement: _Replacement | None, config: GGUFExportConfig) -> tuple[np.ndarray, Any]:
+    """The bytes (or float array) to write for one source tensor and its ggml type."""
+    import gguf
+    from gguf.quants import dequantize
+
+    if replacement is not None and replacement.blocks is not None:
+        blocks = replacement.blocks
+        return pack_gguf_blocks(blocks, blocks.round(replacement.weight)), gguf.GGMLQuantizationType[blocks.type.upper()]
+    if replacement is not None:
+        return _float_payload(replacement.weight.numpy(), config.type)
+    other = config.other_type
+    if other == "keep" or len(tensor.shape) < 2:
+        qtype = tensor.tensor_type
+        data = tensor.data
+        return np.ascontiguousarray(data), qtype if data.dtype == np.uint8 else None
+    values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    values = values.reshape(tuple(int(d) for d in reversed(tensor.shape)))
+    if other in FLOAT_TYPES:
+        return _float_payload(values, other)
+    type_name = layer_gguf_type(other, values.shape[-1])
+    blocks = fit_gguf_blocks(type_name, torch.from_numpy(values), keep_zero=False)
+    weight = blocks.round(torch.from_numpy(values))
+    return pack_gguf_blocks(blocks, weight), gguf.GGMLQuantizationType[type_name.upper()]
+
+
+def _float_payload(values: np.ndarray, type_name: str) -> tuple[np.ndarray, Any]:
+    import gguf
+    from gguf.quants import quantize
+
+    if type_name == "f32":
+        return np.ascontiguousarray(values, dtype=np.float32), None
+    if type_name == "f16":
+        return values.astype(np.float16), None
+    return quantize(values, gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
+
+
+def _copy_metadata(reader: Any, writer: Any, main_type: str, extra: dict[str, str]) -> None:
+    """Every key of the source (tokenizer included) except those the writer sets itself,
+    with the file type updated to the main type of the file's layers."""
+    import gguf
+
+    file_type = _file_type(main_type)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        value = field.contents()
+        if field.name == gguf.Keys.General.FILE_TYPE and file_type is not None:
+            value = int(file_type)
+        writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
+    for key, value in extra.items():
+        writer.add_key_value(key, value, gguf.GGUFValueType.STRING)
+
+
+def _file_type(type_name: str) -> Any:
+    import gguf
+
+    if type_name == "keep":
+        return None
+    key = {"q4_k": "MOSTLY_Q4_K_S", "f32": "ALL_F32", "q6_k": "MOSTLY_Q6_K"}.get(type_name, f"MOSTLY_{type_name.upper()}")
+    return getattr(gguf.LlamaFileType, key, None)

@@ -1,0 +1,354 @@
+"""The quantization grids of GGUF's block formats, as the solvers' sweep rounds onto them.
+
+A GGUF tensor stores each row in blocks of 32 (or 256 for K-quants) consecutive inputs, each
+block with its own fp16 scale (and min, and sub-block scales for K-quants). A grid here is the
+set of values one block can hold: `fit` chooses a block's parameters the way the exporter will
+store them (fp16 rounding included), `round` maps weights onto the grid, computing the value
+exactly as llama.cpp and the `gguf` package dequantize it (same float32 operations, same
+order), so that exporting loses nothing. Parameters are float32 tensors holding exact fp16 or
+small-integer values, one row of `n_params` per (row, block).
+
+Exact zeros: q8_0, q4_0, q5_0 and q6_k are symmetric, zero is always on their grid. q4_1 and
+q5_1 store value = d·q + m; with `keep_zero` the fit makes m an exact integer multiple of -d
+(d is rounded up to few enough mantissa bits for d·z to be an exact fp16), so zero is on the
+grid. q4_k stores d·sc·q - dmin·mn with independent 6-bit scale and min: it cannot keep zeros.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PrunellmError
+
+
+def _fp16(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest fp16 value, kept as float32 (what a GGUF block stores)."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+def _signed_absmax(w: torch.Tensor) -> torch.Tensor:
+    """The value of largest magnitude along the last dim, with its sign: (..., K) -> (...)."""
+    return torch.gather(w, -1, w.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _searched_scale(w: torch.Tensor, importance: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    """Scale d (...,) for values d·c, c in [lo, hi], lowering Σ h (w - d·c)² over the last dim.
+
+    As llama.cpp's make_qx_quants: 19 candidate scales around signed-absmax / |lo| each fix the
+    codes, least squares then gives the best scale for those codes, and the best pair wins.
+    h (importance, broadcastable to w) is diag(H) in the solvers: llama.cpp's imatrix is the
+    same statistic. Without it every weight counts the same.
+    """
+    h = torch.ones_like(w) if importance is None else importance.expand_as(w)
+    top = _signed_absmax(w)  # (...,)
+    best_err = torch.full_like(top, float("inf"))
+    best = torch.zeros_like(top)
+    for step in range(-9, 10):
+        d = top / (lo - 0.1 * step)
+        c = torch.clamp(torch.round(_safe_div(w, d.unsqueeze(-1))), lo, hi)
+        hc = h * c
+        num, den = (hc * w).sum(dim=-1), (hc * c).sum(dim=-1)
+        scale = _safe_div(num, den)
+        err = -num * scale  # Σ h w² - (Σ h w c)² / Σ h c², less the constant Σ h w²
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, scale, best)
+    return best
+
+
+def _safe_div(w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """w / d with 0 where d == 0 (an all-zero block: every code reproduces zero)."""
+    return torch.where(d == 0, torch.zeros_like(w), w / torch.where(d == 0, torch.ones_like(d), d))
+
+
+class GGUFGrid(ABC):
+    """One GGUF block format. Shapes: w (N, K) rows of weights, params (N, n_params) per block,
+    pos (K,) the position of each column inside its block (0..block-1)."""
+
+    name: str
+    block: int  # inputs per block
+    n_params: int
+    holds_zero: bool  # pruned weights stay exactly zero on this grid
+
+    @abstractmethod
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        """Block parameters (N, n_params) for whole blocks w (N, block); importance: per-weight
+        weights of the squared rounding error, broadcastable to w (the grids that search use it)."""
+
+    @abstractmethod
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Nearest stored integers (N, K), as float32, for weights w at block positions pos."""
+
+    @abstractmethod
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The dequantized values (N, K), computed as the gguf package does."""
+
+    def round(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """w (N, K) moved onto the grid: the values the stored block will give back."""
+        return self.values(self.codes(w, params, pos), params, pos)
+
+    sub: int = 32  # inputs per sub-block with its own integer scale (K-quants); = block otherwise
+
+    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+        """params (N, P) with sub-block j's integer scale (and min) refitted to w (N, sub), the
+        block-wide fp16 scales kept. Lets a sweep fit each sub-block when it reaches it."""
+        return params
+
+
+class SymmetricGrid(GGUFGrid):
+    """q8_0, q4_0, q5_0: value = d · c, c an integer in [lo, hi], one fp16 d per 32 inputs.
+
+    d is fitted as llama.cpp does: the largest-magnitude value maps to the end of the range
+    (for the 4- and 5-bit types to -2^(b-1), which gains the one extra negative level)."""
+
+    block = 32
+    sub = 32
+    n_params = 1
+    holds_zero = True
+
+    def __init__(self, name: str, lo: int, hi: int, divisor: float) -> None:
+        self.name, self.lo, self.hi, self.divisor = name, lo, hi, divisor
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        return _fp16(_searched_scale(w, importance, self.lo, self.hi)).unsqueeze(-1)  # (N, 1)
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(_safe_div(w, params[:, :1])), self.lo, self.hi)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return params[:, :1] * codes
+
+
+class OffsetGrid(GGUFGrid):
+    """q4_1, q5_1: value = d · q + m, q in [0, 2^bits - 1], fp16 d and m per 32 inputs."""
+
+    block = 32
+    sub = 32
+    n_params = 2
+    holds_zero = True  # with keep_zero
+
+    def __init__(self, name: str, bits: int) -> None:
+        self.name, self.maxq, self.bits = name, 2**bits - 1, bits
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        low, high = w.amin(dim=-1), w.amax(dim=-1)
+        if not keep_zero:
+            return torch.stack([_fp16((high - low) / self.maxq), _fp16(low)], dim=-1)
+        low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
+        # d with at most 11 - bits significant bits, rounded up so the range still fits:
+        # then d·z (z < 2^bits) is an exact fp16, and d·z + m with m = -d·z is exactly 0.
+        d = _round_up_to_bits((high - low) / self.maxq, 11 - self.bits)
+        d = _fp16(d)
+        z = torch.clamp(torch.round(_safe_div(-low, d)), 0, self.maxq)
+        m = _fp16(-d * z)
+        exact = m == -d * z
+        # Only for d in fp16's subnormal range can m be inexact; such blocks lose exact zeros.
+        m = torch.where(exact, m, _fp16(low))
+        return torch.stack([d, m], dim=-1)
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        d, m = params[:, :1], params[:, 1:2]
+        return torch.clamp(torch.round(_safe_div(w - m, d)), 0, self.maxq)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return params[:, :1] * codes + params[:, 1:2]
+
+
+class Q4KGrid(GGUFGrid):
+    """q4_k: 256 inputs = 8 sub-blocks of 32; value = (d·sc_j)·q - dmin·mn_j, q in [0, 15],
+    sc_j and mn_j 6-bit integers, d and dmin fp16. params: [d, dmin, sc_0..7, mn_0..7]."""
+
+    name = "q4_k"
+    block = 256
+    sub = 32
+    n_params = 18
+    holds_zero = False
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        subs = w.reshape(w.shape[0], 8, self.sub)  # (N, 8, 32)
+        low = torch.clamp(subs.amin(dim=-1), max=0.0)  # the format's min is never above 0
+        high = subs.amax(dim=-1)
+        scale, offset = (high - low) / 15, -low  # (N, 8) each
+        d = _fp16(scale.amax(dim=-1) / 63)
+        dmin = _fp16(offset.amax(dim=-1) / 63)
+        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), 0, 63)
+        mn = torch.clamp(torch.round(_safe_div(offset, dmin[:, None])), 0, 63)
+        return torch.cat([d[:, None], dmin[:, None], sc, mn], dim=-1)
+
+    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+        low = torch.clamp(w.amin(dim=-1), max=0.0)
+        scale, offset = (w.amax(dim=-1) - low) / 15, -low  # (N,)
+        params = params.clone()
+        params[:, 2 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), 0, 63)
+        params[:, 10 + j] = torch.clamp(torch.round(_safe_div(offset, params[:, 1])), 0, 63)
+        return params
+
+    def _scale_offset(self, params: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        j = pos // self.sub  # (K,) sub-block of each column
+        scale = params[:, :1] * params[:, 2:10]  # (N, 8) exact: 11-bit d times 6-bit sc
+        offset = params[:, 1:2] * params[:, 10:18]
+        return scale[:, j], offset[:, j]
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        scale, offset = self._scale_offset(params, pos)
+        return torch.clamp(torch.round(_safe_div(w + offset, scale)), 0, 15)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        scale, offset = self._scale_offset(params, pos)
+        return scale * codes - offset
+
+
+class Q6KGrid(GGUFGrid):
+    """q6_k: 256 inputs = 16 sub-blocks of 16; value = (d·sc_j)·c, c in [-32, 31], sc_j an
+    8-bit signed integer, d fp16. params: [d, sc_0..15]."""
+
+    name = "q6_k"
+    block = 256
+    sub = 16
+    n_params = 17
+    holds_zero = True
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        subs = w.reshape(w.shape[0], 16, self.sub)  # (N, 16, 16)
+        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
+        scale = _searched_scale(subs, h, -32, 31)  # (N, 16)
+        d = _fp16(scale.abs().amax(dim=-1) / 127)
+        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), -127, 127)
+        return torch.cat([d[:, None], sc], dim=-1)
+
+    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+        params = params.clone()
+        scale = _searched_scale(w, importance, -32, 31)
+        params[:, 1 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), -127, 127)
+        return params
+
+    def _scale(self, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return (params[:, :1] * params[:, 1:17])[:, pos // self.sub]  # exact: 11 bits times 8
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(_safe_div(w, self._scale(params, pos))), -32, 31)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._scale(params, pos) * codes
+
+
+def _round_up_to_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The smallest value >= x (x >= 0) with at most `bits` significant binary digits."""
+    mantissa, exponent = torch.frexp(x)  # x = mantissa · 2^exponent, mantissa in [0.5, 1)
+    return torch.ldexp(torch.ceil(mantissa * 2**bits) / 2**bits, exponent)
+
+
+GGUF_GRIDS: dict[str, GGUFGrid] = {
+    grid.name: grid
+    for grid in (
+        SymmetricGrid("q8_0", -127, 127, 127.0),
+        SymmetricGrid("q4_0", -8, 7, -8.0),
+        SymmetricGrid("q5_0", -16, 15, -16.0),
+        OffsetGrid("q4_1", 4),
+        OffsetGrid("q5_1", 5),
+        Q4KGrid(),
+        Q6KGrid(),
+    )
+}
+
+
+# llama.cpp's mixtures: (base type, type of the layers that get more bits). Q4_K_M gives Q6_K
+# to attn_v and ffn_down in the first and last eighth of the blocks and every third between.
+GGUF_MIXES: dict[str, tuple[str, str]] = {"q4_k_m": ("q4_k", "q6_k")}
+MIX_ROLES = ("attn_v", "ffn_down")
+
+
+def gguf_grid(name: str) -> GGUFGrid:
+    """The grid of a GGUF type by its name ('q4_0', 'Q4_K', ...); a mixture gives its base."""
+    key = name.lower()
+    key = GGUF_MIXES[key][0] if key in GGUF_MIXES else key
+    if key not in GGUF_GRIDS:
+        raise PrunellmError(f"unknown GGUF type '{name}': choose {', '.join([*GGUF_GRIDS, *GGUF_MIXES])}")
+    return GGUF_GRIDS[key]
+
+
+def mixed_layer_type(name: str, role: str | None, block: int, n_blocks: int) -> str:
+    """The type a mixture gives one layer (role 'attn_v', 'ffn_down' or other), as llama.cpp's
+    `use_more_bits` rule does; a plain type is returned unchanged."""
+    key = name.lower()
+    if key not in GGUF_MIXES:
+        return key
+    base, more = GGUF_MIXES[key]
+    eighth = n_blocks // 8
+    more_bits = block < eighth or block >= 7 * n_blocks // 8 or (block - eighth) % 3 == 2
+    return more if role in MIX_ROLES and more_bits else base
+
+
+# What llama.cpp's quantizer uses for a tensor whose rows a K-quant's 256-blocks cannot tile.
+K_FALLBACK = {"q4_k": "q5_0", "q6_k": "q8_0"}
+
+
+def layer_gguf_type(name: str, in_features: int) -> str:
+    """The type a layer of this width gets: `name`, or llama.cpp's fallback for K-quants when
+    in_features is not a multiple of 256 (Gemma-3-270M's 640 inputs, for one)."""
+    grid = gguf_grid(name)
+    if in_features % grid.block and grid.name in K_FALLBACK:
+        return K_FALLBACK[grid.name]
+    return grid.name
+
+
+def check_gguf_problem(name: str, in_features: int | None, sparse: bool) -> GGUFGrid:
+    """The grid for a layer problem (in_features None: any width; otherwise with llama.cpp's
+    fallback for K-quants), or a one-line error if the type cannot hold it."""
+    grid = gguf_grid(name)
+    if sparse and not grid.holds_zero:
+        raise PrunellmError(f"{grid.name} cannot keep pruned weights at exactly zero (its blocks store "
+                            f"d·sc·q - dmin·m); use q4_0, q5_0, q8_0, q6_k or q4_1/q5_1 with sparsity")
+    if in_features is not None:
+        grid = gguf_grid(layer_gguf_type(name, in_features))
+    if in_features is not None and in_features % grid.block:
+        raise PrunellmError(f"{grid.name} stores blocks of {grid.block} inputs; in_features {in_features} "
+                            f"is not a multiple of {grid.block}")
+    return grid
+
+
+@dataclass
+class GGUFBlocks:
+    """Where a layer ended on a GGUF grid: params (R, C / block, n_params) per row and block.
+    The exporter packs codes(weight) and params into the type's bytes."""
+
+    type: str
+    params: torch.Tensor
+
+    @property
+    def grid(self) -> GGUFGrid:
+        return gguf_grid(self.type)
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """Stored integers (R, C) of a weight on this grid (float32 holding integers)."""
+        return self._blockwise(weight, self.grid.codes)
+
+    def round(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (R, C) moved onto this grid (the identity for the solver's own result)."""
+        return self._blockwise(weight, self.grid.round)
+
+    def _blockwise(self, weight: torch.Tensor, fn) -> torch.Tensor:
+        grid = self.grid
+        rows, cols = weight.shape
+        blocks = weight.to(torch.float32).reshape(rows * cols // grid.block, grid.block)
+        params = self.params.reshape(-1, grid.n_params).to(weight.device)
+        pos = torch.arange(grid.block, device=weight.device)
+        return fn(blocks, params, pos).reshape(rows, cols)
+
+
+def fit_gguf_blocks(name: str, weight: torch.Tensor, keep_zero: bool,
+                    importance: torch.Tensor | None = None) -> GGUFBlocks:
+    """Fit every block of weight (R, C) to a GGUF type. importance: (C,) weights of each input's
+    squared rounding error (diag(H)), or None."""
+    grid = gguf_grid(name)
+    rows, cols = weight.shape
+    h = None
+    if importance is not None:
+        h = importance.to(torch.float32).reshape(1, cols).expand(rows, cols).reshape(-1, grid.block)
+    params = grid.fit(weight.to(torch.float32).reshape(-1, grid.block), keep_zero, h)
+    return GGUFBlocks(grid.name, params.reshape(rows, cols // grid.block, grid.n_params))
