@@ -35,17 +35,19 @@ from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, bos_for, prune
 from prunellm.walker import WalkConfig
 
-# name: (kind, options). llama.cpp rows: (ftype, imatrix?); prunellm rows: (method, options).
+# name: (kind, options). llama.cpp rows: (ftype, imatrix?); prunellm rows: (method, options),
+# "shrink" rows quantize against the Hessian shrunk toward its diagonal (--hessian-shrink).
 VARIANTS = {
     "llama.cpp Q8_0": ("llama", ("Q8_0", False)),
-    "prunellm GPTQ → Q8_0": ("prunellm", ("gptq", {"gguf": "q8_0"})),
+    "prunellm GPTQ → Q8_0": ("prunellm", ("gptq", {"gguf": "q8_0", "shrink": True})),
     "llama.cpp Q4_0": ("llama", ("Q4_0", False)),
     "llama.cpp Q4_0 + imatrix": ("llama", ("Q4_0", True)),
-    "prunellm GPTQ → Q4_0": ("prunellm", ("gptq", {"gguf": "q4_0"})),
+    "prunellm GPTQ → Q4_0 (plain H)": ("prunellm", ("gptq", {"gguf": "q4_0"})),
+    "prunellm GPTQ → Q4_0": ("prunellm", ("gptq", {"gguf": "q4_0", "shrink": True})),
     "prunellm SparseGPT 50% + Q4_0": ("prunellm", ("sparsegpt", {"gguf": "q4_0", "sparsity": 0.5})),
     "llama.cpp Q4_K_M": ("llama", ("Q4_K_M", False)),
     "llama.cpp Q4_K_M + imatrix": ("llama", ("Q4_K_M", True)),
-    "prunellm GPTQ → Q4_K_M": ("prunellm", ("gptq", {"gguf": "q4_k_m"})),
+    "prunellm GPTQ → Q4_K_M": ("prunellm", ("gptq", {"gguf": "q4_k_m", "shrink": True})),
 }
 
 
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=32768)
+    parser.add_argument("--hessian-shrink", type=float, default=0.5,
+                        help="GPTQ rows marked 'shrink': Hessian shrinkage toward its diagonal")
     parser.add_argument("--work-dir", default="/tmp/prunellm-gguf-bench")
     parser.add_argument("--out", default=None, help="JSON results (default bench/results/gguf_<model>.json)")
     args = parser.parse_args()
@@ -96,8 +100,10 @@ def main() -> None:
                 imatrix = _imatrix(bin_dir, dense, calib_text, work, args.seqlen, args.num_samples)
             _llama_quantize(bin_dir, dense, path, ftype, imatrix if with_imatrix else None)
         else:
-            method_name, options = spec
+            method_name, options = spec[0], dict(spec[1])
             candidate = copy.deepcopy(model)
+            if options.pop("shrink", False):
+                options = {**options, "hessian_shrink": args.hessian_shrink}
             method = build_method(method_name, **options)
             result = prune(candidate, tokenizer, method, calibration, WalkConfig(progress=False, layer_errors=False))
             export_gguf(candidate, {r.name: result.gguf_blocks.get(r.name) for r in result.layers}, source, path,
@@ -115,7 +121,7 @@ def main() -> None:
         print(f"| {row['variant']} | {row['megabytes']:.1f} | {row['ppl_llama_cpp']:.2f} | {own} | {row['seconds']:.0f} |")
     out = Path(args.out or f"bench/results/gguf_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(source), "versions": library_versions(), "calibration": vars(calibration),
+    out.write_text(json.dumps({"model": str(source), "hessian_shrink": args.hessian_shrink, "versions": library_versions(), "calibration": vars(calibration),
                                "eval_tokens": test_ids.numel(), "seqlen": args.seqlen, "rows": rows}, indent=2))
 
 

@@ -25,7 +25,10 @@ from prunellm.pipeline import CalibrationConfig, bos_for, prune
 from prunellm.walker import WalkConfig
 
 pytestmark = [pytest.mark.llama_cpp]
-pytest.importorskip("llama_cpp")
+try:
+    import llama_cpp  # noqa: F401
+except (ImportError, OSError) as error:  # not installed, or its llama.cpp library not found
+    pytest.skip(f"llama-cpp-python unavailable: {error}", allow_module_level=True)
 
 
 def gemma_path(tmp_path_factory) -> Path:

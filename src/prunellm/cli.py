@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                        help="GPTQ: quantize columns by decreasing Hessian diagonal (default on)")
     prune.add_argument("--per-row", action="store_true", default=None, help="magnitude: compare within rows")
+    prune.add_argument("--hessian-shrink", type=float, default=None,
+                       help="GPTQ: quantize with (1-a)*H + a*diag(H), a in [0, 1] (default 0; 0.5 wins with small "
+                            "calibration sets, see bench/README.md)")
     prune.add_argument("--block-size", type=int, default=None, help="columns per lazy-update block (default 128)")
     prune.add_argument("--damp-frac", type=float, default=None, help="Hessian damping, fraction of mean diagonal")
     prune.add_argument("--refine", default=None, help="none or lsq: re-solve the weights exactly on the mask")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
-                  "refine", "refine_iters")
+                  "refine", "refine_iters", "hessian_shrink")
 FLOAT_GGUF_TYPES = ("f32", "f16", "bf16")
 
 

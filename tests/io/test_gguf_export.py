@@ -39,14 +39,36 @@ def pruned_smollm2(smollm2):
     return model, grids
 
 
-def tensors_by_name(path) -> dict:
-    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+@pytest.fixture(scope="module")
+def source_reader():
+    return gguf.GGUFReader(default_model_path())
 
 
-def test_export_packs_the_solver_weights_bit_for_bit(pruned_smollm2, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def exported(pruned_smollm2, tmp_path_factory):
+    """The pruned model exported with its q4_0 grids (parsed once: the gguf package takes seconds)."""
     model, grids = pruned_smollm2
-    out = export_gguf(model, grids, default_model_path(), tmp_path / "smol.gguf", GGUFExportConfig("q4_0"))
-    written, source = tensors_by_name(out), tensors_by_name(default_model_path())
+    out = export_gguf(model, grids, default_model_path(), tmp_path_factory.mktemp("gguf") / "smol.gguf",
+                      GGUFExportConfig("q4_0"), {"general.quantized_by": "prunellm"})
+    return out, gguf.GGUFReader(out)
+
+
+@pytest.fixture(scope="module")
+def exported_rounded(pruned_smollm2, tmp_path_factory):
+    """The same model exported without its grids, onto q5_0, other tensors in f16."""
+    model, grids = pruned_smollm2
+    out = export_gguf(model, dict.fromkeys(grids), default_model_path(),
+                      tmp_path_factory.mktemp("gguf") / "smol-q5_0.gguf", GGUFExportConfig("q5_0", other_type="f16"))
+    return gguf.GGUFReader(out)
+
+
+def tensors_by_name(reader) -> dict:
+    return {t.name: t for t in reader.tensors}
+
+
+def test_export_packs_the_solver_weights_bit_for_bit(pruned_smollm2, exported, source_reader) -> None:
+    model, grids = pruned_smollm2
+    written, source = tensors_by_name(exported[1]), tensors_by_name(source_reader)
     assert list(written) == list(source)  # same tensors, same order
     # o_proj and the MLP keep their row order; q/k are permuted as llama.cpp's converter does,
     # which the reload test below checks.
@@ -62,22 +84,18 @@ def test_export_packs_the_solver_weights_bit_for_bit(pruned_smollm2, tmp_path) -
         assert np.array_equal(np.asarray(written[key].data), np.asarray(source[key].data))
 
 
-def test_export_reuses_the_source_metadata_and_sets_the_file_type(pruned_smollm2, tmp_path) -> None:
-    model, grids = pruned_smollm2
-    out = export_gguf(model, grids, default_model_path(), tmp_path / "smol.gguf", GGUFExportConfig("q4_0"),
-                      {"general.quantized_by": "prunellm"})
-    fields = gguf.GGUFReader(out).fields
-    source = gguf.GGUFReader(default_model_path()).fields
+def test_export_reuses_the_source_metadata_and_sets_the_file_type(exported, source_reader) -> None:
+    fields = exported[1].fields
+    source = source_reader.fields
     for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "llama.block_count", "llama.rope.freq_base"]:
         assert fields[key].contents() == source[key].contents()
     assert fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q4_0)
     assert fields["general.quantized_by"].contents() == "prunellm"
 
 
-def test_transformers_reads_the_export_back_as_the_same_model(pruned_smollm2, tmp_path, smollm2) -> None:
+def test_transformers_reads_the_export_back_as_the_same_model(pruned_smollm2, exported) -> None:
     model, grids = pruned_smollm2
-    out = export_gguf(model, grids, default_model_path(), tmp_path / "smol.gguf", GGUFExportConfig("q4_0"))
-    reloaded, _ = load_model(out)
+    reloaded, _ = load_model(exported[0])
     for name, layer in block_layers(model).items():  # q and k included: the permutation is right
         assert torch.equal(read_weight(dict(reloaded.named_modules())[name]), read_weight(layer)), name
     ids = torch.arange(100, 164)[None]
@@ -85,21 +103,16 @@ def test_transformers_reads_the_export_back_as_the_same_model(pruned_smollm2, tm
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_other_tensors_take_the_chosen_type(pruned_smollm2, tmp_path) -> None:
-    model, grids = pruned_smollm2
-    out = export_gguf(model, grids, default_model_path(), tmp_path / "smol.gguf",
-                      GGUFExportConfig("q4_0", other_type="f16"))
-    written = tensors_by_name(out)
+def test_other_tensors_take_the_chosen_type(exported_rounded) -> None:
+    written = tensors_by_name(exported_rounded)
     assert written["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F16
     assert written["blk.5.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.F16
     assert written["blk.5.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32  # norms stay
 
 
-def test_layers_without_a_grid_are_rounded_here_and_keep_their_zeros(pruned_smollm2, tmp_path) -> None:
-    model, grids = pruned_smollm2
-    out = export_gguf(model, dict.fromkeys(grids), default_model_path(), tmp_path / "smol.gguf",
-                      GGUFExportConfig("q5_0"))
-    tensor = tensors_by_name(out)["blk.0.ffn_up.weight"]
+def test_layers_without_a_grid_are_rounded_here_and_keep_their_zeros(pruned_smollm2, exported_rounded) -> None:
+    model, _ = pruned_smollm2
+    tensor = tensors_by_name(exported_rounded)["blk.0.ffn_up.weight"]
     values = dequantize(tensor.data, tensor.tensor_type)
     original = read_weight(dict(model.named_modules())["model.layers.0.mlp.up_proj"]).numpy()
     assert tensor.tensor_type == gguf.GGMLQuantizationType.Q5_0

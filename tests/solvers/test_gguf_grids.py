@@ -127,3 +127,25 @@ def test_searched_scale_lowers_the_weighted_rounding_error() -> None:
     plain = (torch.clamp(torch.round(blocks / d), -8, 7) * d).reshape(W.shape)
     weighted = lambda V: float(((W - V) ** 2 * h).sum())  # noqa: E731
     assert weighted(searched) < weighted(plain)
+
+
+def test_gptq_with_a_fully_shrunk_hessian_is_importance_weighted_rounding() -> None:
+    from prunellm.solvers import shrink_to_diagonal
+
+    W, H = layer_problem(rows=16, cols=128)
+    diagonal = shrink_to_diagonal(H, 1.0)
+    result = gptq(W, diagonal, GPTQConfig(gguf="q4_0", refit_scales=False))
+    rounded = fit_gguf_blocks("q4_0", W, keep_zero=False, importance=torch.diagonal(H)).round(W)
+    torch.testing.assert_close(result.weight, rounded, rtol=0, atol=0)  # nothing to compensate
+
+
+def test_refitting_block_scales_never_raises_the_layer_error() -> None:
+    from prunellm.solvers.gguf_refit import refit_block_scales
+
+    for seed in range(3):
+        W, H = layer_problem(rows=32, cols=256, seed=seed)
+        plain = gptq(W, H, GPTQConfig(gguf="q4_0", refit_scales=False))
+        weight, blocks = refit_block_scales(W, H, plain.weight, plain.grid)
+        assert relative_layer_error(W, weight, H) <= relative_layer_error(W, plain.weight, H)
+        assert torch.equal(blocks.round(weight), weight)  # still exactly on the stored grid
+        assert torch.equal(blocks.codes(weight), plain.grid.codes(plain.weight))  # same codes

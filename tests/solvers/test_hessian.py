@@ -31,3 +31,16 @@ def test_layer_error_is_output_error():
     H = X.t() @ X
     expected = ((X @ W.t() - X @ W_hat.t()) ** 2).sum()
     torch.testing.assert_close(torch.tensor(layer_error(W, W_hat, H)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shrinking_toward_the_diagonal_interpolates_and_keeps_the_diagonal():
+    from prunellm.solvers import shrink_to_diagonal
+
+    X = torch.randn(64, 8)
+    H = X.t() @ X
+    assert shrink_to_diagonal(H, 0.0) is H
+    assert torch.allclose(shrink_to_diagonal(H, 1.0), torch.diag(torch.diagonal(H)))
+    half = shrink_to_diagonal(H, 0.5)
+    assert torch.allclose(torch.diagonal(half), torch.diagonal(H))
+    assert torch.allclose(half - torch.diag(torch.diagonal(half)), 0.5 * (H - torch.diag(torch.diagonal(H))))
+    assert torch.linalg.eigvalsh(half).min() > 0  # a convex mix of two PSD matrices stays PSD

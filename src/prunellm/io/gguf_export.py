@@ -16,6 +16,7 @@ permutation is applied. Every replaced tensor is checked against the source tens
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -124,11 +125,19 @@ def check_gguf_export(model: nn.Module, layer_names: list[str], source: str | Pa
 
 
 def _open_source(source: str | Path) -> Any:
-    import gguf
-
-    path = Path(source).expanduser()
+    path = Path(source).expanduser().resolve()
     if not path.is_file():
         raise PrunellmError(f"source GGUF not found: {path}")
+    stat = path.stat()
+    return _read_gguf(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gguf(path: Path, mtime_ns: int, size: int) -> Any:
+    """A parsed GGUF, kept for the next call on the same unchanged file: parsing a tokenizer's
+    100k metadata strings takes the gguf package seconds, and a prune checks then exports."""
+    import gguf
+
     try:
         return gguf.GGUFReader(path)
     except (ValueError, OSError) as error:

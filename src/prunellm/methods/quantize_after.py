@@ -23,6 +23,7 @@ class QuantizeAfter:
     block_size: int = 128
     damp_frac: float = 0.01
     gguf: str | None = None
+    hessian_shrink: float = 0.0
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -36,7 +37,8 @@ class QuantizeAfter:
 
     def quantize(self, pruned: SolveResult, hessian: torch.Tensor) -> SolveResult:
         config = GPTQConfig(bits=self.bits if self.bits < 16 else 4, gguf=self.gguf, group_size=self.group_size, sym=self.sym, act_order=self.act_order,
-                            block_size=self.block_size, damp_frac=self.damp_frac, keep_zeros=True)
+                            block_size=self.block_size, damp_frac=self.damp_frac, keep_zeros=True,
+                            hessian_shrink=self.hessian_shrink)
         quantized = gptq(pruned.weight, hessian, config)
         quantized.mask = pruned.mask
         return quantized

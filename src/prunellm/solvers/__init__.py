@@ -6,7 +6,8 @@ Every solver takes W (out_features, in_features) float32, the input statistics H
 
 from .allocation import outlier_ratio, owl_sparsities
 from .gptq import GPTQConfig, gptq
-from .hessian import HessianAccumulator, InverseHessian, damped_inverse, layer_error, relative_layer_error
+from .hessian import (HessianAccumulator, InverseHessian, damped_inverse, layer_error, relative_layer_error,
+                      shrink_to_diagonal)
 from .magnitude import MagnitudeConfig, magnitude
 from .masks import lowest_fraction_mask, nm_mask
 from .quant import QuantGrid, fit_minmax, quantize
@@ -17,7 +18,7 @@ from .wanda import WandaConfig, wanda, wanda_scores
 
 __all__ = [
     "GPTQConfig", "gptq", "HessianAccumulator", "InverseHessian", "damped_inverse", "layer_error",
-    "relative_layer_error", "MagnitudeConfig", "magnitude", "lowest_fraction_mask", "nm_mask",
+    "relative_layer_error", "shrink_to_diagonal", "MagnitudeConfig", "magnitude", "lowest_fraction_mask", "nm_mask",
     "QuantGrid", "fit_minmax", "quantize", "SolveResult", "SparseGPTConfig", "sparsegpt",
     "WandaConfig", "wanda", "wanda_scores", "outlier_ratio", "owl_sparsities", "refine_on_mask",
 ]

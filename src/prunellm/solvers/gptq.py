@@ -10,7 +10,7 @@ from ..errors import PrunellmError
 from .checks import aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem
 from .gguf_grids import GGUFBlocks, check_gguf_problem, fit_gguf_blocks
 from .gguf_refit import refit_block_scales
-from .hessian import damped_inverse
+from .hessian import damped_inverse, shrink_to_diagonal
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
 from .sweep import GGUFSweepGrid, SweepGrid, obs_sweep
@@ -25,6 +25,9 @@ class GPTQConfig:
     keep_zeros: weights that are exactly zero (pruned earlier) stay zero.
     gguf: quantize onto a GGUF block format instead ('q4_0', 'q4_k', ...): its block size
     replaces group_size, its grid replaces bits and sym (see gguf_grids).
+    hessian_shrink: α in [0, 1]: quantize against (1 - α)·H + α·diag(H) (see
+    shrink_to_diagonal): with a few thousand calibration tokens GPTQ fits H's noisy
+    correlations, and shrinking them generalizes better (bench/README.md). 0 = the paper's GPTQ.
     refit_scales: with a one-scale GGUF grid (q4_0, q5_0, q8_0), re-solve the block scales for
     the chosen codes afterwards (see gguf_refit); a row keeps the result only if it helps.
     """
@@ -37,10 +40,13 @@ class GPTQConfig:
     damp_frac: float = 0.01
     keep_zeros: bool = True
     gguf: str | None = None
+    hessian_shrink: float = 0.0
     refit_scales: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        if not 0.0 <= self.hessian_shrink <= 1.0:
+            raise PrunellmError(f"hessian_shrink must be in [0, 1], got {self.hessian_shrink}")
         check_gguf_options(self.gguf, self.group_size)
         if self.bits == 16:
             raise PrunellmError("GPTQ needs bits between 2 and 8")
@@ -56,6 +62,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> 
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
     """
     config = config or GPTQConfig()
+    H = shrink_to_diagonal(H, config.hessian_shrink)
     if config.gguf is not None:
         return _gptq_gguf(W, H, config)
     check_problem(W, H, group_size=config.group_size)

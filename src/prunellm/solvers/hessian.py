@@ -102,3 +102,19 @@ def relative_layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) 
     """layer_error / tr(W H Wᵀ): the fraction of the layer's output energy that was lost."""
     reference = layer_error(W, torch.zeros_like(W), H)
     return layer_error(W, W_hat, H) / reference if reference > 0 else 0.0
+
+
+def shrink_to_diagonal(H: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 - α)·H + α·diag(H): the calibration Hessian shrunk toward its diagonal.
+
+    H is estimated from a few thousand calibration tokens; its off-diagonal part is the noisy
+    one (a layer with 1536 inputs has over a million correlations to estimate). The solvers
+    then fit those correlations and do worse on new text. Shrinkage toward the diagonal (as in
+    Ledoit-Wolf covariance estimation) keeps each input's own energy and damps the rest;
+    α = 1 leaves only the diagonal, which turns GPTQ into importance-weighted rounding.
+    """
+    if alpha == 0 or H.dim() != 2:
+        return H
+    shrunk = H * (1.0 - alpha)
+    shrunk.diagonal().add_(torch.diagonal(H) * alpha)
+    return shrunk
