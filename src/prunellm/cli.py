@@ -120,7 +120,6 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _gguf_output(args: argparse.Namespace) -> tuple[Any, Any] | None:
     """For --format gguf: (source .gguf path, export config), refusing what cannot be exported."""
-    from .errors import PrunellmError
     from .io import default_model_path
     from .io.gguf_export import GGUFExportConfig
     from .io.source import resolve_source
@@ -141,10 +140,6 @@ def _gguf_output(args: argparse.Namespace) -> tuple[Any, Any] | None:
 
 
 def _check_output_file(path: str, overwrite: bool) -> None:
-    from pathlib import Path
-
-    from .errors import PrunellmError
-
     out = Path(path).expanduser()
     if out.exists() and not overwrite:
         raise PrunellmError(f"output file already exists: {out} (use --overwrite to replace it)")
@@ -210,8 +205,6 @@ def run_export(args: argparse.Namespace) -> None:
 
     out = args.out or f"{str(args.directory).rstrip('/')}-{args.type.lower()}.gguf"
     if not out.endswith(".gguf"):
-        from .errors import PrunellmError
-
         raise PrunellmError(f"--out must name a .gguf file, got {out}")
     _check_output_file(out, args.overwrite)
     path = pipeline.export_directory_to_gguf(args.directory, out, args.type, args.other_type, args.source)

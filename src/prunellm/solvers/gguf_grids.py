@@ -168,10 +168,7 @@ class Q4KGrid(GGUFGrid):
     holds_zero = False
 
     def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
-        subs = w.reshape(w.shape[0], 8, self.sub)  # (N, 8, 32)
-        low = torch.clamp(subs.amin(dim=-1), max=0.0)  # the format's min is never above 0
-        high = subs.amax(dim=-1)
-        scale, offset = (high - low) / 15, -low  # (N, 8) each
+        scale, offset = self._range(w.reshape(w.shape[0], 8, self.sub))  # (N, 8) each
         d = _fp16(scale.amax(dim=-1) / 63)
         dmin = _fp16(offset.amax(dim=-1) / 63)
         sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), 0, 63)
@@ -180,12 +177,17 @@ class Q4KGrid(GGUFGrid):
 
     def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
                   importance: torch.Tensor | None = None) -> torch.Tensor:
-        low = torch.clamp(w.amin(dim=-1), max=0.0)
-        scale, offset = (w.amax(dim=-1) - low) / 15, -low  # (N,)
+        scale, offset = self._range(w)  # (N,)
         params = params.clone()
         params[:, 2 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), 0, 63)
         params[:, 10 + j] = torch.clamp(torch.round(_safe_div(offset, params[:, 1])), 0, 63)
         return params
+
+    @staticmethod
+    def _range(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and (non-negative) offset of each sub-block, last dim: min-max, min never above 0."""
+        low = torch.clamp(w.amin(dim=-1), max=0.0)
+        return (w.amax(dim=-1) - low) / 15, -low
 
     def _scale_offset(self, params: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         j = pos // self.sub  # (K,) sub-block of each column
