@@ -129,6 +129,23 @@ def test_searched_scale_lowers_the_weighted_rounding_error() -> None:
     assert weighted(searched) < weighted(plain)
 
 
+def test_q4_k_searched_scale_and_min_lower_the_weighted_rounding_error() -> None:
+    W, H = layer_problem(rows=32, cols=256)
+    h = torch.diagonal(H)
+    searched = fit_gguf_blocks("q4_k", W, keep_zero=False, importance=h).round(W)
+    # Min-max rule for every sub-block of 32: min (never above 0) to code 0, max to code 15.
+    subs = W.reshape(32, 8, 32)
+    low = torch.clamp(subs.amin(-1), max=0.0)  # (rows, 8)
+    scale = (subs.amax(-1) - low) / 15
+    d, dmin = (scale.amax(-1) / 63).half().float(), (-low).amax(-1).div(63).half().float()  # (rows,)
+    s = torch.round(scale / d[:, None]) * d[:, None]
+    m = torch.round(-low / dmin[:, None]) * dmin[:, None]
+    q = torch.clamp(torch.round((subs + m[..., None]) / s[..., None]), 0, 15)
+    minmax = (q * s[..., None] - m[..., None]).reshape(W.shape)
+    weighted = lambda V: float(((W - V) ** 2 * h).sum())  # noqa: E731
+    assert weighted(searched) < 0.95 * weighted(minmax)
+
+
 def test_gptq_with_a_fully_shrunk_hessian_is_importance_weighted_rounding() -> None:
     from prunellm.solvers import shrink_to_diagonal
 

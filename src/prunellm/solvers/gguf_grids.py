@@ -58,6 +58,40 @@ def _searched_scale(w: torch.Tensor, importance: torch.Tensor | None, lo: int, h
     return best
 
 
+def _searched_scale_offset(w: torch.Tensor, importance: torch.Tensor | None,
+                           maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale s and offset m >= 0 (...,) for values s·q - m, q in [0, maxq], lowering
+    Σ h (w - s·q + m)² over the last dim.
+
+    As llama.cpp's make_qkx2_quants (q4_k): 21 candidate scales from the min-max one, each fixes
+    the codes, a weighted 2×2 least squares then gives the best scale and min for those codes
+    (the min kept at or below zero, as the format stores it), and the best pair wins.
+    """
+    h = torch.ones_like(w) if importance is None else importance.expand_as(w)
+    low = torch.clamp(w.amin(dim=-1), max=0.0)  # (...,)
+    span = w.amax(dim=-1) - low
+    best_scale, best_low = span / maxq, low  # min-max: the starting point and the fallback
+    q = torch.clamp(torch.round(_safe_div(w - low.unsqueeze(-1), best_scale.unsqueeze(-1))), 0, maxq)
+    best_err = (h * (best_scale.unsqueeze(-1) * q + low.unsqueeze(-1) - w) ** 2).sum(dim=-1)
+    sum_h, sum_hw = h.sum(dim=-1), (h * w).sum(dim=-1)
+    for step in range(21):
+        inverse = _safe_div(torch.full_like(span, maxq - 1.0 + 0.1 * step), span)  # (...,)
+        q = torch.clamp(torch.round(inverse.unsqueeze(-1) * (w - low.unsqueeze(-1))), 0, maxq)
+        hq = h * q
+        sum_q, sum_qq, sum_qw = hq.sum(dim=-1), (hq * q).sum(dim=-1), (hq * w).sum(dim=-1)
+        det = sum_h * sum_qq - sum_q * sum_q
+        scale = _safe_div(sum_h * sum_qw - sum_q * sum_hw, det)
+        mn = _safe_div(sum_qq * sum_hw - sum_q * sum_qw, det)
+        positive = mn > 0  # the format's min is never above zero: refit the scale alone
+        scale = torch.where(positive, _safe_div(sum_qw, sum_qq), scale)
+        mn = torch.where(positive, torch.zeros_like(mn), mn)
+        err = (h * (scale.unsqueeze(-1) * q + mn.unsqueeze(-1) - w) ** 2).sum(dim=-1)
+        better = (err < best_err) & (scale > 0)
+        best_err = torch.where(better, err, best_err)
+        best_scale, best_low = torch.where(better, scale, best_scale), torch.where(better, mn, best_low)
+    return best_scale, -best_low
+
+
 def _safe_div(w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """w / d with 0 where d == 0 (an all-zero block: every code reproduces zero)."""
     return torch.where(d == 0, torch.zeros_like(w), w / torch.where(d == 0, torch.ones_like(d), d))
@@ -168,7 +202,9 @@ class Q4KGrid(GGUFGrid):
     holds_zero = False
 
     def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
-        scale, offset = self._range(w.reshape(w.shape[0], 8, self.sub))  # (N, 8) each
+        subs = w.reshape(w.shape[0], 8, self.sub)  # (N, 8, 32)
+        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
+        scale, offset = _searched_scale_offset(subs, h, 15)  # (N, 8) each
         d = _fp16(scale.amax(dim=-1) / 63)
         dmin = _fp16(offset.amax(dim=-1) / 63)
         sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), 0, 63)
@@ -177,17 +213,11 @@ class Q4KGrid(GGUFGrid):
 
     def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
                   importance: torch.Tensor | None = None) -> torch.Tensor:
-        scale, offset = self._range(w)  # (N,)
+        scale, offset = _searched_scale_offset(w, importance, 15)  # (N,)
         params = params.clone()
         params[:, 2 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), 0, 63)
         params[:, 10 + j] = torch.clamp(torch.round(_safe_div(offset, params[:, 1])), 0, 63)
         return params
-
-    @staticmethod
-    def _range(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and (non-negative) offset of each sub-block, last dim: min-max, min never above 0."""
-        low = torch.clamp(w.amin(dim=-1), max=0.0)
-        return (w.amax(dim=-1) - low) / 15, -low
 
     def _scale_offset(self, params: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         j = pos // self.sub  # (K,) sub-block of each column

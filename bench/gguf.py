@@ -9,8 +9,8 @@ own perplexity of the same weights, to check the export. In every file the token
 (also the output head: both models tie them) is Q8_0, so rows differ only in the block layers;
 llama.cpp's uniform types use `--pure` for the same reason, its Q4_K_M keeps its mixture.
 
-    python bench/gguf_export.py --model smollm2 --seqlen 512 --llama-bin DIR
-    python bench/gguf_export.py --model /path/gemma-3-270m.gguf --seqlen 1024 --llama-bin DIR
+    python bench/gguf.py --model smollm2 --seqlen 512 --llama-bin DIR
+    python bench/gguf.py --model /path/gemma-3-270m.gguf --seqlen 1024 --llama-bin DIR
 
 DIR holds llama-quantize and llama-imatrix (`make llama-tools` builds them from the
 llama-cpp-python source package); the bindings come from the same package.
@@ -18,13 +18,19 @@ llama-cpp-python source package); the bindings come from the same package.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This script's name shadows the `gguf` package for everything it imports (Python puts the
+# script's folder first on the path): drop that folder, nothing here imports from it.
+sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import copy
 import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from prunellm.data import load_eval_text, resolve_data_dir
 from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
@@ -83,11 +89,16 @@ def main() -> None:
     test_ids = tokenize_eval_text(load_eval_text("wikitext2", data_dir=data_dir), tokenizer, args.eval_tokens)
     windows = eval_windows(test_ids, args.seqlen, bos)  # (W, seqlen)
 
+    out = Path(args.out or f"bench/results/gguf_{tag}.json")
+    versions = {**library_versions(), "llama_cpp_python": _llama_cpp_version()}
+    header = {"model": str(source), "hessian_shrink": args.hessian_shrink, "versions": versions,
+              "calibration": vars(calibration), "eval_tokens": test_ids.numel(), "seqlen": args.seqlen}
     dense = work / "dense-f32.gguf"
     export_gguf(model, {}, source, dense, GGUFExportConfig("q8_0", other_type="f32"))
     rows = [_row("dense (F32 GGUF)", dense, windows, bos, 0.0,
                  perplexity(model, test_ids, seqlen=args.seqlen, batch_size=4, bos_token_id=bos, progress=False))]
     print(_line(rows[-1]), flush=True)
+    _save(out, header, rows)
     imatrix = None
     for name in args.variants.split(","):
         kind, spec = VARIANTS[name]
@@ -113,16 +124,34 @@ def main() -> None:
             del candidate
         rows.append(_row(name, path, windows, bos, time.perf_counter() - started, own_ppl))
         print(_line(rows[-1]), flush=True)
+        _save(out, header, rows)
 
     print("\n| variant | file (MB) | ppl, llama.cpp | ppl, prunellm (same weights) | time (s) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         own = f"{row['ppl_prunellm']:.2f}" if row["ppl_prunellm"] is not None else "-"
         print(f"| {row['variant']} | {row['megabytes']:.1f} | {row['ppl_llama_cpp']:.2f} | {own} | {row['seconds']:.0f} |")
-    out = Path(args.out or f"bench/results/gguf_{tag}.json")
+
+
+def _save(out: Path, header: dict, rows: list[dict]) -> None:
+    """Merge this run's rows into the results file after every row, so a cut-short run keeps
+    what it measured; a run of a few variants replaces those rows and keeps the others, provided
+    it measured under the same settings."""
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    same_settings = all(previous.get(key) == value for key, value in header.items() if key != "versions")
+    kept = [row for row in previous.get("rows", []) if same_settings and row["variant"] not in {r["variant"] for r in rows}]
+    order = list(VARIANTS)
+    merged = sorted(kept + rows, key=lambda row: order.index(row["variant"]) if row["variant"] in order else -1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(source), "hessian_shrink": args.hessian_shrink, "versions": library_versions(), "calibration": vars(calibration),
-                               "eval_tokens": test_ids.numel(), "seqlen": args.seqlen, "rows": rows}, indent=2))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**header, "rows": merged}, indent=2))
+    tmp.replace(out)
+
+
+def _llama_cpp_version() -> str:
+    import llama_cpp
+
+    return llama_cpp.__version__
 
 
 def _row(name: str, path: Path, windows, bos, seconds: float, own_ppl: float | None) -> dict:
