@@ -42,5 +42,5 @@ class SparseGPT(Method):
         quantized = gptq(refined.weight, hessian, GPTQConfig(bits=bits, gguf=config.gguf, group_size=config.group_size,
                                                              sym=config.sym, block_size=config.block_size,
                                                              damp_frac=config.damp_frac, keep_zeros=True))
-        quantized.mask = pruned.mask
+        quantized.mask = refined.mask
         return quantized
