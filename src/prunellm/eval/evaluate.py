@@ -37,10 +37,8 @@ def evaluate(
     """
     results: dict[str, float] = {}
     for name in datasets:
-        cap = max_tokens
-        if cap is None and name.lower() == "c4":
-            cap = _C4_EVAL_WINDOWS * (seqlen - 1 if bos_token_id is not None else seqlen)
-        ids = tokenize_eval_text(load_eval_text(name, data_dir=data_dir), tokenizer, cap)  # (N,)
+        ids = eval_token_ids(name, tokenizer, seqlen=seqlen, max_tokens=max_tokens, bos_token_id=bos_token_id,
+                             data_dir=data_dir)  # (N,)
         results[name] = perplexity(
             model,
             ids,
@@ -52,3 +50,13 @@ def evaluate(
         )
         logger.info("%s: perplexity %.3f (%d tokens, seqlen %d)", name, results[name], ids.numel(), seqlen)
     return results
+
+
+def eval_token_ids(name: str, tokenizer: Any, *, seqlen: int = 2048, max_tokens: int | None = None,
+                   bos_token_id: int | None = None, data_dir: str | Path | None = None) -> torch.Tensor:
+    """The token ids (N,) `evaluate` scores for one dataset: tokenize once, share across models
+    (a sweep scores many compressed copies of one model on the same ids)."""
+    cap = max_tokens
+    if cap is None and name.lower() == "c4":
+        cap = _C4_EVAL_WINDOWS * (seqlen - 1 if bos_token_id is not None else seqlen)
+    return tokenize_eval_text(load_eval_text(name, data_dir=data_dir), tokenizer, cap)  # (N,)

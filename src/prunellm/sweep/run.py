@@ -1,0 +1,251 @@
+"""Run a sweep: one dense model, many compressed copies, every result written as it finishes.
+
+Shared across settings: the loaded model (each setting prunes a deep copy), the calibration
+windows, the tokenized evaluation texts, the resolved zero-shot tasks, and the dense model's
+own scores (evaluated once, kept on --resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import load_calibration
+from ..errors import PrunellmError
+from ..eval import eval_token_ids, eval_windows, perplexity
+from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
+from ..io import check_output_dir, library_versions, save_model
+from ..pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
+from ..walker import (WalkConfig, WalkResult, compress_model, find_blocks, find_linear_layers, read_weight,
+                      resolve_device)
+from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
+from .settings import SweepSetting
+
+log = logging.getLogger(__name__)
+
+# What a sweep writes into its directory: all that --overwrite removes (nothing else is touched).
+_OUTPUTS = (RESULTS_JSON, RESULTS_CSV, PLOTS_DIR, MODELS_DIR, "report.html", "report.md")
+
+
+@dataclass
+class SweepConfig:
+    """calibration: windows every setting is calibrated on. evaluation: perplexity texts
+    (seqlen None = calibration's). zero_shot: lm-eval tasks (None = none). walk: the walker's
+    options, shared by every setting. save_models: also save every compressed model under
+    models/<setting>/."""
+
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(("wikitext2",)))
+    zero_shot: ZeroShotConfig | None = None
+    walk: WalkConfig = field(default_factory=WalkConfig)
+    save_models: bool = False
+
+    @property
+    def eval_seqlen(self) -> int:
+        return self.evaluation.seqlen or self.calibration.seqlen
+
+    def spec(self) -> dict[str, Any]:
+        """What every result depends on besides its setting: a resumed sweep must match it.
+        (Devices, batch sizes and directories change speed, not results, and are left out.)"""
+        walk = self.walk
+        spec = {
+            "calibration": {k: v for k, v in dataclasses.asdict(self.calibration).items() if k != "data_dir"},
+            "evaluation": {"datasets": list(self.evaluation.datasets), "seqlen": self.eval_seqlen,
+                           "max_tokens": self.evaluation.max_tokens},
+            "zero_shot": None if self.zero_shot is None else {
+                "tasks": list(self.zero_shot.tasks), "num_fewshot": self.zero_shot.num_fewshot,
+                "limit": self.zero_shot.limit},
+            "walk": {"true_sequential": walk.true_sequential, "include": list(walk.include),
+                     "exclude": list(walk.exclude), "first_block": walk.first_block, "last_block": walk.last_block,
+                     "layer_errors": walk.layer_errors},
+        }
+        return json.loads(json.dumps(spec))  # tuples as lists: equal to the spec read back from disk
+
+
+def prepare_output(out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> SweepResults | None:
+    """Check, before any work, that `out_dir` can take this sweep; returns the results to resume
+    (or None). Writes nothing."""
+    out = Path(out_dir).expanduser()
+    if resume and overwrite:
+        raise PrunellmError("--resume and --overwrite exclude each other")
+    if not os.path.lexists(out):
+        check_output_dir(out, overwrite=False)  # a parent that can be written
+        return None
+    if not out.is_dir():
+        raise PrunellmError(f"output path exists and is not a directory: {out}")
+    if (out / RESULTS_JSON).is_file():
+        if resume:
+            return load_results(out)
+        if overwrite:
+            return None
+        raise PrunellmError(f"sweep directory already exists: {out} (use --resume to finish it, --overwrite to "
+                            "start over)")
+    if any(out.iterdir()):
+        raise PrunellmError(f"output directory exists and holds no sweep: {out} (choose a new or empty directory)")
+    return None
+
+
+class Sweep:
+    """A checked sweep, ready to run. Construction does every check that needs the model (n:m
+    and group shapes, calibration and evaluation texts long enough) and the shared dense work
+    that needs no forward pass; `run()` does the rest and yields each row as it is written."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, settings: list[SweepSetting], config: SweepConfig,
+                 out_dir: str | Path, *, model_source: str, gguf_file: str | None = None,
+                 suite: TaskSuite | None = None, resume: bool = False, overwrite: bool = False) -> None:
+        if not settings:
+            raise PrunellmError("a sweep needs at least one setting")
+        self.model, self.tokenizer, self.settings, self.config = model, tokenizer, settings, config
+        self.out = Path(out_dir).expanduser()
+        self.previous = prepare_output(self.out, resume=resume, overwrite=overwrite)
+        self.model_info = {"source": model_source, "class": type(model).__name__,
+                           "model_type": model.config.model_type,
+                           "parameters": sum(p.numel() for p in model.parameters())}
+        if gguf_file is not None:  # what `prunellm export` reuses for a saved setting
+            self.model_info["gguf_file"] = gguf_file
+        if self.previous is not None and (self.previous.spec != config.spec()
+                                          or self.previous.model.get("source") != model_source):
+            raise PrunellmError(f"cannot resume {self.out}: it was run with another model, calibration, evaluation, "
+                                "tasks or walk (start a new directory, or --overwrite)")
+        if config.zero_shot is not None and suite is None:
+            suite = TaskSuite.load(config.zero_shot)
+        self.suite = suite
+        _check_block_range(model, config.walk)
+        for setting in settings:
+            check_layer_shapes(model, setting.build(), config.walk)
+        self.bos = bos_for(model, tokenizer)
+        calibration = config.calibration
+        self.windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
+                                        seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=self.bos,
+                                        data_dir=calibration.data_dir)  # (N, T)
+        self.eval_ids = {}
+        for name in config.evaluation.datasets:
+            ids = eval_token_ids(name, tokenizer, seqlen=config.eval_seqlen, max_tokens=config.evaluation.max_tokens,
+                                 bos_token_id=self.bos, data_dir=calibration.data_dir)  # (N,)
+            eval_windows(ids, config.eval_seqlen, self.bos)  # too short for one window: refused now
+            self.eval_ids[name] = ids
+        self.device = resolve_device(config.walk.device)
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        """Evaluate the dense model (unless resumed), then compress and evaluate every setting
+        not done yet; after each, rewrite results.json, results.csv and the plots."""
+        results = self.previous or SweepResults(model=self.model_info, spec=self.config.spec())
+        results.settings = [s.to_dict() for s in self.settings]
+        results.versions = {**library_versions(), "lm_eval": lm_eval_version()}
+        if results.dense is None:
+            results.add(self._dense_row())
+        self._start_output()
+        self._save(results)
+        yield results.dense
+        for setting in self.settings:
+            if results.row(setting.key) is not None:
+                log.info("%s: already in %s, skipped", setting.label, self.out)
+                continue
+            results.add(self._setting_row(setting, results.dense))
+            self._save(results)
+            yield results.row(setting.key)
+
+    def _dense_row(self) -> dict[str, Any]:
+        zeros, total = 0, 0
+        for layer in self._target_layers(self.model).values():
+            weight = read_weight(layer)  # (out, in)
+            zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
+        row = {"key": DENSE, "label": DENSE, "method": DENSE, "sparsity": 0.0, "nm": None, "bits": None,
+               "group_size": None, "target_sparsity": 0.0, "achieved_sparsity": zeros / total if total else 0.0,
+               "layers": []}
+        scores, seconds = self._evaluate(self.model)
+        return {**row, **scores, "seconds": {"prune": 0.0, "eval": seconds}}
+
+    def _setting_row(self, setting: SweepSetting, dense: dict[str, Any]) -> dict[str, Any]:
+        pruned = copy.deepcopy(self.model)
+        method = setting.build()
+        torch.manual_seed(self.config.calibration.seed)
+        started = time.perf_counter()
+        result = compress_model(pruned, method, self.windows, self.config.walk)
+        prune_seconds = time.perf_counter() - started
+        scores, eval_seconds = self._evaluate(pruned)
+        row = {**setting.to_dict(), "achieved_sparsity": _achieved(result), **scores,
+               "layers": [{"name": r.name, "block": r.block, "sparsity": r.sparsity, "relative_error": r.relative_error}
+                          for r in result.layers],
+               "seconds": {"prune": prune_seconds, "solve": result.seconds.get("solve"), "eval": eval_seconds}}
+        if self.config.save_models:
+            report = build_report(model_source=self.model_info["source"], model=pruned, method=method,
+                                  calibration=self.config.calibration, walk=self.config.walk, result=result,
+                                  eval_config=self.config.evaluation, dense_ppl=dense["perplexity"],
+                                  compressed_ppl=row["perplexity"])
+            report["model"].update(self.model_info)
+            save_model(pruned, self.tokenizer, self.out / MODELS_DIR / setting.key, report=report, overwrite=True)
+        del pruned
+        return row
+
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
+        """({"perplexity": {text: ppl}, "zero_shot": {task: score}}, seconds) of `model` as it is."""
+        started = time.perf_counter()
+        home = next(model.parameters()).device
+        model.to(self.device)
+        try:
+            ppl = {name: perplexity(model, ids, seqlen=self.config.eval_seqlen,
+                                    batch_size=self.config.evaluation.batch_size, bos_token_id=self.bos,
+                                    device=self.device, progress=self.config.walk.progress)
+                   for name, ids in self.eval_ids.items()}
+            zero_shot = {}
+            if self.suite is not None:
+                scores = self.suite.evaluate(model, self.tokenizer, device=self.device, bos_token_id=self.bos)
+                zero_shot = {task: {k: v for k, v in dataclasses.asdict(s).items() if k != "task"}
+                             for task, s in scores.items()}
+        finally:
+            model.to(home)
+        return {"perplexity": ppl, "zero_shot": zero_shot}, time.perf_counter() - started
+
+    def _target_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        walk = self.config.walk
+        blocks = find_blocks(model)
+        last = len(blocks) - 1 if walk.last_block is None else walk.last_block
+        layers: dict[str, nn.Module] = {}
+        for index in range(walk.first_block, last + 1):
+            layers.update(find_linear_layers(blocks.modules[index], blocks.name(index), walk.include, walk.exclude))
+        return layers
+
+    def _start_output(self) -> None:
+        """Create the directory on the first write; with --overwrite, clear a previous sweep's files."""
+        if self.previous is None and self.out.is_dir():
+            for name in _OUTPUTS:
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _save(self, results: SweepResults) -> None:
+        from ..report.plots import sweep_plots
+
+        results.save(self.out)
+        sweep_plots(results, self.out / PLOTS_DIR)
+
+
+def _check_block_range(model: nn.Module, walk: WalkConfig) -> None:
+    """The walker checks this too, but only once a setting starts: after the dense evaluation."""
+    count = len(find_blocks(model))
+    last = count - 1 if walk.last_block is None else walk.last_block
+    if not 0 <= walk.first_block <= last < count:
+        raise PrunellmError(f"block range {walk.first_block}..{walk.last_block} is outside the model's {count} blocks")
+
+
+def _achieved(result: WalkResult) -> float:
+    """Fraction of zeros over all compressed layers, weighted by size."""
+    total = sum(r.shape[0] * r.shape[1] for r in result.layers)
+    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in result.layers)
+    return zeros / total if total else 0.0
