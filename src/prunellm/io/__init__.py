@@ -3,7 +3,7 @@
 from prunellm.io.atomic import write_json_atomic
 from prunellm.io.checks import check_finite
 from prunellm.io.default_model import default_model_path
-from prunellm.io.load import load_model
+from prunellm.io.load import load_model, load_tokenizer
 from prunellm.io.save import check_output_dir, save_model
 from prunellm.io.versions import library_versions
 
@@ -13,6 +13,7 @@ __all__ = [
     "default_model_path",
     "library_versions",
     "load_model",
+    "load_tokenizer",
     "save_model",
     "write_json_atomic",
 ]

@@ -52,6 +52,11 @@ def load_model(
     return model, tokenizer
 
 
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer alone (a streamed prune never loads the model whole)."""
+    return _from_pretrained("tokenizer", resolve_source(source), {})
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
     """A torch dtype for `from_pretrained`, or "auto" to keep the checkpoint's own."""
     if dtype == "auto":

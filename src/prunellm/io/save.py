@@ -69,7 +69,7 @@ def save_model(
             write_json_atomic(staging / REPORT_FILE, report)
         if gguf_blocks:
             save_gguf_blocks(staging, gguf_blocks)
-        _move_into_place(staging, out, overwrite)
+        move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -77,7 +77,9 @@ def save_model(
     return out
 
 
-def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+def move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename a complete `staging` directory to `out`; with `overwrite`, replace an existing
+    `out` only once the new one is in place (the old one is put back if that rename fails)."""
     if not os.path.lexists(out):
         os.rename(staging, out)
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from ..errors import PrunellmError
 from ..solvers import HessianAccumulator, outlier_ratio, owl_sparsities, wanda_scores
 from .blockwalk import walk_blocks
 from .discovery import find_linear_layers, in_features, read_weight
+
+if TYPE_CHECKING:
+    from ..distributed import Group
 
 UNITS = ("block", "layer")
 
@@ -35,24 +38,26 @@ class AllocationConfig:
 
 
 def collect_input_norms(model: nn.Module, calibration: torch.Tensor, *, device: torch.device, batch_size: int = 1,
-                        include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                        include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                        dist: Group | None = None) -> dict[str, torch.Tensor]:
     """diag(H) (squared input norms, (in,)) of every selected linear layer, from one dense pass.
 
     Hooks ride on the walk's own forward that produces each block's outputs: one block
-    forward per block, nothing is run twice.
+    forward per block, nothing is run twice. Under `dist`, summed over every process's share.
     """
     norms: dict[str, torch.Tensor] = {}
     finish: Callable[[], None] | None = None
     for step in walk_blocks(model, calibration, device=device, batch_size=batch_size):
         if finish is not None:
             finish()
-        finish = _hook_diagonals(find_linear_layers(step.block, step.name, include, exclude), device, norms)
+        finish = _hook_diagonals(find_linear_layers(step.block, step.name, include, exclude), device, norms, dist)
     if finish is not None:
         finish()
     return norms
 
 
-def _hook_diagonals(layers: dict[str, nn.Module], device: torch.device, out: dict[str, torch.Tensor]) -> Callable[[], None]:
+def _hook_diagonals(layers: dict[str, nn.Module], device: torch.device, out: dict[str, torch.Tensor],
+                    dist: Group | None) -> Callable[[], None]:
     accumulators = {}
     handles = []
     for name, layer in layers.items():
@@ -62,6 +67,8 @@ def _hook_diagonals(layers: dict[str, nn.Module], device: torch.device, out: dic
     def finish() -> None:
         for handle in handles:
             handle.remove()
+        if dist is not None:
+            dist.reduce_statistics(list(accumulators.values()))
         out.update({name: acc.diag.cpu() for name, acc in accumulators.items() if acc.num_tokens})
 
     return finish

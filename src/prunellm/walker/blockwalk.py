@@ -9,6 +9,7 @@ later blocks learn to correct earlier errors), move it back.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,39 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+class BlockHost:
+    """Where blocks live between steps. This one: the whole model in memory, one block moved to
+    the device for its step and back after. A streaming host (prunellm.io.stream) instead reads
+    each block from disk on `enter` and writes it out on `leave`."""
+
+    def __init__(self) -> None:
+        self._homes: dict[int, torch.device] = {}
+
+    def capturing(self) -> AbstractContextManager:
+        """Held while the blocks' calls are captured (embeddings and block 0 must be usable)."""
+        return nullcontext()
+
+    def enter(self, index: int, block: nn.Module, device: torch.device) -> None:
+        self._homes[index] = _device_of(block)
+        block.to(device)
+
+    def leave(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None) -> None:
+        """The step is over; `outputs` are the next block's inputs (None when the walk stops here)."""
+        self.abandon(index, block)
+
+    def abandon(self, index: int, block: nn.Module) -> None:
+        """The walk ended during the step (an error, or the caller stopped early)."""
+        block.to(self._homes.pop(index, torch.device("cpu")))
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted walk starts again: block `index`, with its checkpointed inputs."""
+
+    index: int
+    inputs: list[torch.Tensor]  # per batch, (B, T, C), this process's share
+
+
 def walk_blocks(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -53,33 +87,52 @@ def walk_blocks(
     offload_activations: bool = False,
     blocks: Blocks | None = None,
     forward_kwargs: dict | None = None,
+    host: BlockHost | None = None,
+    resume: ResumePoint | None = None,
+    stop: int | None = None,
 ) -> Iterator[BlockStep]:
     """Yield every decoder block with its calibration inputs, in order.
 
     calibration: (N, T) token ids. After the caller's work on a step, the block's outputs
     become the next step's inputs. Activations live on the device unless `offload_activations`.
+    host: where blocks live between steps (default: all in memory). resume: start at a later
+    block with given inputs (the calls are captured again: they depend on the tokens alone).
+    stop: the last block to visit; its outputs are not computed (without `stop`, every block's are).
     """
     blocks = blocks or find_blocks(model)
+    host = host or BlockHost()
     storage = torch.device("cpu") if offload_activations else device
     inputs: list[torch.Tensor] = []
     calls_by_size: dict[int, list[BlockCall]] = {}
-    for batch in calibration.split(batch_size):
-        batch = batch.to(_embedding_device(model))
-        hidden, calls = capture_block_calls(model, blocks, batch, forward_kwargs)
-        inputs.append(hidden.to(storage))
-        calls_by_size.setdefault(batch.shape[0], calls)
+    with host.capturing():
+        for batch in calibration.split(batch_size):
+            batch = batch.to(_embedding_device(model))
+            hidden, calls = capture_block_calls(model, blocks, batch, forward_kwargs)
+            if resume is None:
+                inputs.append(hidden.to(storage))
+            calls_by_size.setdefault(batch.shape[0], calls)
+    start = 0
+    if resume is not None:
+        start, inputs = resume.index, [hidden.to(storage) for hidden in resume.inputs]
+    last = len(blocks) - 1 if stop is None else stop
 
-    for index, block in enumerate(blocks.modules):
-        home = _device_of(block)
-        block.to(device)
+    for index in range(start, last + 1):
+        block = blocks.modules[index]
+        host.enter(index, block, device)
         step = BlockStep(index, blocks.name(index), block, inputs,
                          {size: calls[index].to(device) for size, calls in calls_by_size.items()}, device)
         try:
             yield step
-            with torch.no_grad():
-                inputs = [step.run(b).to(storage) for b in range(step.num_batches)]
-        finally:
-            block.to(home)
+            outputs = None
+            if stop is None or index < stop:  # callers may hook this forward (OWL's input norms)
+                with torch.no_grad():
+                    outputs = [step.run(b).to(storage) for b in range(step.num_batches)]
+        except BaseException:
+            host.abandon(index, block)
+            raise
+        host.leave(index, block, outputs)
+        if outputs is not None:
+            inputs = outputs
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import Group, solve_cost
 from ..errors import PrunellmError
 from ..methods import Method
 from ..solvers import relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
-from .blockwalk import BlockStep, resolve_device, walk_blocks
-from .discovery import find_blocks, find_linear_layers, read_weight, write_weight
+from .blockwalk import BlockHost, BlockStep, ResumePoint, resolve_device, walk_blocks
+from .discovery import find_blocks, find_linear_layers, in_features, read_weight, write_weight
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,16 @@ class WalkResult:
 
 
 def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None,
-                   layer_sparsity: dict[str, float] | None = None) -> WalkResult:
-    """Compress `model` in place. calibration: (N, T) token ids. layer_sparsity: per-layer
-    targets (an allocation) overriding the method's own sparsity."""
+                   layer_sparsity: dict[str, float] | None = None, *, host: BlockHost | None = None,
+                   resume: ResumePoint | None = None, dist: Group | None = None,
+                   result: WalkResult | None = None) -> WalkResult:
+    """Compress `model` in place. calibration: (N, T) token ids (this process's share under
+    `dist`). layer_sparsity: per-layer targets (an allocation) overriding the method's own.
+
+    host: where blocks live between steps (default: all in memory). resume: start again at a
+    block with its checkpointed inputs, appending to `result` (the records of the blocks done).
+    dist: several processes; statistics are summed over them and layers solved on one each.
+    """
     config = config or WalkConfig()
     blocks = find_blocks(model)
     last = len(blocks) - 1 if config.last_block is None else config.last_block
@@ -75,25 +83,26 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
         )
     if config.batch_size < 1:
         raise PrunellmError(f"batch_size must be positive, got {config.batch_size}")
-    device = resolve_device(config.device)
-    result = WalkResult(targets=dict(layer_sparsity or {}))
+    device = dist.device if dist is not None else resolve_device(config.device)
+    if result is None:
+        result = WalkResult()
+    result.targets = dict(layer_sparsity or {})
     started = time.perf_counter()
     solve_seconds = 0.0
 
-    bar = tqdm(total=last + 1 - config.first_block, desc="blocks", unit="block", disable=not config.progress)
-    walk = walk_blocks(model, calibration, device=device, batch_size=config.batch_size,
-                       offload_activations=config.offload_activations, blocks=blocks)
-    for step in walk:
+    start = resume.index if resume is not None else 0
+    show = config.progress and (dist is None or dist.is_main)
+    bar = tqdm(total=last + 1 - max(start, config.first_block), desc="blocks", unit="block", disable=not show)
+    for step in walk_blocks(model, calibration, device=device, batch_size=config.batch_size,
+                            offload_activations=config.offload_activations, blocks=blocks, host=host,
+                            resume=resume, stop=last):
         if step.index < config.first_block:
             continue
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
         if layers:
             solve_seconds += _compress_block(step, layers, method, config, result, bar, layer_sparsity or {},
-                                             len(blocks))
+                                             len(blocks), dist)
         bar.update(1)
-        if step.index == last:
-            break  # later blocks are not compressed: their inputs are not needed
-    walk.close()
     bar.close()
     result.seconds["solve"] = solve_seconds
     result.seconds["total"] = time.perf_counter() - started
@@ -102,7 +111,8 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
 
 
 def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Method, config: WalkConfig,
-                    result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float], n_blocks: int) -> float:
+                    result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float], n_blocks: int,
+                    dist: Group | None) -> float:
     """Collect statistics and compress every layer of one block; returns the solver seconds."""
     groups = discover_input_groups(step.block, layers, lambda: step.run(0))
     missing = set(layers) - {name for group in groups for name in group.names}
@@ -119,16 +129,52 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             for batch in range(step.num_batches):
                 collector.run(lambda: step.run(batch))
             collector.remove()
+            if dist is not None:
+                dist.reduce_statistics(collector.accumulators)
             hessians = collector.hessians()
-        for name, hessian in hessians.items():
+        names = list(hessians)
+        owners = _owners(names, layers, dist)
+        solved: list[tuple[LayerRecord, GGUFBlocks | None]] = []
+        for name, owner in zip(names, owners):
+            if owner is not None and owner != dist.rank:
+                continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
-            seconds += _compress_layer(name, layers[name], hessian, layer_method, step, config, result, bar)
+            solved.append(_compress_layer(name, layers[name], hessians[name], layer_method, step, config, bar))
+            seconds += solved[-1][0].seconds
+        if dist is not None:
+            solved = _share_solutions(names, owners, layers, solved, dist)
+        for record, grid in solved:
+            result.layers.append(record)
+            if grid is not None:
+                result.gguf_blocks[record.name] = grid
     return seconds
 
 
+def _owners(names: list[str], layers: dict[str, nn.Module], dist: Group | None) -> list[int | None]:
+    """The rank that solves each layer (None everywhere in a single process)."""
+    if dist is None:
+        return [None] * len(names)
+    costs = []
+    for name in names:
+        columns = in_features(layers[name])
+        costs.append(solve_cost(layers[name].weight.numel() // columns, columns))
+    return list(dist.owners(costs))
+
+
+def _share_solutions(names: list[str], owners: list[int | None], layers: dict[str, nn.Module],
+                     solved: list[tuple[LayerRecord, GGUFBlocks | None]],
+                     dist: Group) -> list[tuple[LayerRecord, GGUFBlocks | None]]:
+    """Every rank gets every layer's new weight (from the rank that solved it) and record."""
+    for name, owner in zip(names, owners):
+        dist.broadcast_(layers[name].weight.data, src=owner)  # in its own layout and dtype: bit-equal copies
+    gathered = {record.name: (record, grid) for share in dist.all_gather(solved) for record, grid in share}
+    return [gathered[name] for name in names]
+
+
 def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
-                    config: WalkConfig, result: WalkResult, bar: tqdm) -> float:
+                    config: WalkConfig, bar: tqdm) -> tuple[LayerRecord, GGUFBlocks | None]:
+    """Solve one layer and write its new weight; returns its record and GGUF grid (if any)."""
     started = time.perf_counter()
     weight = read_weight(layer).to(step.device)  # (out, in)
     solved = method.compress(weight, hessian)
@@ -139,13 +185,13 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     if config.layer_errors and hessian is not None and hessian.dim() == 2:
         error = relative_layer_error(weight, solved.weight, hessian)
     write_weight(layer, solved.weight)
+    grid = None
     if isinstance(solved.grid, GGUFBlocks):  # what a GGUF export packs, bit for bit
-        result.gguf_blocks[name] = GGUFBlocks(solved.grid.type, solved.grid.params.cpu())
+        grid = GGUFBlocks(solved.grid.type, solved.grid.params.cpu())
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
     record = LayerRecord(name, step.index, tuple(weight.shape), float((solved.weight == 0).float().mean()),
                          error, seconds, solved.damp_frac)
-    result.layers.append(record)
     bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
     log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
-    return seconds
+    return record, grid

@@ -1,0 +1,133 @@
+"""A block host for the walker that keeps only the block in work in memory.
+
+On `enter`, the block's weights are read from the checkpoint (memory-mapped) onto the device;
+on `leave`, the compressed block is written as its own shard, the next block's inputs are
+checkpointed, the progress is committed, and the weights go back to the meta device. The
+walker itself is unchanged: it sees an ordinary model whose blocks come and go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from prunellm.io.gguf_blocks_file import BLOCKS_FILE, load_gguf_blocks, save_gguf_blocks
+from prunellm.io.resume import RunState
+from prunellm.io.shards import ShardPlan, write_shard
+from prunellm.io.skeleton import Skeleton
+from prunellm.walker import BlockHost
+
+if TYPE_CHECKING:
+    from prunellm.distributed import Group
+    from prunellm.walker import Blocks, WalkResult
+
+log = logging.getLogger(__name__)
+
+# Tests kill the run at a named point with SIGKILL ("shard:K": block K's shard written, progress
+# not yet committed; "block:K": block K committed; "finish": output complete, not yet renamed
+# into place): no cleanup runs, as with kill -9 or a power cut.
+KILL_AT = "PRUNELLM_TEST_KILL_AT"
+
+
+def block_unit(index: int) -> str:
+    return f"block.{index}"
+
+
+class StreamingHost(BlockHost):
+    """Blocks read from `skeleton`'s checkpoint on entry, written to `plan`'s shards on exit."""
+
+    def __init__(self, skeleton: Skeleton, blocks: Blocks, plan: ShardPlan, state: RunState,
+                 result: WalkResult, group: Group | None = None) -> None:
+        super().__init__()
+        self.skeleton = skeleton
+        self.blocks = blocks
+        self.plan = plan
+        self.state = state
+        self.result = result
+        self.group = group
+        self.rank = group.rank if group is not None else 0
+        self.world = group.world if group is not None else 1
+
+    @contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Embeddings (everything outside the blocks but the untied head) on CPU, where the
+        in-memory walk computes them too, and block 0 (the walker runs it once to learn its
+        output type); all released afterwards."""
+        names = self.plan.keys["embeddings"] + self.skeleton.stored(self.blocks.name(0))
+        self.skeleton.materialize(names, "cpu")
+        try:
+            yield
+        finally:
+            self.skeleton.release("")
+
+    def enter(self, index: int, block: nn.Module, device: torch.device) -> None:
+        self.skeleton.materialize(self.plan.keys[block_unit(index)], device)
+
+    def leave(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None) -> None:
+        unit = block_unit(index)
+        main = self.rank == 0
+        if main:
+            size = write_shard(self.state.staging, self.plan.file(unit), self._tensors(unit))
+            self._save_grids(index)
+            kill_point(f"shard:{index}")
+        if outputs is not None:
+            self.state.save_inputs(index + 1, self.rank, self.world, outputs)
+        self._barrier()  # every process's inputs exist before the state names them
+        if main:
+            self.state.commit(written={**self.state.written, unit: size}, next_block=index + 1,
+                              layers=[dataclasses.asdict(r) for r in self.result.layers])
+            kill_point(f"block:{index}")
+        self._barrier()  # committed: the inputs of this block are no longer needed by anyone
+        self.state.drop_inputs(index, self.rank, self.world)
+        self.skeleton.release(self.blocks.name(index))
+
+    def abandon(self, index: int, block: nn.Module) -> None:
+        self.skeleton.release(self.blocks.name(index))
+
+    def copy_unit(self, unit: str) -> None:
+        """Write a unit the run does not change (embeddings, head, blocks outside the range) straight
+        from the checkpoint, in the model's dtype, and commit it."""
+        size = write_shard(self.state.staging, self.plan.file(unit), self.skeleton.read(self.plan.keys[unit]))
+        self.state.commit(written={**self.state.written, unit: size})
+
+    def _tensors(self, unit: str) -> dict[str, torch.Tensor]:
+        return {name: self.skeleton.tensor(name) for name in self.plan.keys[unit]}  # views, no copy on CPU
+
+    def _save_grids(self, index: int) -> None:
+        """GGUF grids of this block's layers, kept beside the state until the final merge."""
+        grids = {r.name: self.result.gguf_blocks[r.name] for r in self.result.layers
+                 if r.block == index and r.name in self.result.gguf_blocks}
+        if grids:
+            directory = self.state.root / f"grids-{index:05d}"
+            directory.mkdir(exist_ok=True)
+            save_gguf_blocks(directory, grids)
+
+    def load_grids(self) -> dict:
+        """The GGUF grids of the blocks a previous attempt committed (a later block's file may
+        be half-written: that block is done again)."""
+        grids: dict = {}
+        for index in range(self.state.next_block):
+            directory = self.state.root / f"grids-{index:05d}"
+            if (directory / BLOCKS_FILE).is_file():
+                grids.update(load_gguf_blocks(directory))
+        return grids
+
+    def _barrier(self) -> None:
+        if self.group is not None:
+            self.group.barrier()
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process here when the test hook names this point (see KILL_AT)."""
+    if os.environ.get(KILL_AT) == point:
+        log.warning("%s=%s: killing the run", KILL_AT, os.environ[KILL_AT])
+        os.kill(os.getpid(), signal.SIGKILL)
+

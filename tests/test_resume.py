@@ -1,0 +1,72 @@
+"""A streamed run killed with SIGKILL, started again with the same command, ends exactly as an
+uninterrupted run; a different command is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from prunellm.cli import main
+from prunellm.io.stream import KILL_AT
+from tests.conftest import REPO
+from tests.model_dirs import calibration_text, model_dir, report_without_timings
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("resume")
+    return {"model": str(model_dir(root, "llama")), "calib": str(calibration_text(root))}
+
+
+def command(ws: dict, out, *extra: str) -> list[str]:
+    return ["prune", ws["model"], "--stream", "--calib", ws["calib"], "--num-samples", "4", "--seqlen", "32",
+            "--method", "sparsegpt", "--sparsity", "0.5", "--out", str(out), "--quiet", *extra]
+
+
+def killed_run(args: list[str], point: str) -> str:
+    """The CLI in a child process, killed with SIGKILL at `point` (no cleanup of any kind runs);
+    returns what it wrote to stderr."""
+    env = {**os.environ, KILL_AT: point, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "prunellm.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return done.stderr
+
+
+def test_killed_runs_resume_to_the_same_bytes_and_other_commands_are_refused(workspace, tmp_path, capsys):
+    reference = tmp_path / "reference"
+    assert main(command(workspace, reference)) == 0
+
+    out = tmp_path / "out"
+    state_dir = tmp_path / ".out.resume"
+    killed_run(command(workspace, out), "shard:1")  # block 1 written, its progress not yet committed
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["next_block"] == 1 and not out.exists()
+    assert (state_dir / "out" / "model-00003-of-00005.safetensors").is_file()  # block 1's shard, to be redone
+
+    saved = (state_dir / "state.json").read_bytes()
+    capsys.readouterr()
+    assert main(command(workspace, out, "--sparsity", "0.6")) == 2  # another command: refused, nothing touched
+    error = capsys.readouterr().err.strip()
+    assert "method.sparsity: 0.5 there, 0.6 here" in error and len(error.splitlines()) == 1
+    assert (state_dir / "state.json").read_bytes() == saved and not out.exists()
+
+    log = killed_run(command(workspace, out), "block:2")  # killed once the last block is committed
+    assert "at block 1" in log  # resumed where the first run stopped, not from the start
+    assert json.loads((state_dir / "state.json").read_text())["next_block"] == 3
+    killed_run(command(workspace, out), "finish")  # killed with the output complete, not yet in place
+    assert not out.exists()
+    assert main(command(workspace, out)) == 0
+
+    files = sorted(p.name for p in reference.iterdir())
+    assert files == sorted(p.name for p in out.iterdir())
+    for name in files:
+        if name != "report.json":
+            assert (reference / name).read_bytes() == (out / name).read_bytes(), name
+    assert report_without_timings(reference) == report_without_timings(out)
+    assert not state_dir.exists()

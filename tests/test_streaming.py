@@ -1,0 +1,168 @@
+"""Streamed pruning: block by block from disk to disk, equal to pruning the whole model in memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunellm.cli import main
+from prunellm.errors import PrunellmError
+from prunellm.io import load_model, save_model
+from prunellm.io.lazy import LazyCheckpoint
+from prunellm.io.skeleton import Skeleton, build_skeleton
+from prunellm.methods import build_method
+from prunellm.pipeline import CalibrationConfig, prune
+from prunellm.streaming import prune_streaming
+from prunellm.walker import WalkConfig, find_blocks
+from tests.model_dirs import WORDS, calibration_text, model_dir, report_without_timings, weights
+from tests.tiny_models import tiny_config, tiny_model, word_tokenizer
+
+QUIET = WalkConfig(progress=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("streaming")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(root):
+    return model_dir(root, "llama", "llama-shared")
+
+
+@pytest.fixture(scope="module")
+def calib(root) -> CalibrationConfig:
+    return CalibrationConfig(str(calibration_text(root)), num_samples=4, seqlen=32)
+
+
+# llama: untied head, grouped-query attention; gpt2: Conv1D and a tied head; gemma3: sliding and
+# full attention blocks; gpt_neox: a head that transformers renames on load (embed_out).
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "gpt_neox"])
+def test_streamed_output_equals_in_memory_output(arch, root, calib, tmp_path):
+    source = model_dir(root, arch)
+    method = build_method("sparsegpt", sparsity=0.5)
+    model, tokenizer = load_model(source)
+    prune(model, tokenizer, method, calib, QUIET)
+    save_model(model, tokenizer, tmp_path / "memory", report={})
+    run = prune_streaming(source, tmp_path / "stream", method, calib, QUIET)
+
+    memory, stream = weights(tmp_path / "memory"), weights(run.out)
+    assert memory.keys() == stream.keys()
+    for name, tensor in memory.items():
+        assert torch.equal(tensor, stream[name]), name
+    for file in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "memory" / file).read_bytes() == (run.out / file).read_bytes(), file
+    blocks = len(find_blocks(model))
+    assert len(list(run.out.glob("model-*.safetensors"))) == run.report["streaming"]["shards"] >= blocks + 1
+    index = json.loads((run.out / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stream.values())
+    reloaded = AutoModelForCausalLM.from_pretrained(run.out)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    assert not list(tmp_path.glob(".*"))  # the work directory is gone
+
+
+def test_only_one_block_is_in_memory_at_a_time(llama_dir, calib, tmp_path, monkeypatch):
+    source = llama_dir
+    seen: list[tuple[str, list[int], bool]] = []  # (what was read, blocks holding weights, head holds weights)
+    materialize = Skeleton.materialize
+
+    models = []
+
+    def watched(self: Skeleton, stored, device) -> None:
+        materialize(self, stored, device)
+        models.append(self.model)
+        blocks = find_blocks(self.model)
+        real = [i for i, block in enumerate(blocks.modules) if any(p.device.type != "meta" for p in block.parameters())]
+        seen.append((sorted(stored)[0], real, self.model.lm_head.weight.device.type != "meta"))
+
+    monkeypatch.setattr(Skeleton, "materialize", watched)
+    skeleton = build_skeleton(LazyCheckpoint(source), torch.float32)
+    assert all(p.device.type == "meta" for p in skeleton.model.parameters())  # no weight allocated
+    prune_streaming(source, tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
+    capture, *steps = seen
+    assert capture[1] == [0] and not capture[2]  # embeddings and block 0 (its output type), never the head
+    assert [step[1] for step in steps] == [[0], [1], [2]]
+    assert not any(step[2] for step in steps)
+    assert all(p.device.type == "meta" for p in models[-1].parameters())  # everything released at the end
+
+
+def test_streamed_cli_run_with_a_block_range(root, calib, tmp_path, capsys):
+    source = model_dir(root, "phi")
+    out = tmp_path / "out"
+    args = ["prune", str(source), "--stream", "--calib", calib.source, "--num-samples", "4", "--seqlen", "32",
+            "--method", "wanda", "--nm", "2:4", "--first-block", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "saved to" in capsys.readouterr().out
+    before, after = weights(source), weights(out)
+    assert before.keys() == after.keys()
+    for name, tensor in after.items():
+        if name.startswith("model.layers.1.") and name.endswith(("proj.weight", "dense.weight", "fc1.weight",
+                                                                 "fc2.weight")):
+            assert torch.all((tensor == 0).reshape(tensor.shape[0], -1, 4).sum(-1) >= 2), name
+        else:  # block 0, embeddings, norms: copied as they were
+            assert torch.equal(tensor, before[name]), name
+    report = report_without_timings(out)
+    assert {layer["block"] for layer in report["layers"]} == {1}
+
+
+BAD = {
+    "no model directory": (["--stream", "--out", "OUT"], "give MODEL and --out"),
+    "no output": (["MODEL", "--stream"], "give MODEL and --out"),
+    "evaluation": (["MODEL", "--stream", "--out", "OUT", "--eval", "CALIB"], "cannot evaluate it"),
+    "owl": (["MODEL", "--stream", "--out", "OUT", "--allocation", "owl"], "prune without --stream"),
+    "not safetensors": (["BIN", "--stream", "--out", "OUT"], "needs safetensors weights"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_streaming_input_is_refused_with_one_line_and_nothing_written(case, llama_dir, calib, tmp_path, capsys):
+    bin_dir = tmp_path / "bin-model"  # a config without safetensors (an old pytorch_model.bin checkpoint)
+    tiny_config("llama").save_pretrained(bin_dir)
+    extra, message = BAD[case]
+    swap = {"MODEL": str(llama_dir), "OUT": str(tmp_path / "out"), "CALIB": calib.source, "BIN": str(bin_dir)}
+    args = ["prune", *[swap.get(a, a) for a in extra], "--calib", calib.source, "--num-samples", "4",
+            "--seqlen", "32", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_nan_weight_is_refused_naming_it(calib, tmp_path):
+    broken = tiny_model("llama")
+    with torch.no_grad():
+        broken.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    broken.save_pretrained(tmp_path / "nan")
+    word_tokenizer(WORDS).save_pretrained(tmp_path / "nan")
+    with pytest.raises(PrunellmError, match="model.layers.1.mlp.up_proj.weight"):
+        prune_streaming(tmp_path / "nan", tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_that_need_merging_are_refused(tmp_path):
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "moe")
+    with pytest.raises(PrunellmError, match="streaming cannot read them tensor by tensor"):
+        build_skeleton(LazyCheckpoint(tmp_path / "moe"), torch.float32)
+
+
+def test_gguf_grids_are_kept_as_in_memory(llama_dir, calib, tmp_path):
+    # A prune onto a GGUF grid keeps the grids beside the weights, for a lossless export later.
+    from prunellm.io.gguf_blocks_file import load_gguf_blocks
+
+    method = build_method("gptq", gguf="q4_0")
+    model, tokenizer = load_model(llama_dir)
+    result = prune(model, tokenizer, method, calib, QUIET)
+    run = prune_streaming(llama_dir, tmp_path / "stream", method, calib, QUIET)
+    grids = load_gguf_blocks(run.out)
+    assert grids.keys() == result.gguf_blocks.keys() and len(grids) == 21
+    for name, grid in grids.items():
+        assert grid.type == "q4_0" and torch.equal(grid.params, result.gguf_blocks[name].params), name
