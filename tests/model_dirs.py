@@ -1,4 +1,5 @@
-"""Tiny models saved as Hugging Face directories, a calibration text, and ways to compare outputs."""
+"""Tiny models saved as Hugging Face directories, a calibration text, the command lines that run
+on them in seconds, and ways to compare outputs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,19 @@ def model_dir(root: Path, arch: str = "llama", name: str | None = None) -> Path:
     tiny_model(arch).save_pretrained(path)
     word_tokenizer(WORDS).save_pretrained(path)
     return path
+
+
+def make_workspace(root: Path) -> dict[str, str]:
+    """A tiny Llama (`tiny-llama`) and a calibration text under `root`: what the sweep and report
+    tests run the real command line on."""
+    text, model = calibration_text(root), model_dir(root, "llama", "tiny-llama")
+    return {"root": str(root), "text": str(text), "model": str(model)}
+
+
+def sweep_args(ws: dict[str, str], out: Path, *extra: str) -> list[str]:
+    """`prunellm sweep` on the tiny model: 4 windows of 32 tokens, perplexity on the same text."""
+    return ["sweep", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--eval", ws["text"],
+            "--out", str(out), "--quiet", *extra]
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,6 @@
 """The command line end to end on a tiny model, and every kind of bad input it must refuse."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -10,27 +9,20 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
+from tests.model_dirs import WORDS, make_workspace
 from tests.tiny_models import tiny_model, word_tokenizer
-
-WORDS = [f"w{i}" for i in range(120)]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cli")
-    rng = random.Random(0)
-    text = root / "calib.txt"
-    text.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(200)))
-    model_dir = root / "tiny-llama"
-    tiny_model("llama").save_pretrained(model_dir)
-    word_tokenizer(WORDS).save_pretrained(model_dir)
     nan_dir = root / "nan-llama"
     broken = tiny_model("llama")
     with torch.no_grad():
         broken.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     broken.save_pretrained(nan_dir)
     word_tokenizer(WORDS).save_pretrained(nan_dir)
-    return {"root": root, "text": str(text), "model": str(model_dir), "nan": str(nan_dir)}
+    return {**make_workspace(root), "root": root, "nan": str(nan_dir)}
 
 
 def prune_args(ws: dict, out: Path, *extra: str) -> list[str]:
@@ -84,6 +76,8 @@ BAD = {
                                           "--format gguf needs a .gguf model"),
     "GGUF output without a type": (["--format", "gguf"], "--format gguf needs --gguf-type"),
     "float GGUF type without GGUF output": (["--gguf-type", "f16"], "only applies with --format gguf"),
+    "unknown device": (["--device", "gpu"], "unknown device 'gpu': use cpu, cuda or cuda:N"),
+    "block range past the model": (["--last-block", "3"], "block range 0..3 is outside the model's 3 blocks"),
 }
 
 
@@ -114,3 +108,34 @@ def test_existing_output_is_refused_before_any_work(workspace, tmp_path, capsys)
     out.mkdir()
     assert main(prune_args(workspace, out)) != 0
     assert "exists" in capsys.readouterr().err
+
+
+def _refused(args: list[str], capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["prune", "prune --stream", "eval", "sweep"])
+def test_cuda_without_cuda_is_one_line(workspace, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    extra = {"prune": ["--calib", workspace["text"], "--seqlen", "32"],
+             "prune --stream": ["--stream", "--calib", workspace["text"], "--seqlen", "32"],
+             "eval": ["--datasets", workspace["text"], "--seqlen", "32"],
+             "sweep": ["--calib", workspace["text"], "--seqlen", "32", "--eval", workspace["text"]]}[command]
+    args = [command.split()[0], workspace["model"], *extra, "--device", "cuda", "--out", str(out), "--quiet"]
+    assert "device 'cuda' requested but CUDA is not available" in _refused(args, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
+def test_malformed_distributed_timeout_is_one_line(workspace, tmp_path, capsys, monkeypatch, value):
+    # Read when a torchrun process joins its group (not at import): before anything is loaded or written.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("PRUNELLM_DIST_TIMEOUT_MIN", value)
+    err = _refused(prune_args(workspace, tmp_path / "out", "--device", "cpu"), capsys)
+    assert f"PRUNELLM_DIST_TIMEOUT_MIN must be a positive number of minutes, got '{value}'" in err
+    assert list(tmp_path.iterdir()) == []

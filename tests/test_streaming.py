@@ -116,6 +116,15 @@ BAD = {
     "evaluation": (["MODEL", "--stream", "--out", "OUT", "--eval", "CALIB"], "cannot evaluate it"),
     "owl": (["MODEL", "--stream", "--out", "OUT", "--allocation", "owl"], "prune without --stream"),
     "not safetensors": (["BIN", "--stream", "--out", "OUT"], "needs safetensors weights"),
+    # Checked before the work directory exists: a refused range leaves nothing to block the corrected command.
+    "last block past the model": (["MODEL", "--stream", "--out", "OUT", "--last-block", "9"],
+                                  "block range 0..9 is outside the model's 3 blocks"),
+    "negative last block": (["MODEL", "--stream", "--out", "OUT", "--last-block", "-1"],
+                            "block range 0..-1 is outside the model's 3 blocks"),
+    "first block past the model": (["MODEL", "--stream", "--out", "OUT", "--first-block", "5"],
+                                   "block range 5..2 is outside the model's 3 blocks"),
+    "batch size of zero": (["MODEL", "--stream", "--out", "OUT", "--batch-size", "0"], "batch_size must be positive"),
+    "unknown device": (["MODEL", "--stream", "--out", "OUT", "--device", "gpu"], "unknown device 'gpu'"),
 }
 
 
@@ -166,3 +175,22 @@ def test_gguf_grids_are_kept_as_in_memory(llama_dir, calib, tmp_path):
     assert grids.keys() == result.gguf_blocks.keys() and len(grids) == 21
     for name, grid in grids.items():
         assert grid.type == "q4_0" and torch.equal(grid.params, result.gguf_blocks[name].params), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_auto_dtype_is_the_same_streamed_and_in_memory(root, calib, tmp_path):
+    # --dtype auto decides by where the model computes in both paths (in memory it is loaded on
+    # CPU, blocks visit the GPU): a bfloat16 checkpoint stays bfloat16, and the outputs agree.
+    source = root / "llama-bf16"
+    tiny_model("llama").to(torch.bfloat16).save_pretrained(source)
+    word_tokenizer(WORDS).save_pretrained(source)
+    common = ["--calib", calib.source, "--num-samples", "4", "--seqlen", "32", "--method", "sparsegpt",
+              "--sparsity", "0.5", "--device", "cuda", "--quiet"]
+    assert main(["prune", str(source), *common, "--out", str(tmp_path / "memory")]) == 0
+    assert main(["prune", str(source), "--stream", *common, "--out", str(tmp_path / "stream")]) == 0
+    memory, stream = weights(tmp_path / "memory"), weights(tmp_path / "stream")
+    assert memory.keys() == stream.keys()
+    for name, tensor in memory.items():
+        assert tensor.dtype == stream[name].dtype == torch.bfloat16, name
+        assert torch.equal(tensor, stream[name]), name

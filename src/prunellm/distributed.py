@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +22,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .devices import resolve_device
 from .errors import PrunellmError
 from .solvers import HessianAccumulator
 
 log = logging.getLogger(__name__)
 
-# Rank 0 may evaluate perplexity alone while the others wait at the next collective.
-TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("PRUNELLM_DIST_TIMEOUT_MIN", "180")))
+TIMEOUT_ENV = "PRUNELLM_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 180.0
 
 
 @dataclass
@@ -106,15 +108,10 @@ def init_from_env(device: str | None = None) -> Group | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
+    timeout = collective_timeout()
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    if device in (None, "auto"):
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError):
-            raise PrunellmError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    kind = resolve_device(device).type
     if kind == "cuda":
         if torch.cuda.device_count() <= local:
             raise PrunellmError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)")
@@ -125,10 +122,25 @@ def init_from_env(device: str | None = None) -> Group | None:
         target = torch.device(kind)
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT, device_id=target if backend == "nccl" else None)
+        dist.init_process_group(backend, timeout=timeout, device_id=target if backend == "nccl" else None)
     atexit.register(_shutdown)  # ranks may finish at different times (rank 0 saves): each leaves on its own
     log.info("rank %d of %d on %s (%s)", rank, world, target, backend)
     return Group(rank, world, target)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a process waits at a collective: $PRUNELLM_DIST_TIMEOUT_MIN minutes (default 180;
+    the first process may evaluate perplexity alone while the others wait at the next one)."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    if not text.strip():
+        return datetime.timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise PrunellmError(f"{TIMEOUT_ENV} must be a positive number of minutes, got {text!r}")
+    return datetime.timedelta(minutes=minutes)
 
 
 def _shutdown() -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import load_calibration, needs_bos
+from .devices import on_device, resolve_device
 from .distributed import Group
 from .errors import PrunellmError
 from .eval import evaluate
@@ -25,8 +26,8 @@ from .io.gguf_export import GGUFExportConfig, check_gguf_export, export_gguf
 from .io.save import REPORT_FILE
 from .methods import Method
 from .solvers.gguf_grids import check_gguf_problem
-from .walker import (AllocationConfig, WalkConfig, WalkResult, collect_input_norms, compress_model, find_blocks,
-                     find_linear_layers, in_features, owl_allocation, resolve_device)
+from .walker import (AllocationConfig, WalkConfig, WalkResult, collect_input_norms, compress_model, in_features,
+                     owl_allocation, target_layers)
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +69,22 @@ def bos_for(model: nn.Module, tokenizer: Any) -> int | None:
 
 
 def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> None:
-    """Refuse, before any work, layers whose inputs the n:m pattern, the groups or the GGUF
-    type's blocks do not divide."""
+    """Refuse, before any work, a block range outside the model and layers (of that range)
+    whose inputs the n:m pattern, the groups or the GGUF type's blocks do not divide."""
     nm = getattr(method.config, "nm", None)
     group_size = getattr(method.config, "group_size", None)
     gguf = getattr(method.config, "gguf", None)
-    blocks = find_blocks(model)
-    for index, block in enumerate(blocks.modules):
-        for name, layer in find_linear_layers(block, blocks.name(index), walk.include, walk.exclude).items():
-            columns = in_features(layer)
-            if nm is not None and columns % nm[1]:
-                raise PrunellmError(f"{name}: in_features {columns} is not divisible by m={nm[1]} of {nm[0]}:{nm[1]}")
-            if group_size is not None and columns % group_size:
-                raise PrunellmError(f"{name}: group_size {group_size} does not divide in_features {columns}")
-            if gguf is not None:
-                try:
-                    check_gguf_problem(gguf, columns, sparse=False)
-                except PrunellmError as error:
-                    raise PrunellmError(f"{name}: {error}") from None
+    for name, layer in target_layers(model, walk).items():
+        columns = in_features(layer)
+        if nm is not None and columns % nm[1]:
+            raise PrunellmError(f"{name}: in_features {columns} is not divisible by m={nm[1]} of {nm[0]}:{nm[1]}")
+        if group_size is not None and columns % group_size:
+            raise PrunellmError(f"{name}: group_size {group_size} does not divide in_features {columns}")
+        if gguf is not None:
+            try:
+                check_gguf_problem(gguf, columns, sparse=False)
+            except PrunellmError as error:
+                raise PrunellmError(f"{name}: {error}") from None
 
 
 def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: CalibrationConfig | None = None,
@@ -128,20 +127,23 @@ def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: Calibra
 
 
 def perplexities(model: nn.Module, tokenizer: Any, config: EvalConfig, *, default_seqlen: int = 2048,
-                 data_dir: str | None = None, device: str | None = None, progress: bool = True) -> dict[str, float]:
+                 data_dir: str | None = None, device: str | torch.device | None = None,
+                 progress: bool = True) -> dict[str, float]:
     """Perplexity per dataset; the model visits `device` (default: CUDA when present) for the
     evaluation and goes back where it was (the walker keeps models on CPU between blocks)."""
     if not config.datasets:
         return {}
     target = resolve_device(device)
-    home = next(model.parameters()).device
-    model.to(target)
-    try:
+    with on_device(model, target):
         return evaluate(model, tokenizer, list(config.datasets), seqlen=config.seqlen or default_seqlen,
                         max_tokens=config.max_tokens, batch_size=config.batch_size,
                         bos_token_id=bos_for(model, tokenizer), data_dir=data_dir, device=target, progress=progress)
-    finally:
-        model.to(home)
+
+
+def describe_model(model: nn.Module, source: str) -> dict[str, Any]:
+    """Where a model came from, its class, type and parameter count (tied ones once)."""
+    return {"source": source, "class": type(model).__name__, "model_type": model.config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def build_report(*, model_source: str, model: nn.Module, method: Method, calibration: CalibrationConfig,
@@ -149,34 +151,21 @@ def build_report(*, model_source: str, model: nn.Module, method: Method, calibra
                  dense_ppl: dict[str, float], compressed_ppl: dict[str, float],
                  allocation: AllocationConfig | None = None) -> dict[str, Any]:
     """Everything needed to reproduce and judge a run, as plain JSON."""
-    total = sum(r.shape[0] * r.shape[1] for r in result.layers)
-    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in result.layers)
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"source": model_source, "class": type(model).__name__, "model_type": model.config.model_type,
-                  "parameters": sum(p.numel() for p in model.parameters())},
+        "model": describe_model(model, model_source),
         "method": method.describe(),
         "calibration": dataclasses.asdict(calibration),
         "walk": dataclasses.asdict(walk),
         "allocation": {**dataclasses.asdict(allocation or AllocationConfig()), "targets": result.targets},
         "seed": calibration.seed,
         "versions": library_versions(),
-        "sparsity": {"compressed_layers": zeros / total if total else 0.0, "layers": len(result.layers)},
+        "sparsity": {"compressed_layers": result.sparsity(), "layers": len(result.layers)},
         "layers": [dataclasses.asdict(r) for r in result.layers],
         "seconds": result.seconds,
         "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl,
                        "seqlen": eval_config.seqlen or calibration.seqlen, "max_tokens": eval_config.max_tokens},
     }
-
-
-def _gguf_layer_names(model: nn.Module, walk: WalkConfig) -> list[str]:
-    """The linear layers a walk with these options compresses."""
-    blocks = find_blocks(model)
-    last = len(blocks) - 1 if walk.last_block is None else walk.last_block
-    names: list[str] = []
-    for index in range(walk.first_block, last + 1):
-        names += find_linear_layers(blocks.modules[index], blocks.name(index), walk.include, walk.exclude)
-    return names
 
 
 def check_gguf_output(model: nn.Module, method: Method, walk: WalkConfig, source: str | Path,
@@ -185,7 +174,7 @@ def check_gguf_output(model: nn.Module, method: Method, walk: WalkConfig, source
     solver_type = getattr(method.config, "gguf", None)
     if config.type not in FLOAT_GGUF_TYPES and solver_type is None:
         raise PrunellmError(f"method {method.name!r} cannot quantize onto {config.type}")
-    check_gguf_export(model, _gguf_layer_names(model, walk), source, config)
+    check_gguf_export(model, list(target_layers(model, walk)), source, config)
 
 
 def write_gguf(model: nn.Module, result: WalkResult, source: str | Path, config: GGUFExportConfig, out: str | Path,
@@ -216,7 +205,10 @@ def export_directory_to_gguf(directory: str | Path, out: str | Path, type_name: 
     if source is None:
         raise PrunellmError(f"{directory} does not say which GGUF file its model came from: pass --source FILE.gguf")
     model, _ = load_model(directory)
-    names = [layer["name"] for layer in report["layers"]] if report is not None else _gguf_layer_names(model, WalkConfig())
+    if report is not None:
+        names = [layer["name"] for layer in report["layers"]]
+    else:
+        names = list(target_layers(model, WalkConfig()))
     check_gguf_export(model, names, source, config)
     blocks = load_gguf_blocks(directory)
     method = report.get("method", {}) if report is not None else {}

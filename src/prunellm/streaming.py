@@ -22,21 +22,22 @@ import torch
 from torch import nn
 
 from .data import load_calibration
+from .devices import resolve_device
 from .distributed import Group
 from .errors import PrunellmError
 from .io import check_output_dir, load_tokenizer, write_json_atomic
 from .io.gguf_blocks_file import save_gguf_blocks
 from .io.lazy import LazyCheckpoint
 from .io.load import resolve_dtype
-from .io.resume import RunState
+from .io.resume import RunState, kill_point
 from .io.save import REPORT_FILE
-from .io.shards import ShardPlan, write_index
+from .io.shards import ShardPlan, block_unit, write_index
 from .io.skeleton import Skeleton, build_skeleton
-from .io.stream import StreamingHost, block_unit, kill_point
 from .methods import Method
 from .pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
-from .walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, compress_model,
-                     find_blocks, resolve_device)
+from .streaming_host import StreamingHost
+from .walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
+                     compress_model, find_blocks)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,13 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     if allocation.kind != "uniform":
         raise PrunellmError("--allocation owl needs the whole model for its dense pass: prune without --stream")
     device = group.device if group is not None else resolve_device(walk.device)
-    # As load_model: "auto" is float32 on CPU (half-precision matmuls are slow there), else the checkpoint's.
+    # The in-memory rule (load_model's compute_device): "auto" is float32 when computing on CPU
+    # (half-precision matmuls are slow there), else the checkpoint's dtype.
     skeleton = build_skeleton(LazyCheckpoint(source), resolve_dtype(dtype, device))
     model = skeleton.model
-    check_layer_shapes(model, method, walk)
     blocks = find_blocks(model)
+    last = check_walk_range(blocks, walk)[-1]  # before any state: a bad range leaves nothing behind
+    check_layer_shapes(model, method, walk)
     plan = _shard_plan(skeleton, blocks)
     tokenizer = load_tokenizer(source)
 
@@ -102,7 +105,6 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
         for unit in ("embeddings", "head"):
             if unit in plan.keys and unit not in state.written:
                 host.copy_unit(unit)
-    last = len(blocks) - 1 if walk.last_block is None else walk.last_block
     resumed_from = state.next_block if resumed else None
     if state.next_block <= last:
         resume = None

@@ -14,10 +14,10 @@ from prunellm.eval.zero_shot import BUILTIN_TASK_DIR, TaskSuite, ZeroShotConfig
 from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, prune
 from prunellm.walker import WalkConfig
+from tests.model_dirs import WORDS, model_dir
 from tests.tiny_models import tiny_model, word_tokenizer
 
 ITEMS = BUILTIN_TASK_DIR / "prunellm_basics" / "items.jsonl"
-WORDS = [f"w{i}" for i in range(120)]
 
 
 def _items() -> list[dict]:
@@ -49,6 +49,18 @@ def test_task_whose_data_is_missing_is_refused_when_loaded(tmp_path):
         "output_type: multiple_choice\ntest_split: test\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n")
     with pytest.raises(PrunellmError, match="cannot load task gone: FileNotFoundError"):
         TaskSuite.load(ZeroShotConfig(tasks=("gone",), task_dirs=(str(tmp_path),)))
+
+
+@pytest.mark.parametrize("bug", [AttributeError, TypeError, ImportError])
+def test_a_bug_while_loading_tasks_is_not_blamed_on_the_task(bug, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    def broken(self, *args, **kwargs):
+        raise bug("an API that moved")
+
+    monkeypatch.setattr(TaskManager, "load", broken)
+    with pytest.raises(bug, match="an API that moved"):  # a traceback (with --debug), not "cannot load task"
+        TaskSuite.load(ZeroShotConfig(tasks=("prunellm_basics",)))
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +130,7 @@ def test_smollm2_knows_basics_and_heavy_magnitude_pruning_forgets_them(smollm2, 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama").save_pretrained(root)
-    word_tokenizer(WORDS).save_pretrained(root)
-    return root
+    return model_dir(tmp_path_factory.mktemp("tiny"), "llama")
 
 
 def test_cli_eval_tasks_prints_and_writes_the_table(tiny_dir, local_task, tmp_path, capsys):

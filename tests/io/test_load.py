@@ -136,3 +136,15 @@ def test_cuda_auto_dtype_keeps_checkpoint_dtype(tmp_path: Path, tiny_tokenizer) 
     model, _ = load_model(tmp_path, device="cuda")
     assert model.dtype == torch.bfloat16
     assert {p.device.type for p in model.parameters()} == {"cuda"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_dtype_follows_the_compute_device_not_the_load_device(tmp_path: Path, tiny_tokenizer) -> None:
+    # The in-memory walk loads on CPU and computes on the GPU: the dtype is the GPU's rule, as streamed.
+    tiny_llama().to(torch.bfloat16).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path, device="cpu", compute_device="cuda")
+    assert model.dtype == torch.bfloat16
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert load_model(tmp_path, device="cpu", compute_device="cpu")[0].dtype == torch.float32

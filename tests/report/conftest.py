@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from prunellm.cli import main
-from tests.sweep_workspace import make_workspace, sweep_args
+from tests.model_dirs import make_workspace, sweep_args
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from prunellm.cli import main
 from prunellm.report import write_report
-from tests.sweep_workspace import make_workspace
+from tests.model_dirs import make_workspace
 
 
 class PageParser(HTMLParser):

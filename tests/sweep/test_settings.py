@@ -17,6 +17,13 @@ def test_grid_is_methods_by_patterns_by_bits_in_order():
     assert grid[3].build().config.bits == 4 and grid[2].build().config.nm == (2, 4)
 
 
+def test_group_size_belongs_to_the_quantized_settings_only():
+    plain, quantized = parse_grid("sparsegpt", "0.5", None, "none,4", 32)
+    assert plain.group_size is None and plain.key == "sparsegpt_50" and plain.to_dict()["group_size"] is None
+    assert quantized.group_size == 32 and quantized.key == "sparsegpt_50_w4g32"
+    assert quantized.build().config.group_size == 32
+
+
 def test_defaults_follow_the_paper_unless_only_patterns_are_asked():
     assert [s.sparsity for s in parse_grid("wanda")] == list(DEFAULT_SPARSITIES)
     assert [s.nm for s in parse_grid("wanda", None, "2:4,4:8")] == ["2:4", "4:8"]

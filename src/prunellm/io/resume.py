@@ -14,19 +14,25 @@ import json
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.atomic import write_json_atomic
+from prunellm.io.atomic import atomic_path, remove_leftovers, write_json_atomic
 from prunellm.io.save import move_into_place
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 FORMAT = 1
+
+# Tests kill the run at a named point with SIGKILL ("shard:K": block K's shard written, progress
+# not yet committed; "block:K": block K committed; "finish": output complete, not yet renamed
+# into place): no cleanup runs, as with kill -9 or a power cut.
+KILL_AT = "PRUNELLM_TEST_KILL_AT"
 
 
 class RunState:
@@ -71,8 +77,11 @@ class RunState:
         return True
 
     def create(self) -> None:
-        """Make the work directory and its first state (one process does this)."""
+        """Make the work directory and its first state, clearing the temporaries of writes a
+        killed attempt was in the middle of (one process does this, before any other writes)."""
         self.staging.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.root)
+        remove_leftovers(self.staging)
         if not self.path.is_file():
             self.commit()
 
@@ -89,10 +98,6 @@ class RunState:
     def written(self) -> dict[str, int]:
         return dict(self.data["written"])
 
-    @property
-    def done(self) -> bool:
-        return bool(self.data["done"])
-
     # Calibration activations: the inputs of the next block, per process.
 
     def inputs_path(self, block: int, rank: int, world: int) -> Path:
@@ -100,10 +105,8 @@ class RunState:
 
     def save_inputs(self, block: int, rank: int, world: int, inputs: list[torch.Tensor]) -> None:
         """Checkpoint `block`'s inputs (per batch, (B, T, C)) exactly, for a resumed run."""
-        path = self.inputs_path(block, rank, world)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save([t.detach().cpu() for t in inputs], tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.inputs_path(block, rank, world)) as tmp:
+            torch.save([t.detach().cpu() for t in inputs], tmp)
 
     def load_inputs(self, block: int, rank: int, world: int) -> list[torch.Tensor]:
         path = self.inputs_path(block, rank, world)
@@ -121,6 +124,13 @@ class RunState:
         move_into_place(self.staging, self.out, overwrite)
         shutil.rmtree(self.root, ignore_errors=True)
         return self.out
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process here when the test hook names this point (see KILL_AT)."""
+    if os.environ.get(KILL_AT) == point:
+        log.warning("%s=%s: killing the run", KILL_AT, os.environ[KILL_AT])
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -9,13 +9,18 @@ The index (`model.safetensors.index.json`) is what `from_pretrained` reads to fi
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from prunellm.io.atomic import atomic_path, write_text_atomic
 from prunellm.io.lazy import INDEX_FILE
+
+
+def block_unit(index: int) -> str:
+    """The shard unit of decoder block `index`."""
+    return f"block.{index}"
 
 
 @dataclass
@@ -41,11 +46,8 @@ def write_shard(directory: Path, file: str, tensors: dict[str, torch.Tensor]) ->
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    tmp = directory / f".{file}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    _fsync(tmp)
-    os.replace(tmp, directory / file)
-    _fsync(directory)  # the rename itself survives a power cut
+    with atomic_path(directory / file) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -53,12 +55,4 @@ def write_index(directory: Path, plan: ShardPlan, total_size: int, total_paramet
     """The index `from_pretrained` follows, as transformers writes it."""
     index = {"metadata": {"total_parameters": total_parameters, "total_size": total_size},
              "weight_map": plan.weight_map()}
-    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_text_atomic(directory / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")

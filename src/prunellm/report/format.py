@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 MISSING = "–"
@@ -66,3 +67,9 @@ def plain(value: Any) -> str:
 
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def model_name(source: Any) -> str:
+    """A model's name for a title: the last part of its path or hub id ('SmolLM2-135M')."""
+    source = str(source or "model")
+    return Path(source).name or source

@@ -10,12 +10,12 @@ no pyplot state) and written as PNG through a temporary file and a rename.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from ..io.atomic import sibling_name
+from ..io.atomic import atomic_path
 from ..sweep.results import SweepResults, short_name
+from .format import finite, model_name
 
 DPI = 110
 _MARKERS = ("s", "^", "D", "v", "P", "X")  # n:m patterns, one marker each
@@ -67,7 +67,7 @@ def perplexity_plot(results: SweepResults, path: Path) -> Path:
         axes.set_ylabel("perplexity (log scale)")
         axes.set_title(f"{short_name(name)}" + (f", seqlen {seqlen}" if seqlen else ""))
     figure.set_size_inches(max(8.0, 7.0 * len(datasets)), 4.4)
-    figure.suptitle(f"Perplexity vs sparsity: {_model_name(results)}", fontsize=11)
+    figure.suptitle(f"Perplexity vs sparsity: {model_name(results.model.get('source'))}", fontsize=11)
     return _save(figure, canvas, path)
 
 
@@ -86,7 +86,7 @@ def accuracy_plot(results: SweepResults, path: Path) -> Path:
         samples = (results.dense or {}).get("zero_shot", {}).get(task, {}).get("samples")
         axes.set_title(task + (f" ({samples} items)" if samples else ""))
     figure.set_size_inches(max(8.0, 7.0 * len(tasks)), 4.4)
-    figure.suptitle(f"Zero-shot accuracy vs sparsity: {_model_name(results)}", fontsize=11)
+    figure.suptitle(f"Zero-shot accuracy vs sparsity: {model_name(results.model.get('source'))}", fontsize=11)
     return _save(figure, canvas, path)
 
 
@@ -101,7 +101,7 @@ def layer_error_heatmap(results: SweepResults, path: Path) -> Path:
     matrix = np.full((len(names), len(rows)), np.nan)  # (layers, settings)
     for column, row in enumerate(rows):
         for layer in row["layers"]:
-            if _finite(layer.get("relative_error")):
+            if finite(layer.get("relative_error")):
                 matrix[names.index(layer["name"]), column] = layer["relative_error"]
     positive = matrix[np.isfinite(matrix) & (matrix > 0)]
     low, high = (float(positive.min()), float(positive.max())) if positive.size else (1e-6, 1.0)
@@ -116,7 +116,7 @@ def layer_error_heatmap(results: SweepResults, path: Path) -> Path:
     axes.set_yticks(ticks, labels, fontsize=7 if len(names) <= 60 else 8)
     axes.set_ylabel("layer (model order)")
     figure.colorbar(image, ax=axes, label="relative error (log scale)", fraction=0.05, pad=0.02)
-    axes.set_title(f"Reconstruction error per layer: {_model_name(results)}", fontsize=11)
+    axes.set_title(f"Reconstruction error per layer: {model_name(results.model.get('source'))}", fontsize=11)
     return _save(figure, canvas, path)
 
 
@@ -129,7 +129,7 @@ def block_role_heatmap(layers: list[dict[str, Any]], field: str, path: Path, lab
     blocks = sorted({layer["block"] for layer in layers})
     matrix = np.full((len(blocks), len(roles)), np.nan)  # (blocks, roles)
     for layer in layers:
-        if _finite(layer.get(field)):
+        if finite(layer.get(field)):
             matrix[blocks.index(layer["block"]), roles.index(_role(layer))] = layer[field]
     values = matrix[np.isfinite(matrix)]
     if log_scale:
@@ -158,7 +158,7 @@ def _draw_metric(axes: Any, results: SweepResults, colors: dict[str, Any], value
     patterns = list(dict.fromkeys(r["nm"] for r in results.compressed if r.get("nm")))
     for row in results.compressed:
         y = value(row)
-        if not _finite(y):
+        if not finite(y):
             continue
         x = 100.0 * row["target_sparsity"]
         method_color = colors[row["method"]]
@@ -175,11 +175,11 @@ def _draw_metric(axes: Any, results: SweepResults, colors: dict[str, Any], value
         points.sort()
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=4, color=colors[method],
                   linestyle="--" if quantized else "-", label=name)
-    xs = sorted({100.0 * r["target_sparsity"] for r in results.compressed if _finite(value(r))})
+    xs = sorted({100.0 * r["target_sparsity"] for r in results.compressed if finite(value(r))})
     if xs:
         axes.set_xticks(xs, [f"{x:g}" for x in xs])  # ticks at the sparsities measured
     dense = value(results.dense) if results.dense is not None else None
-    if _finite(dense):
+    if finite(dense):
         axes.axhline(dense, color="0.35", linestyle=":", linewidth=1.2, label=f"dense ({dense:.4g})")
     axes.set_xlabel("sparsity of the compressed layers (%)")
     axes.grid(True, which="both", alpha=0.3)
@@ -226,15 +226,6 @@ def _role(layer: dict[str, Any]) -> str:
     return layer["name"].split(marker, 1)[1] if marker in layer["name"] else layer["name"]
 
 
-def _model_name(results: SweepResults) -> str:
-    source = str(results.model.get("source", "model"))
-    return Path(source).name or source
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _figure() -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -244,11 +235,6 @@ def _figure() -> tuple[Any, Any]:
 
 
 def _save(figure: Any, canvas: Any, path: Path) -> Path:
-    tmp = sibling_name(path, "tmp")
-    try:
+    with atomic_path(path) as tmp:
         canvas.print_figure(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .format import MISSING, finite, number, percent, perplexity, plain, seconds
+from ..sweep.results import short_name
+from .format import MISSING, finite, model_name, number, percent, perplexity, plain, seconds
 from .page import Facts, Figure, Page, Section, Table, Text
 from .sweep_content import ERROR_NOTE, PPL_NOTE
-
 
 
 def run_page(report: dict[str, Any], plots: dict[str, Path]) -> Page:
@@ -41,7 +41,7 @@ def run_page(report: dict[str, Any], plots: dict[str, Path]) -> Page:
         figures.append(_layer_table(layers))
     sections.append(Section("Per layer", figures))
     subtitle = f"created {report.get('created', MISSING)}"
-    return Page(f"{name} on {Path(str(model.get('source', 'model'))).name}", subtitle, sections)
+    return Page(f"{name} on {model_name(model.get('source'))}", subtitle, sections)
 
 
 def _settings(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -75,7 +75,7 @@ def _perplexity_table(ppl: dict[str, Any], method: str) -> Table:
     for name in compressed:
         before, after = dense.get(name), compressed.get(name)
         change = f"{100 * (after / before - 1):+.1f}%" if finite(before) and finite(after) and before else MISSING
-        rows.append([Path(name).name if "/" in name else name, perplexity(before), perplexity(after), change])
+        rows.append([short_name(name), perplexity(before), perplexity(after), change])
     tokens = f", first {number(ppl['max_tokens'])} tokens" if ppl.get("max_tokens") else ""
     return Table(["text", "dense", method, "change"], rows, f"Perplexity, seqlen {ppl.get('seqlen')}{tokens}",
                  [False, True, True, True])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..sweep.results import SweepResults, mean_layer_error, short_name
-from .format import MISSING, accuracy, finite, number, percent, perplexity, plain, seconds
+from .format import MISSING, accuracy, finite, model_name, number, percent, perplexity, plain, seconds
 from .page import Facts, Figure, Page, Section, Table, Text
 
 PPL_NOTE = ("Perplexity: exp(mean next-token NLL) over non-overlapping windows of the test text (the SparseGPT, "
@@ -74,7 +74,7 @@ def sweep_page(results: SweepResults, plots: dict[str, Path]) -> Page:
                    "Bright rows are the layers a setting hurts most.")]))
 
     sections.append(Section("All results", [_full_table(results)]))
-    return Page(f"Sparsity sweep: {_model(results)}", subtitle, sections)
+    return Page(f"Sparsity sweep: {model_name(results.model.get('source'))}", subtitle, sections)
 
 
 def _settings(results: SweepResults) -> list[tuple[str, str]]:
@@ -177,8 +177,3 @@ def _full_table(results: SweepResults) -> Table:
         cells.append(line)
     return Table(columns, cells, "Every setting (results.csv has the same rows, unrounded)",
                  [False] + [True] * (len(columns) - 1))
-
-
-def _model(results: SweepResults) -> str:
-    source = str(results.model.get("source", "model"))
-    return Path(source).name or source

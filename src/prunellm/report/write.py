@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PrunellmError
-from ..sweep.results import KIND, PLOTS_DIR, RESULTS_JSON, SweepResults, write_text_atomic
+from ..io.atomic import write_text_atomic
+from ..io.save import REPORT_FILE
+from ..sweep.results import KIND, PLOTS_DIR, RESULTS_JSON, SweepResults
 from .html import render_html
 from .markdown import render_markdown
 from .page import Page
-
-RUN_REPORT = "report.json"
 
 
 @dataclass
@@ -57,10 +57,10 @@ def _read_run(path: Path) -> tuple[dict[str, Any], Path]:
     """(the run's JSON, its file): results.json of a sweep, report.json of a prune (or the
     `.report.json` beside a GGUF output)."""
     if path.is_dir():
-        candidates = [path / RESULTS_JSON, path / RUN_REPORT]
+        candidates = [path / RESULTS_JSON, path / REPORT_FILE]
         file = next((c for c in candidates if c.is_file()), None)
         if file is None:
-            raise PrunellmError(f"{path} holds neither {RESULTS_JSON} (a sweep) nor {RUN_REPORT} (a prune run)")
+            raise PrunellmError(f"{path} holds neither {RESULTS_JSON} (a sweep) nor {REPORT_FILE} (a prune run)")
     elif path.is_file():
         file = path
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PrunellmError
-from ..io.atomic import sibling_name
+from ..io.atomic import write_text_atomic
 
 KIND = "prunellm-sweep"
 RESULTS_JSON = "results.json"
@@ -30,7 +30,7 @@ DENSE = "dense"
 @dataclass
 class SweepResults:
     """model: where it came from and its size. spec: everything a result depends on besides the
-    setting (calibration, evaluation, tasks, walk); a resumed sweep must match it. rows: one per
+    setting (dtype, calibration, evaluation, tasks, walk); a resumed sweep must match it. rows: one per
     finished setting, the dense model first."""
 
     model: dict[str, Any]
@@ -146,18 +146,6 @@ def mean_layer_error(row: dict[str, Any]) -> float | None:
 def short_name(name: str) -> str:
     """A data set's name for a column: 'wikitext2' as is, a local file by its file name."""
     return Path(name).name if ("/" in name or os.sep in name) else name
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a hidden temporary sibling and one rename."""
-    path = Path(path)
-    tmp = sibling_name(path, "tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _finite(value: Any) -> Any:

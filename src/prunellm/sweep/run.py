@@ -2,7 +2,8 @@
 
 Shared across settings: the loaded model (each setting prunes a deep copy), the calibration
 windows, the tokenized evaluation texts, the resolved zero-shot tasks, and the dense model's
-own scores (evaluated once, kept on --resume).
+own scores (evaluated once, kept on --resume). Figures and the report are drawn by
+`prunellm.report` from the results written here (the CLI redraws them after every row).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import torch
 from torch import nn
 
 from ..data import load_calibration
+from ..devices import on_device, resolve_device
 from ..errors import PrunellmError
 from ..eval import eval_token_ids, eval_windows, perplexity
 from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
 from ..io import check_output_dir, library_versions, save_model
-from ..pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
-from ..walker import (WalkConfig, WalkResult, compress_model, find_blocks, find_linear_layers, read_weight,
-                      resolve_device)
+from ..pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes, describe_model
+from ..walker import WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers
 from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
 from .settings import SweepSetting
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # What a sweep writes into its directory: all that --overwrite removes (nothing else is touched).
 _OUTPUTS = (RESULTS_JSON, RESULTS_CSV, PLOTS_DIR, MODELS_DIR, "report.html", "report.md")
+# What identifies the model a sweep's rows were measured on (beside its dtype, in the spec).
+MODEL_IDENTITY = ("source", "class", "model_type", "parameters")
 
 
 @dataclass
@@ -56,11 +59,13 @@ class SweepConfig:
     def eval_seqlen(self) -> int:
         return self.evaluation.seqlen or self.calibration.seqlen
 
-    def spec(self) -> dict[str, Any]:
-        """What every result depends on besides its setting: a resumed sweep must match it.
-        (Devices, batch sizes and directories change speed, not results, and are left out.)"""
+    def spec(self, model: nn.Module) -> dict[str, Any]:
+        """What every result depends on besides its setting and the model's identity: a resumed
+        sweep must match it. (Devices, batch sizes and directories change speed, not results,
+        and are left out; the dtype the model computes in changes results.)"""
         walk = self.walk
         spec = {
+            "dtype": str(next(model.parameters()).dtype),
             "calibration": {k: v for k, v in dataclasses.asdict(self.calibration).items() if k != "data_dir"},
             "evaluation": {"datasets": list(self.evaluation.datasets), "seqlen": self.eval_seqlen,
                            "max_tokens": self.evaluation.max_tokens},
@@ -98,9 +103,10 @@ def prepare_output(out_dir: str | Path, *, resume: bool = False, overwrite: bool
 
 
 class Sweep:
-    """A checked sweep, ready to run. Construction does every check that needs the model (n:m
-    and group shapes, calibration and evaluation texts long enough) and the shared dense work
-    that needs no forward pass; `run()` does the rest and yields each row as it is written."""
+    """A checked sweep, ready to run. Construction does every check that needs the model (block
+    range, n:m and group shapes, calibration and evaluation texts long enough) and the shared
+    dense work that needs no forward pass; `run()` does the rest and yields each row as it is
+    written."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, settings: list[SweepSetting], config: SweepConfig,
                  out_dir: str | Path, *, model_source: str, gguf_file: str | None = None,
@@ -110,19 +116,18 @@ class Sweep:
         self.model, self.tokenizer, self.settings, self.config = model, tokenizer, settings, config
         self.out = Path(out_dir).expanduser()
         self.previous = prepare_output(self.out, resume=resume, overwrite=overwrite)
-        self.model_info = {"source": model_source, "class": type(model).__name__,
-                           "model_type": model.config.model_type,
-                           "parameters": sum(p.numel() for p in model.parameters())}
+        self.device = resolve_device(config.walk.device)
+        self.model_info = describe_model(model, model_source)
         if gguf_file is not None:  # what `prunellm export` reuses for a saved setting
             self.model_info["gguf_file"] = gguf_file
-        if self.previous is not None and (self.previous.spec != config.spec()
-                                          or self.previous.model.get("source") != model_source):
-            raise PrunellmError(f"cannot resume {self.out}: it was run with another model, calibration, evaluation, "
-                                "tasks or walk (start a new directory, or --overwrite)")
+        self.spec = config.spec(model)
+        if self.previous is not None and not _same_run(self.previous, self.model_info, self.spec):
+            raise PrunellmError(f"cannot resume {self.out}: it was run with another model, dtype, calibration, "
+                                "evaluation, tasks or walk (start a new directory, or --overwrite)")
         if config.zero_shot is not None and suite is None:
             suite = TaskSuite.load(config.zero_shot)
         self.suite = suite
-        _check_block_range(model, config.walk)
+        check_walk_range(find_blocks(model), config.walk)  # before the dense evaluation, not after it
         for setting in settings:
             check_layer_shapes(model, setting.build(), config.walk)
         self.bos = bos_for(model, tokenizer)
@@ -136,30 +141,29 @@ class Sweep:
                                  bos_token_id=self.bos, data_dir=calibration.data_dir)  # (N,)
             eval_windows(ids, config.eval_seqlen, self.bos)  # too short for one window: refused now
             self.eval_ids[name] = ids
-        self.device = resolve_device(config.walk.device)
 
     def run(self) -> Iterator[dict[str, Any]]:
         """Evaluate the dense model (unless resumed), then compress and evaluate every setting
-        not done yet; after each, rewrite results.json, results.csv and the plots."""
-        results = self.previous or SweepResults(model=self.model_info, spec=self.config.spec())
+        not done yet; after each, rewrite results.json and results.csv."""
+        results = self.previous or SweepResults(model=self.model_info, spec=self.spec)
         results.settings = [s.to_dict() for s in self.settings]
         results.versions = {**library_versions(), "lm_eval": lm_eval_version()}
         if results.dense is None:
             results.add(self._dense_row())
         self._start_output()
-        self._save(results)
+        results.save(self.out)
         yield results.dense
         for setting in self.settings:
             if results.row(setting.key) is not None:
                 log.info("%s: already in %s, skipped", setting.label, self.out)
                 continue
             results.add(self._setting_row(setting, results.dense))
-            self._save(results)
+            results.save(self.out)
             yield results.row(setting.key)
 
     def _dense_row(self) -> dict[str, Any]:
         zeros, total = 0, 0
-        for layer in self._target_layers(self.model).values():
+        for layer in target_layers(self.model, self.config.walk).values():
             weight = read_weight(layer)  # (out, in)
             zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
         row = {"key": DENSE, "label": DENSE, "method": DENSE, "sparsity": 0.0, "nm": None, "bits": None,
@@ -176,7 +180,7 @@ class Sweep:
         result = compress_model(pruned, method, self.windows, self.config.walk)
         prune_seconds = time.perf_counter() - started
         scores, eval_seconds = self._evaluate(pruned)
-        row = {**setting.to_dict(), "achieved_sparsity": _achieved(result), **scores,
+        row = {**setting.to_dict(), "achieved_sparsity": result.sparsity(), **scores,
                "layers": [{"name": r.name, "block": r.block, "sparsity": r.sparsity, "relative_error": r.relative_error}
                           for r in result.layers],
                "seconds": {"prune": prune_seconds, "solve": result.seconds.get("solve"), "eval": eval_seconds}}
@@ -193,9 +197,7 @@ class Sweep:
     def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
         """({"perplexity": {text: ppl}, "zero_shot": {task: score}}, seconds) of `model` as it is."""
         started = time.perf_counter()
-        home = next(model.parameters()).device
-        model.to(self.device)
-        try:
+        with on_device(model, self.device):
             ppl = {name: perplexity(model, ids, seqlen=self.config.eval_seqlen,
                                     batch_size=self.config.evaluation.batch_size, bos_token_id=self.bos,
                                     device=self.device, progress=self.config.walk.progress)
@@ -205,18 +207,7 @@ class Sweep:
                 scores = self.suite.evaluate(model, self.tokenizer, device=self.device, bos_token_id=self.bos)
                 zero_shot = {task: {k: v for k, v in dataclasses.asdict(s).items() if k != "task"}
                              for task, s in scores.items()}
-        finally:
-            model.to(home)
         return {"perplexity": ppl, "zero_shot": zero_shot}, time.perf_counter() - started
-
-    def _target_layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        walk = self.config.walk
-        blocks = find_blocks(model)
-        last = len(blocks) - 1 if walk.last_block is None else walk.last_block
-        layers: dict[str, nn.Module] = {}
-        for index in range(walk.first_block, last + 1):
-            layers.update(find_linear_layers(blocks.modules[index], blocks.name(index), walk.include, walk.exclude))
-        return layers
 
     def _start_output(self) -> None:
         """Create the directory on the first write; with --overwrite, clear a previous sweep's files."""
@@ -229,23 +220,8 @@ class Sweep:
                     path.unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def _save(self, results: SweepResults) -> None:
-        from ..report.plots import sweep_plots
-
-        results.save(self.out)
-        sweep_plots(results, self.out / PLOTS_DIR)
-
-
-def _check_block_range(model: nn.Module, walk: WalkConfig) -> None:
-    """The walker checks this too, but only once a setting starts: after the dense evaluation."""
-    count = len(find_blocks(model))
-    last = count - 1 if walk.last_block is None else walk.last_block
-    if not 0 <= walk.first_block <= last < count:
-        raise PrunellmError(f"block range {walk.first_block}..{walk.last_block} is outside the model's {count} blocks")
-
-
-def _achieved(result: WalkResult) -> float:
-    """Fraction of zeros over all compressed layers, weighted by size."""
-    total = sum(r.shape[0] * r.shape[1] for r in result.layers)
-    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in result.layers)
-    return zeros / total if total else 0.0
+def _same_run(previous: SweepResults, model_info: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a sweep on disk measured this model (source, class, size) with this spec (dtype,
+    calibration, evaluation, tasks, walk): only then may its rows sit beside new ones."""
+    same_model = all(previous.model.get(key) == model_info.get(key) for key in MODEL_IDENTITY)
+    return same_model and previous.spec == spec

@@ -125,8 +125,9 @@ def build_settings(methods: tuple[str, ...] = DEFAULT_METHODS, sparsities: tuple
     settings: list[SweepSetting] = []
     for method in methods:
         for width in bits or (None,):
-            grid = [SweepSetting(method, sparsity=s, bits=width, group_size=group_size) for s in sparsities]
-            grid += [SweepSetting(method, nm=p, bits=width, group_size=group_size) for p in patterns]
+            groups = group_size if width is not None else None  # an unquantized setting has no groups
+            grid = [SweepSetting(method, sparsity=s, bits=width, group_size=groups) for s in sparsities]
+            grid += [SweepSetting(method, nm=p, bits=width, group_size=groups) for p in patterns]
             for setting in grid:
                 setting.build()  # raises PrunellmError on what the method refuses
                 if setting not in settings:

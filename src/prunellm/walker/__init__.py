@@ -1,12 +1,12 @@
 """Model-agnostic, block-by-block calibration and compression. Knows no method by name."""
 
 from .allocate import AllocationConfig, collect_input_norms, owl_allocation
-from .blockwalk import BlockHost, BlockStep, ResumePoint, resolve_device, walk_blocks
+from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
 from .capture import BlockCall, capture_block_calls
-from .compress import LayerRecord, WalkConfig, WalkResult, compress_model
+from .compress import LayerRecord, WalkConfig, WalkResult, check_walk_range, compress_model, target_layers
 from .discovery import Blocks, find_blocks, find_linear_layers, in_features, read_weight, write_weight
 
 __all__ = ["AllocationConfig", "collect_input_norms", "owl_allocation", "BlockHost", "BlockStep", "ResumePoint",
-           "resolve_device", "walk_blocks", "BlockCall", "capture_block_calls", "LayerRecord", "WalkConfig",
-           "WalkResult", "compress_model", "Blocks", "find_blocks", "find_linear_layers", "in_features",
-           "read_weight", "write_weight"]
+           "walk_blocks", "BlockCall", "capture_block_calls", "LayerRecord", "WalkConfig", "WalkResult",
+           "check_walk_range", "compress_model", "target_layers", "Blocks", "find_blocks", "find_linear_layers",
+           "in_features", "read_weight", "write_weight"]

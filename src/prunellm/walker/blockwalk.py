@@ -39,15 +39,9 @@ class BlockStep:
         return self.calls[hidden.shape[0]](self.block, hidden)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class BlockHost:
     """Where blocks live between steps. This one: the whole model in memory, one block moved to
-    the device for its step and back after. A streaming host (prunellm.io.stream) instead reads
+    the device for its step and back after. A streaming host (prunellm.streaming_host) instead reads
     each block from disk on `enter` and writes it out on `leave`."""
 
     def __init__(self) -> None:

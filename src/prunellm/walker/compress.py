@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..distributed import Group, solve_cost
 from ..errors import PrunellmError
 from ..methods import Method
 from ..solvers import relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
-from .blockwalk import BlockHost, BlockStep, ResumePoint, resolve_device, walk_blocks
-from .discovery import find_blocks, find_linear_layers, in_features, read_weight, write_weight
+from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
+from .discovery import Blocks, find_blocks, find_linear_layers, in_features, read_weight, write_weight
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,33 @@ class WalkResult:
     targets: dict[str, float] = field(default_factory=dict)  # per-layer sparsity of an allocation
     gguf_blocks: dict[str, GGUFBlocks] = field(default_factory=dict)  # layers left on a GGUF grid
 
+    def sparsity(self) -> float:
+        """Fraction of zeros over all compressed layers, weighted by their sizes (0 when none)."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers)
+        return zeros / total if total else 0.0
+
+
+def check_walk_range(blocks: Blocks, config: WalkConfig) -> range:
+    """The blocks a walk with `config` compresses; refuses, before any work, a range outside
+    the model (or empty) and a batch size below one."""
+    last = len(blocks) - 1 if config.last_block is None else config.last_block
+    if not 0 <= config.first_block <= last < len(blocks):
+        raise PrunellmError(f"block range {config.first_block}..{last} is outside the model's {len(blocks)} blocks "
+                            f"(0..{len(blocks) - 1})")
+    if config.batch_size < 1:
+        raise PrunellmError(f"batch_size must be positive, got {config.batch_size}")
+    return range(config.first_block, last + 1)
+
+
+def target_layers(model: nn.Module, config: WalkConfig) -> dict[str, nn.Module]:
+    """The linear layers, by full name, that a walk with `config` compresses."""
+    blocks = find_blocks(model)
+    layers: dict[str, nn.Module] = {}
+    for index in check_walk_range(blocks, config):
+        layers.update(find_linear_layers(blocks.modules[index], blocks.name(index), config.include, config.exclude))
+    return layers
+
 
 def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, config: WalkConfig | None = None,
                    layer_sparsity: dict[str, float] | None = None, *, host: BlockHost | None = None,
@@ -76,13 +104,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     """
     config = config or WalkConfig()
     blocks = find_blocks(model)
-    last = len(blocks) - 1 if config.last_block is None else config.last_block
-    if not 0 <= config.first_block <= last < len(blocks):
-        raise PrunellmError(
-            f"block range {config.first_block}..{config.last_block} is outside the model's {len(blocks)} blocks"
-        )
-    if config.batch_size < 1:
-        raise PrunellmError(f"batch_size must be positive, got {config.batch_size}")
+    last = check_walk_range(blocks, config)[-1]
     device = dist.device if dist is not None else resolve_device(config.device)
     if result is None:
         result = WalkResult()

@@ -9,36 +9,25 @@ walker itself is unchanged: it sees an ordinary model whose blocks come and go.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-import signal
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from prunellm.io.gguf_blocks_file import BLOCKS_FILE, load_gguf_blocks, save_gguf_blocks
-from prunellm.io.resume import RunState
-from prunellm.io.shards import ShardPlan, write_shard
-from prunellm.io.skeleton import Skeleton
-from prunellm.walker import BlockHost
+from .io.atomic import atomic_path
+from .io.gguf_blocks_file import BLOCKS_FILE, load_gguf_blocks, save_gguf_blocks
+from .io.resume import RunState, kill_point
+from .io.shards import ShardPlan, block_unit, write_shard
+from .io.skeleton import Skeleton
+from .walker import BlockHost
 
 if TYPE_CHECKING:
-    from prunellm.distributed import Group
-    from prunellm.walker import Blocks, WalkResult
-
-log = logging.getLogger(__name__)
-
-# Tests kill the run at a named point with SIGKILL ("shard:K": block K's shard written, progress
-# not yet committed; "block:K": block K committed; "finish": output complete, not yet renamed
-# into place): no cleanup runs, as with kill -9 or a power cut.
-KILL_AT = "PRUNELLM_TEST_KILL_AT"
-
-
-def block_unit(index: int) -> str:
-    return f"block.{index}"
+    from .distributed import Group
+    from .walker import Blocks, WalkResult
 
 
 class StreamingHost(BlockHost):
@@ -102,32 +91,29 @@ class StreamingHost(BlockHost):
         return {name: self.skeleton.tensor(name) for name in self.plan.keys[unit]}  # views, no copy on CPU
 
     def _save_grids(self, index: int) -> None:
-        """GGUF grids of this block's layers, kept beside the state until the final merge."""
+        """GGUF grids of this block's layers, kept beside the state until the final merge: a
+        directory written whole under a temporary name, then renamed."""
         grids = {r.name: self.result.gguf_blocks[r.name] for r in self.result.layers
                  if r.block == index and r.name in self.result.gguf_blocks}
         if grids:
-            directory = self.state.root / f"grids-{index:05d}"
-            directory.mkdir(exist_ok=True)
-            save_gguf_blocks(directory, grids)
+            directory = self._grids_dir(index)
+            shutil.rmtree(directory, ignore_errors=True)  # an attempt killed before committing this block
+            with atomic_path(directory) as tmp:
+                tmp.mkdir()
+                save_gguf_blocks(tmp, grids)
 
     def load_grids(self) -> dict:
-        """The GGUF grids of the blocks a previous attempt committed (a later block's file may
-        be half-written: that block is done again)."""
+        """The GGUF grids of the blocks a previous attempt committed."""
         grids: dict = {}
         for index in range(self.state.next_block):
-            directory = self.state.root / f"grids-{index:05d}"
+            directory = self._grids_dir(index)
             if (directory / BLOCKS_FILE).is_file():
                 grids.update(load_gguf_blocks(directory))
         return grids
 
+    def _grids_dir(self, index: int) -> Path:
+        return self.state.root / f"grids-{index:05d}"
+
     def _barrier(self) -> None:
         if self.group is not None:
             self.group.barrier()
-
-
-def kill_point(point: str) -> None:
-    """SIGKILL this process here when the test hook names this point (see KILL_AT)."""
-    if os.environ.get(KILL_AT) == point:
-        log.warning("%s=%s: killing the run", KILL_AT, os.environ[KILL_AT])
-        os.kill(os.getpid(), signal.SIGKILL)
-

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from prunellm.cli import main
-from prunellm.io.stream import KILL_AT
+from prunellm.io.resume import KILL_AT
 from tests.conftest import REPO
 from tests.model_dirs import calibration_text, model_dir, report_without_timings
 
@@ -56,8 +56,12 @@ def test_killed_runs_resume_to_the_same_bytes_and_other_commands_are_refused(wor
     assert "method.sparsity: 0.5 there, 0.6 here" in error and len(error.splitlines()) == 1
     assert (state_dir / "state.json").read_bytes() == saved and not out.exists()
 
+    # Writes cut short by a kill leave their temporaries: the next attempt clears them.
+    (state_dir / "out" / ".model-00003-of-00005.safetensors.tmp-0badf00d").write_bytes(b"half a shard")
+    (state_dir / ".state.json.tmp-0badf00d").write_text("{")
     log = killed_run(command(workspace, out), "block:2")  # killed once the last block is committed
     assert "at block 1" in log  # resumed where the first run stopped, not from the start
+    assert not list(state_dir.glob(".*")) and not list((state_dir / "out").glob(".*"))
     assert json.loads((state_dir / "state.json").read_text())["next_block"] == 3
     killed_run(command(workspace, out), "finish")  # killed with the output complete, not yet in place
     assert not out.exists()
