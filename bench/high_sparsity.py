@@ -1,4 +1,5 @@
-"""High sparsity: plain SparseGPT against OWL allocation, least-squares refinement, and both.
+"""High sparsity: plain SparseGPT against OWL allocation, least-squares refinement (LSQ), an
+ADMM mask search followed by LSQ (ALPS, a slower opt-in mode), and the combinations.
 
 For each model and sparsity (and 2:4, where allocation is off: n:m fixes every layer's
 sparsity), prunes a fresh copy, evaluates WikiText-2 test perplexity with the papers'
@@ -29,6 +30,8 @@ VARIANTS = {
     "+ OWL": ({}, "owl"),
     "+ LSQ": ({"refine": "lsq"}, "uniform"),
     "+ OWL + LSQ": ({"refine": "lsq"}, "owl"),
+    "+ ALPS": ({"refine": "alps"}, "uniform"),
+    "+ OWL + ALPS": ({"refine": "alps"}, "owl"),
 }
 
 
@@ -62,6 +65,8 @@ def main() -> None:
     rows = [{"setting": "dense", "variant": "-", "ppl": perplexity(model, test_ids, seqlen=args.seqlen, batch_size=4,
                                                                  bos_token_id=bos, progress=False), "seconds": 0.0}]
     print(f"dense: {rows[0]['ppl']:.2f}", flush=True)
+    header = {"model": args.model, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit],
+              "versions": library_versions(), "calibration": vars(calibration), "eval_tokens": test_ids.numel()}
     for kind, value in settings:
         for variant in args.variants.split(","):
             options, allocation = VARIANTS[variant]
@@ -78,14 +83,18 @@ def main() -> None:
             rows.append({"setting": label, "variant": variant, "ppl": ppl, "seconds": seconds})
             print(f"{label} {variant}: ppl {ppl:.2f}, prune {seconds:.1f} s", flush=True)
             del candidate
+            _save(Path(args.out), header, rows)  # after every row: a cut-short run keeps what it measured
 
     print("\n| setting | variant | WikiText-2 ppl | prune time (s) |\n| --- | --- | ---: | ---: |")
     for row in rows:
         print(f"| {row['setting']} | {row['variant']} | {row['ppl']:.2f} | {row['seconds']:.1f} |")
-    out = Path(args.out)
+
+
+def _save(out: Path, header: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit], "versions": library_versions(), "calibration": vars(calibration),
-                               "eval_tokens": test_ids.numel(), "rows": rows}, indent=2))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**header, "rows": rows}, indent=2))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":
