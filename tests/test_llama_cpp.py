@@ -52,7 +52,7 @@ MODELS = {
     "smollm2-gptq-q4_k_m": (lambda f: default_model_path(), ("gptq", {"gguf": "q4_k_m"}), "q4_k_m", 512, 8, None),
     "gemma3-sparsegpt50-q8_0": (gemma_path, ("sparsegpt", {"gguf": "q8_0", "sparsity": 0.5}), "q8_0", 512, 4, None),
     "gemma3-gptq-q4_k_m": (gemma_path, ("gptq", {"gguf": "q4_k_m"}), "q4_k_m", 512, 4, None),
-    "qwen2-gptq-q4_0": (qwen_path, ("gptq", {"gguf": "q4_0"}), "q4_0", 256, 2, 3),
+    "qwen2-gptq-q4_0": (qwen_path, ("gptq", {"gguf": "q4_0"}), "q4_0", 512, 4, 3),
 }
 
 

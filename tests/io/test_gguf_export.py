@@ -142,4 +142,22 @@ def test_a_model_from_another_source_is_caught_by_the_layout_check(smollm2, tmp_
     with pytest.raises(PrunellmError, match="does not match GGUF tensor blk.0.ffn_down.weight"):
         export_gguf(model, {"model.layers.0.mlp.down_proj": None}, default_model_path(), tmp_path / "x.gguf",
                     GGUFExportConfig("q8_0"))
+    layer = dict(model.named_modules())["model.layers.1.mlp.down_proj"]
+    write_weight(layer, read_weight(dict(smollm2[0].named_modules())["model.layers.1.mlp.down_proj"]).flip(0))
+    with pytest.raises(PrunellmError, match="does not match GGUF tensor blk.1.ffn_down.weight"):  # rows misplaced
+        export_gguf(model, {"model.layers.1.mlp.down_proj": None}, default_model_path(), tmp_path / "x.gguf",
+                    GGUFExportConfig("q8_0"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_moved_far_on_a_few_inputs_still_export(smollm2, tmp_path) -> None:
+    # What GPTQ does with far fewer calibration tokens than inputs: the layout is right, a few
+    # columns moved a long way (the cosine with the source drops near zero).
+    model = copy.deepcopy(smollm2[0])
+    layer = dict(model.named_modules())["model.layers.0.mlp.down_proj"]
+    weight = read_weight(layer).clone()
+    weight[:, :8] *= 1000.0
+    write_weight(layer, weight)
+    out = export_gguf(model, {"model.layers.0.mlp.down_proj": None}, default_model_path(), tmp_path / "x.gguf",
+                      GGUFExportConfig("q8_0"))
+    assert out.is_file()

@@ -11,7 +11,7 @@ docs/gguf.md.
 Layout: tensor names come from the `gguf` package's own map from Hugging Face names; for
 architectures whose converter permutes the rows of q/k for rotary embeddings (llama), the same
 permutation is applied. Every replaced tensor is checked against the source tensor it replaces
-(shape, and a cosine similarity that a wrong layout cannot reach).
+(shape, and a share of equal signs that a wrong layout cannot reach).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ OTHER_TYPES = ("keep", *FLOAT_TYPES, *GGUF_GRIDS)
 # Architectures whose llama.cpp converter permutes q/k rows (and transformers un-permutes them).
 _ROTARY_PERMUTED = {"llama": True}
 # Below this, the exported tensor is not the pruned version of the source tensor it replaces.
-MIN_COSINE = 0.3
+MIN_SIGN_AGREEMENT = 0.65  # of the weights nonzero in both; chance is 0.5
 
 
 @dataclass
@@ -237,15 +237,22 @@ def _to_gguf_rows(t: torch.Tensor, target: str, arch: str, reader: Any) -> torch
 
 
 def _check_layout(weight: torch.Tensor, source_tensor: Any, name: str) -> None:
-    """A compressed tensor stays close to the one it replaces; a mis-mapped one does not."""
+    """A compressed tensor keeps the signs of the one it replaces; a mis-mapped one does not.
+
+    Signs, not a cosine: GPTQ with far fewer calibration tokens than inputs can move a few
+    weights a long way (directions the calibration never saw), which sinks the cosine of a
+    tensor that is laid out right; it keeps most signs. A wrong layout (rows of another tensor,
+    a missing rotary permutation) agrees on half of them, as chance does.
+    """
     from gguf.quants import dequantize
 
     original = torch.from_numpy(np.asarray(dequantize(source_tensor.data, source_tensor.tensor_type),
                                            dtype=np.float32)).reshape(weight.shape)
-    cosine = torch.nn.functional.cosine_similarity(weight.flatten(), original.flatten(), dim=0)
-    if not cosine > MIN_COSINE:
+    both = (weight != 0) & (original != 0)
+    agree = float((torch.sign(weight[both]) == torch.sign(original[both])).float().mean()) if both.any() else 1.0
+    if not agree > MIN_SIGN_AGREEMENT:
         raise PrunellmError(f"layer '{name}' does not match GGUF tensor {source_tensor.name} "
-                            f"(cosine {float(cosine):.2f}): the model was not loaded from this GGUF")
+                            f"({agree:.0%} of signs agree): the model was not loaded from this GGUF")
 
 
 def _tensor_payload(tensor: Any, replacement: _Replacement | None, config: GGUFExportConfig) -> tuple[np.ndarray, Any]:
