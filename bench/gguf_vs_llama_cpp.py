@@ -47,6 +47,7 @@ VARIANTS = {
     "prunellm SparseGPT 50% + Q4_0": ("prunellm", ("sparsegpt", {"gguf": "q4_0", "sparsity": 0.5})),
     "llama.cpp Q4_K_M": ("llama", ("Q4_K_M", False)),
     "llama.cpp Q4_K_M + imatrix": ("llama", ("Q4_K_M", True)),
+    "prunellm GPTQ → Q4_K_M (plain H)": ("prunellm", ("gptq", {"gguf": "q4_k_m"})),
     "prunellm GPTQ → Q4_K_M": ("prunellm", ("gptq", {"gguf": "q4_k_m", "shrink": True})),
 }
 
