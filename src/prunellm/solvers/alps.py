@@ -14,8 +14,15 @@ with ρ growing, so that X and D meet on a support the quadratic chose, not the 
 alone. The problem is first scaled so that H has a unit diagonal (inputs of unit energy), which
 makes ρ and the projection's magnitudes comparable across layers; H = Q Λ Qᵀ is factored once,
 so every ρ costs two (R, C) @ (C, C) products. The final support is then handed to the exact
-least-squares step (refine.py), and the caller keeps whichever of this and the least-squares
-refinement of its own mask has the lower layer error: never worse than the starting method.
+least-squares step (refine.py), started from ADMM's own weights on it. The result is kept when
+its layer error is below the starting method's; otherwise the start's own mask is re-solved
+instead (the least-squares refinement), so it is never worse than the starting method.
+
+Cost: ADMM is most of it, a few dozen iterations of two products and a projection. The
+projection finds its threshold with a linear-time selection (kthvalue) rather than a top-k
+sort, and the least-squares solve of the start's own mask is only run as the fallback: at high
+sparsity the searched support wins by a wide margin (half the error on SmolLM2 at 70%), and
+solving both cost a third more time.
 """
 
 from __future__ import annotations
@@ -45,6 +52,23 @@ def admm_mask(
     with `nm`, the start's count in every row with `per_row`, else the start's count in the
     whole layer.
     """
+    return admm_search(W, H, start, pruned, nm=nm, per_row=per_row, iterations=iterations, rho=rho, damp=damp) == 0
+
+
+def admm_search(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    start: torch.Tensor,
+    pruned: torch.Tensor,
+    *,
+    nm: tuple[int, int] | None = None,
+    per_row: bool = False,
+    iterations: int = 60,
+    rho: float = 0.1,
+    damp: float = 0.01,
+) -> torch.Tensor:
+    """ADMM's sparse iterate D (R, C), in W's coordinates: its zeros are the mask `admm_mask`
+    returns, its other entries a warm start for the exact solve on that support."""
     W = W.to(torch.float32)
     H = H.to(device=W.device, dtype=torch.float32)
     diag = torch.diagonal(H)
@@ -73,7 +97,7 @@ def admm_mask(
             # ρ grows faster while the support still moves a lot (ALPS's schedule).
             nonzeros = int(support.sum())
             rho *= 1.3 if changed >= 0.1 * nonzeros else 1.2 if changed >= 0.005 * nonzeros else 1.1
-    return D == 0
+    return D / scale
 
 
 def alps_refine(
@@ -87,14 +111,15 @@ def alps_refine(
     admm_iterations: int = 60,
     cg_iterations: int = 50,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (R, C), mask (R, C) bool): the better of ADMM's support and the start's own
-    mask, each with its weights re-solved exactly; never a higher layer error than `start`."""
-    own = refine_on_mask(W, H, start, pruned, iterations=cg_iterations)
-    mask = admm_mask(W, H, start, pruned, nm=nm, per_row=per_row, iterations=admm_iterations)
-    searched = refine_on_mask(W, H, W.to(torch.float32).masked_fill(mask, 0.0), mask, iterations=cg_iterations)
-    if layer_error(W, searched, H) < layer_error(W, own, H):
+    """(weights (R, C), mask (R, C) bool): ADMM's support with its weights re-solved exactly,
+    or, where that is not below the start's layer error, the start's own mask re-solved; never
+    a higher layer error than `start`."""
+    D = admm_search(W, H, start, pruned, nm=nm, per_row=per_row, iterations=admm_iterations)  # (R, C)
+    mask = D == 0
+    searched = refine_on_mask(W, H, D, mask, iterations=cg_iterations)
+    if layer_error(W, searched, H) < layer_error(W, start, H):
         return searched, mask
-    return own, pruned
+    return refine_on_mask(W, H, start, pruned, iterations=cg_iterations), pruned
 
 
 def _kept_counts(pruned: torch.Tensor, nm: tuple[int, int] | None, per_row: bool) -> torch.Tensor | int:
@@ -117,7 +142,15 @@ def _project(Z: torch.Tensor, kept: torch.Tensor | int, nm: tuple[int, int] | No
         order = Z.abs().argsort(dim=1, descending=True, stable=True)  # (R, C)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(cols, device=Z.device).expand(rows, cols))
         return Z * (rank < kept.unsqueeze(1))
-    keep = torch.zeros(Z.numel(), dtype=torch.bool, device=Z.device)
-    if kept > 0:
-        keep[Z.abs().flatten().topk(kept).indices] = True
+    if kept <= 0:
+        return torch.zeros_like(Z)
+    magnitude = Z.abs().flatten()  # (R*C,)
+    # A linear-time selection of the threshold; a top-k sort of a whole layer cost as much as
+    # the iteration's two products. Ties at the threshold (rare in floats) would break the
+    # budget: then the exact top-k decides.
+    threshold = magnitude.kthvalue(magnitude.numel() - kept + 1).values
+    keep = magnitude >= threshold
+    if int(keep.sum()) != kept:
+        keep = torch.zeros_like(keep)
+        keep[magnitude.topk(kept).indices] = True
     return Z * keep.reshape(rows, cols)
