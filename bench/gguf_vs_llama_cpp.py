@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=32768)
     parser.add_argument("--hessian-shrink", type=float, default=0.5,
                         help="GPTQ rows marked 'shrink': Hessian shrinkage toward its diagonal")
+    parser.add_argument("--score-llama-files", action="store_true",
+                        help="also score llama.cpp's own files with prunellm (their weights dequantized to float), "
+                             "to tell weight quality from llama.cpp's runtime rounding")
     parser.add_argument("--work-dir", default="/tmp/prunellm-gguf-bench")
     parser.add_argument("--out", default=None, help="JSON results (default bench/results/gguf_<model>.json)")
     args = parser.parse_args()
@@ -105,6 +108,11 @@ def main() -> None:
             if with_imatrix and imatrix is None:
                 imatrix = _imatrix(bin_dir, dense, calib_text, work, args.seqlen, args.num_samples)
             _llama_quantize(bin_dir, dense, path, ftype, imatrix if with_imatrix else None)
+            if args.score_llama_files:
+                quantized, _ = load_model(path)
+                own_ppl = perplexity(quantized, test_ids, seqlen=args.seqlen, batch_size=4, bos_token_id=bos,
+                                     progress=False)
+                del quantized
         else:
             method_name, options = spec[0], dict(spec[1])
             candidate = copy.deepcopy(model)
