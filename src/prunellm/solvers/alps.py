@@ -20,7 +20,8 @@ instead (the least-squares refinement), so it is never worse than the starting m
 
 Cost: ADMM is most of it, a few dozen iterations of two products and a projection. The
 projection finds its threshold with a linear-time selection (kthvalue) rather than a top-k
-sort, and the least-squares solve of the start's own mask is only run as the fallback: at high
+sort, the exact solve starts from ADMM's iterate (half the conjugate-gradient iterations), and
+the least-squares solve of the start's own mask is only run as the fallback: at high
 sparsity the searched support wins by a wide margin (half the error on SmolLM2 at 70%), and
 solving both cost a third more time.
 """
@@ -116,7 +117,9 @@ def alps_refine(
     a higher layer error than `start`."""
     D = admm_search(W, H, start, pruned, nm=nm, per_row=per_row, iterations=admm_iterations)  # (R, C)
     mask = D == 0
-    searched = refine_on_mask(W, H, D, mask, iterations=cg_iterations)
+    # Started from ADMM's iterate, already close to the optimum on its support, half the
+    # iterations reach the same error (equal to three digits on SmolLM2's layers at 70%).
+    searched = refine_on_mask(W, H, D, mask, iterations=max(1, cg_iterations // 2))
     if layer_error(W, searched, H) < layer_error(W, start, H):
         return searched, mask
     return refine_on_mask(W, H, start, pruned, iterations=cg_iterations), pruned
