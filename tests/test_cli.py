@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
+from prunellm.methods.recommended import recommended
 from tests.model_dirs import WORDS, make_workspace
 from tests.tiny_models import tiny_model, word_tokenizer
 
@@ -32,7 +33,8 @@ def prune_args(ws: dict, out: Path, *extra: str) -> list[str]:
 
 def test_prune_saves_a_loadable_model_and_report(workspace, tmp_path, capsys):
     out = tmp_path / "pruned"
-    code = main(prune_args(workspace, out, "--method", "sparsegpt", "--sparsity", "0.5", "--eval", workspace["text"]))
+    code = main(prune_args(workspace, out, "--method", "sparsegpt", "--sparsity", "0.5", "--eval", workspace["text"],
+                           "--refine", "none", "--allocation", "uniform"))  # the paper's method
     assert code == 0
     printed = capsys.readouterr().out
     assert "perplexity: dense" in printed and "saved to" in printed
@@ -48,6 +50,19 @@ def test_prune_saves_a_loadable_model_and_report(workspace, tmp_path, capsys):
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(reloaded.model.layers[2].mlp.down_proj.weight, down)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
+
+
+@pytest.mark.parametrize("target", [["--sparsity", "0.7"], ["--nm", "2:4"]])
+def test_prune_without_refine_or_allocation_takes_the_tables_choice(workspace, tmp_path, capsys, target):
+    out = tmp_path / "pruned"
+    assert main(prune_args(workspace, out, *target)) == 0
+    choice = recommended("sparsegpt", {"sparsity": 0.7} if target[0] == "--sparsity" else {"nm": "2:4"})
+    assert "defaults from bench/README.md's high-sparsity table" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"]["refine"] == choice.refine and report["allocation"]["kind"] == choice.allocation
+    # OWL moves sparsity between blocks, never the budget: 70% of the compressed weights overall.
+    expected = 0.7 if target[0] == "--sparsity" else 0.5
+    assert report["sparsity"]["compressed_layers"] == pytest.approx(expected, abs=0.01)
 
 
 def test_eval_command(workspace, capsys):

@@ -52,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--damp-frac", type=float, default=None, help="Hessian damping, fraction of mean diagonal")
     prune.add_argument("--refine", default=None,
                        help="none, lsq (re-solve the weights exactly on the mask) or alps (search a better mask by "
-                            "ADMM, then lsq; slower)")
+                            "ADMM, then lsq); default for sparsegpt: the best of bench/README.md's high-sparsity "
+                            "table at the target sparsity, else none")
     prune.add_argument("--refine-iters", type=int, default=None, help="conjugate-gradient iterations (default 50)")
-    prune.add_argument("--allocation", default="uniform", help="uniform or owl: sparsity per block by outliers")
-    prune.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: spread of the per-unit sparsities")
+    prune.add_argument("--allocation", default=None,
+                       help="uniform or owl: sparsity per block by outliers (default as --refine: from the table)")
+    prune.add_argument("--owl-lambda", type=float, default=None,
+                       help="OWL: spread of the per-unit sparsities (default: the table's, else 0.08)")
     prune.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outliers are scores above M x mean")
     prune.add_argument("--allocation-unit", default="block", help="block or layer: the unit OWL allocates to")
     prune.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
@@ -212,10 +215,16 @@ def run_prune(args: argparse.Namespace) -> None:
     from .io import check_output_dir, load_model, save_model
     from .io.default_model import gguf_file, model_label
     from .methods import build_method
+    from .methods.recommended import with_recommended
     from .walker import AllocationConfig, WalkConfig
 
-    method = build_method(args.method, **method_options(args))  # bad options fail before any loading
-    allocation = AllocationConfig(args.allocation, args.owl_lambda, args.owl_threshold, args.allocation_unit)
+    options, allocation_kind, owl_lambda, note = with_recommended(args.method, method_options(args), args.allocation,
+                                                                  args.owl_lambda, can_allocate=not args.stream)
+    method = build_method(args.method, **options)  # bad options fail before any loading
+    allocation = AllocationConfig(allocation_kind, *([] if owl_lambda is None else [owl_lambda]),
+                                  owl_threshold=args.owl_threshold, unit=args.allocation_unit)
+    if note is not None:
+        print(note)
     gguf_output = _gguf_output(args)
     if args.out is not None and gguf_output is not None:
         _check_output_file(args.out, args.overwrite)
