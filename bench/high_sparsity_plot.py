@@ -100,6 +100,9 @@ def plot(models: dict[str, list[dict[str, Any]]], path: Path, only: list[str] | 
 
     figure = Figure(figsize=(5.5 * len(models), 4.4))
     canvas = FigureCanvasAgg(figure)
+    every_label = sorted({r["label"] for rows in models.values() for r in rows if r["setting"] != "dense"},
+                         key=lambda l: (l != "SparseGPT", l))
+    colors = {label: f"C{index % 10}" for index, label in enumerate(every_label)}  # one colour per variant
     for index, (name, rows) in enumerate(models.items()):
         axes = figure.add_subplot(1, len(models), index + 1)
         rows = [r for r in rows if r["setting"] == "dense" or only is None or r["label"] in only]
@@ -113,10 +116,9 @@ def plot(models: dict[str, list[dict[str, Any]]], path: Path, only: list[str] | 
                           key=lambda point: point[0])
             unstructured = [(px, py) for px, py, setting in mine if setting.endswith("%")]
             patterns = [(px, py) for px, py, setting in mine if not setting.endswith("%")]
-            color = None
+            color = colors[label]
             if unstructured:
-                (line,) = axes.plot(*zip(*unstructured), marker="o", label=label)
-                color = line.get_color()
+                axes.plot(*zip(*unstructured), marker="o", label=label, color=color)
             if patterns:  # n:m: no line into it, it is not a higher sparsity
                 axes.plot(*zip(*patterns), marker="s", linestyle="none", color=color,
                           label=None if unstructured else label)
