@@ -34,28 +34,6 @@ from .hessian import layer_error
 from .refine import refine_on_mask
 
 
-def admm_mask(
-    W: torch.Tensor,
-    H: torch.Tensor,
-    start: torch.Tensor,
-    pruned: torch.Tensor,
-    *,
-    nm: tuple[int, int] | None = None,
-    per_row: bool = False,
-    iterations: int = 60,
-    rho: float = 0.1,
-    damp: float = 0.01,
-) -> torch.Tensor:
-    """A mask (R, C) bool (True = pruned) with the same budget as `pruned`, chosen by ADMM.
-
-    W: (R, C) dense weights; H: (C, C); start: (R, C) the method's pruned weights, the
-    starting point of D. The budget keeps the start's structure: n zeros in every m inputs
-    with `nm`, the start's count in every row with `per_row`, else the start's count in the
-    whole layer.
-    """
-    return admm_search(W, H, start, pruned, nm=nm, per_row=per_row, iterations=iterations, rho=rho, damp=damp) == 0
-
-
 def admm_search(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -68,8 +46,14 @@ def admm_search(
     rho: float = 0.1,
     damp: float = 0.01,
 ) -> torch.Tensor:
-    """ADMM's sparse iterate D (R, C), in W's coordinates: its zeros are the mask `admm_mask`
-    returns, its other entries a warm start for the exact solve on that support."""
+    """ADMM's sparse iterate D (R, C), in W's coordinates: its zeros are the searched mask
+    (same budget as `pruned`), its other entries a warm start for the exact solve on that support.
+
+    W: (R, C) dense weights; H: (C, C); start: (R, C) the method's pruned weights, the
+    starting point of D. The budget keeps the start's structure: n zeros in every m inputs
+    with `nm`, the start's count in every row with `per_row`, else the start's count in the
+    whole layer.
+    """
     W = W.to(torch.float32)
     H = H.to(device=W.device, dtype=torch.float32)
     diag = torch.diagonal(H)
