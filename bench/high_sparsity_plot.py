@@ -56,9 +56,13 @@ def merge_rows(files: list[str]) -> list[dict[str, Any]]:
     for path in files:
         data = json.loads(Path(path).read_text())
         owl = data.get("owl") or OWL_DEFAULT_BEFORE_HEADER
+        # Plain SparseGPT's time in this run, per setting: the ratio's base for this file's rows
+        # even where a later run's SparseGPT row replaces this one in the table.
+        base_seconds = {r["setting"]: r["seconds"] for r in data["rows"] if r["variant"] == "SparseGPT"}
         for row in data["rows"]:
             label = variant_label(row["variant"], owl)
-            merged[(row["setting"], label)] = {**row, "label": label, "file": path}
+            merged[(row["setting"], label)] = {**row, "label": label, "file": path,
+                                               "base_seconds": base_seconds.get(row["setting"])}
     return list(merged.values())
 
 
@@ -77,15 +81,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         base = next((r for r in here if r["label"] == "SparseGPT"), None)
         for row in sorted(here, key=lambda r: (r["label"] != "SparseGPT", r["label"])):
             change = "–" if base is None or row is base else f"{row['ppl'] / base['ppl'] - 1:+.1%}"
-            ratio = "–" if base is None or row is base else f"{row['seconds'] / time_base(row, here, base):.2f}"
+            ratio = "–" if base is None or row is base else f"{row['seconds'] / time_base(row, base):.2f}"
             lines.append(f"| {setting} | {row['label']} | {row['ppl']:.2f} | {change} | {row['seconds']:.1f} | {ratio} |")
     return "\n".join(lines)
 
 
-def time_base(row: dict[str, Any], here: list[dict[str, Any]], latest: dict[str, Any]) -> float:
+def time_base(row: dict[str, Any], latest: dict[str, Any]) -> float:
     """Plain SparseGPT's prune time from the same run when it has one (same machine load)."""
-    same_file = [r for r in here if r["file"] == row["file"] and r["variant"] == "SparseGPT"]
-    return (same_file[0] if same_file else latest)["seconds"]
+    return row["base_seconds"] if row.get("base_seconds") is not None else latest["seconds"]
 
 
 def setting_order(setting: str) -> tuple[int, float]:

@@ -18,7 +18,7 @@ REFINEMENTS = ("none", "lsq", "alps")
 class RefineOptions:
     """refine: "lsq" re-solves the kept weights exactly (conjugate gradients on the layer's
     least-squares problem, `refine_iters` iterations at most); "alps" first searches a new mask
-    with the same budget by ADMM and solves the weights on it (2.2-3.0x a plain prune on CPU,
+    with the same budget by ADMM and solves the weights on it (2.0-3.1x a plain prune on CPU,
     bench/README.md), falling back to "lsq" where that is not better; "none" keeps the method's own."""
 
     refine: str = "none"
