@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
+from prunellm import streaming_host
 from prunellm.errors import PrunellmError
 from prunellm.io import load_model, save_model
+from prunellm.io.heap import release_free_memory
 from prunellm.io.lazy import LazyCheckpoint
 from prunellm.io.skeleton import Skeleton, build_skeleton
 from prunellm.methods import build_method
@@ -81,6 +84,14 @@ def test_only_one_block_is_in_memory_at_a_time(llama_dir, calib, tmp_path, monke
         seen.append((sorted(stored)[0], real, self.model.lm_head.weight.device.type != "meta"))
 
     monkeypatch.setattr(Skeleton, "materialize", watched)
+    trims: list[list[int]] = []  # blocks holding weights whenever the heap is trimmed
+
+    def trim() -> bool:
+        blocks = find_blocks(models[-1])
+        trims.append([i for i, block in enumerate(blocks.modules) if any(p.device.type != "meta" for p in block.parameters())])
+        return release_free_memory()
+
+    monkeypatch.setattr(streaming_host, "release_free_memory", trim)
     skeleton = build_skeleton(LazyCheckpoint(source), torch.float32)
     assert all(p.device.type == "meta" for p in skeleton.model.parameters())  # no weight allocated
     prune_streaming(source, tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
@@ -89,6 +100,13 @@ def test_only_one_block_is_in_memory_at_a_time(llama_dir, calib, tmp_path, monke
     assert [step[1] for step in steps] == [[0], [1], [2]]
     assert not any(step[2] for step in steps)
     assert all(p.device.type == "meta" for p in models[-1].parameters())  # everything released at the end
+    # After every block, once its weights are released, free heap pages go back to the system.
+    assert trims == [[], [], []]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_free_heap_memory_is_returned_on_linux():
+    assert release_free_memory() is True and release_free_memory() is True
 
 
 def test_streamed_cli_run_with_a_block_range(root, calib, tmp_path, capsys):
