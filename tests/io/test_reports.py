@@ -32,5 +32,6 @@ def test_library_versions() -> None:
     assert {"python", "torch", "transformers", "prunellm", "numpy", "gguf"} <= versions.keys()
     assert versions["torch"] == torch.__version__
     assert ("cuda_device" in versions) == torch.cuda.is_available()
+    assert versions["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
     assert all(isinstance(value, str) and value for value in versions.values())
     json.dumps(versions)

@@ -20,6 +20,10 @@ def library_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:  # gguf is optional for non-GGUF users
             continue
+    # The vector width torch's CPU kernels were dispatched to: float sums can differ in their
+    # last bits between AVX2 and AVX-512 kernels, and a highly sparse model amplifies such
+    # differences (bench/README.md), so a CPU figure names its kind of host.
+    versions["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
         versions["cuda_device"] = torch.cuda.get_device_name(torch.cuda.current_device())
         versions["cuda"] = str(torch.version.cuda)
