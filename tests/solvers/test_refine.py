@@ -76,3 +76,32 @@ def test_admm_finds_a_better_support_at_high_sparsity(per_row):
     assert torch.equal(budget(mask, None, per_row), budget(start.mask, None, per_row))
     searched = refine_on_mask(W, H, W.masked_fill(mask, 0.0), mask, iterations=200, tolerance=1e-7)
     assert layer_error(W, searched, H) < 0.7 * layer_error(W, lsq, H)  # about 0.45 seen
+
+
+@pytest.mark.parametrize("n, k", [(1_000, 1), (1_000, 1_000), (200_000, 1), (200_000, 200_000), (200_000, 60_000),
+                                  (200_000, 199_990), (200_000, 7)])
+@pytest.mark.parametrize("kind", ["normal", "ties", "spiky"])
+def test_sampled_selection_is_the_exact_kth_largest(n, k, kind):
+    from prunellm.solvers.alps import _kth_largest
+
+    generator = torch.Generator().manual_seed(n + k)
+    values = torch.randn(n, generator=generator).abs()
+    if kind == "ties":  # a handful of distinct values: the bracket is all ties
+        values = torch.randint(0, 5, (n,), generator=generator).float()
+    elif kind == "spiky":  # sorted blocks: a strided sample sees a skewed picture
+        values = torch.sort(values).values * torch.linspace(1, 1e6, n) ** 2
+    assert _kth_largest(values, k).item() == values.kthvalue(n - k + 1).values.item()
+
+
+@pytest.mark.parametrize("m, kept", [(4, 1), (4, 2), (4, 3), (4, 4), (8, 4)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_group_selection_keeps_what_topk_keeps(m, kept, ties):
+    from prunellm.solvers.alps import _keep_largest_in_groups
+
+    generator = torch.Generator().manual_seed(m * 10 + kept)
+    magnitude = torch.randn(64, 48, m, generator=generator).abs()  # (R, G, m)
+    if ties:  # zeros, as dead inputs give, tie at the threshold in some groups
+        magnitude[:, ::3, 1:] = 0.0
+    keep = _keep_largest_in_groups(magnitude, kept)
+    expected = torch.zeros_like(keep).scatter_(-1, magnitude.topk(kept, dim=-1).indices, True)
+    assert torch.equal(keep, expected)
