@@ -20,8 +20,8 @@ instead (the least-squares refinement), so it is never worse than the starting m
 
 Cost: ADMM is most of it, a few dozen iterations of two products and a projection. The
 projection must cost far less than the products: a layer's threshold is found on a strided
-sample and settled exactly within the sample's bracket (a full selection cost as much as
-both products), and 2:4's groups are ranked by a sorting network rather than topk; both give
+sample and settled exactly within the sample's bracket (a full selection cost up to as much
+as both products, bench/alps_projection.py), and 2:4's groups are ranked by a sorting network rather than topk; both give
 exactly the masks the plain selections give. The exact solve starts from ADMM's iterate (half
 the conjugate-gradient iterations), and the least-squares solve of the start's own mask is
 only run as the fallback: at high sparsity the searched support wins by a wide margin (half
@@ -143,7 +143,7 @@ def _project(Z: torch.Tensor, kept: torch.Tensor | int, nm: tuple[int, int] | No
 def _keep_largest_in_groups(magnitude: torch.Tensor, kept: int) -> torch.Tensor:
     """(R, G, m) bool: the `kept` largest of every group of m, as topk picks them.
 
-    topk along a dimension of 4 costs as much as an ADMM iteration's matrix product; for
+    topk along a dimension of 4 costs up to as much as an ADMM iteration's product; for
     groups of 4 (2:4, the pattern hardware runs) a sorting network of five min/max pairs gives
     every group's kept-th largest, and the entries at or above it are the same set, unless a
     tie at the threshold lets a group keep more: topk decides those groups.
@@ -177,8 +177,8 @@ def _kth_largest_of_4(magnitude: torch.Tensor, kept: int) -> torch.Tensor:
 def _kth_largest(values: torch.Tensor, k: int, sample_size: int = 16384) -> torch.Tensor:
     """The k-th largest of `values` (1-D), exactly what a selection over all of them returns.
 
-    A full selection (kthvalue) copies and partitions every entry, and cost more per ADMM
-    iteration than both of its matrix products together. A strided sample brackets the answer
+    A full selection (kthvalue) copies and partitions every entry, and cost up to as much as
+    an ADMM iteration's two matrix products together. A strided sample brackets the answer
     instead: with `above` entries over the bracket and the k-th largest inside it, it is the
     (k - above)-th largest of the few entries in the bracket. Where the sample misleads, the
     full selection answers; the value is the same either way.
