@@ -10,6 +10,7 @@ from PIL import Image
 
 from prunellm.cli import main
 from prunellm.report import write_report
+from prunellm.sweep.results import load_results
 from tests.model_dirs import make_workspace
 
 
@@ -94,6 +95,17 @@ def test_best_method_per_sparsity_is_bold(sweep_dir, tmp_path):
                for m in ("magnitude", "wanda", "sparsegpt")}
         best = min(ppl.values())
         assert f"**{best:.2f}**" in markdown
+
+
+def test_sweep_report_says_when_the_last_setting_was_saved(sweep_dir, tmp_path):
+    # A resumed sweep spans sessions: the subtitle names the last save, not the first.
+    results = load_results(sweep_dir)
+    results.created = "2000-01-01T00:00:00+00:00"  # as if started long ago
+    results.save(tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["updated"] > saved["created"]
+    markdown = write_report(tmp_path, tmp_path / "report").markdown.read_text()
+    assert f"updated {saved['updated']}" in markdown
 
 
 def test_report_of_a_prune_run(tmp_path, capsys):

@@ -21,7 +21,7 @@ def sweep_page(results: SweepResults, plots: dict[str, Path]) -> Page:
     done = len(results.compressed)
     requested = [s["key"] for s in results.settings]
     missing = [s["label"] for s in results.settings if results.row(s["key"]) is None]
-    subtitle = f"{done} compressed setting{'s' if done != 1 else ''}, updated {results.created}"
+    subtitle = f"{done} compressed setting{'s' if done != 1 else ''}, updated {results.updated or results.created}"
     sections = [Section("Settings", [Facts(_settings(results))])]
     if missing:
         sections[0].blocks.append(Text(f"Incomplete: {len(missing)} of {len(requested)} requested settings have no "

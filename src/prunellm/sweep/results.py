@@ -39,6 +39,7 @@ class SweepResults:
     settings: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     created: str = field(default_factory=lambda: _now())
+    updated: str | None = None  # when a row was last saved; None until the first save
 
     def row(self, key: str) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["key"] == key), None)
@@ -60,16 +61,18 @@ class SweepResults:
             self.rows.append(row)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": KIND, "version": 1, "created": self.created, "updated": _now(), "model": self.model,
+        return {"kind": KIND, "version": 1, "created": self.created, "updated": self.updated, "model": self.model,
                 "spec": self.spec, "versions": self.versions, "settings": self.settings, "rows": self.rows}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepResults":
         return cls(model=data["model"], spec=data["spec"], versions=data.get("versions", {}),
-                   settings=data.get("settings", []), rows=data.get("rows", []), created=data.get("created", _now()))
+                   settings=data.get("settings", []), rows=data.get("rows", []), created=data.get("created", _now()),
+                   updated=data.get("updated"))
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
+        self.updated = _now()
         write_text_atomic(out / RESULTS_JSON, json.dumps(_finite(self.to_json()), indent=2) + "\n")
         write_text_atomic(out / RESULTS_CSV, table_csv(self))
 
