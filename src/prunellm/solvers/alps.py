@@ -66,6 +66,7 @@ def admm_search(
     eigenvalues = eigenvalues.clamp_min(0.0)
     Wn = W * scale  # (R, C): the same problem in scaled coordinates
     target = (Wn @ Hn) @ Q  # (R, C): W H, in the eigenbasis
+    del Wn, Hn  # not needed by the iterations: a (C, C) less held through them
     kept = _kept_counts(pruned, nm, per_row)
 
     D = start.to(torch.float32) * scale
