@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--method", default="sparsegpt")
     parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--refine", default=None, help="prunellm prune's --refine (default: the CLI's, ALPS)")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--dtype", default="auto", help="compute dtype (auto: float32 on CPU, as prunellm prune)")
@@ -152,6 +153,8 @@ def child(args: argparse.Namespace) -> None:
     argv = ["prune", str(model_dir), "--calib", str(workdir / "calib.txt"), "--num-samples", str(args.num_samples),
             "--seqlen", str(args.seqlen), "--method", args.method, "--sparsity", args.sparsity,
             "--dtype", args.dtype, "--device", args.device, "--out", str(out), "--overwrite", "--quiet"]
+    if args.refine is not None:
+        argv += ["--refine", args.refine]
     if args.child == "stream":
         argv.append("--stream")
     started = time.perf_counter()
