@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from streaming import status  # bench/streaming.py, beside this file
 
 from prunellm.io.heap import release_free_memory
 from prunellm.solvers import SparseGPTConfig, relative_layer_error, sparsegpt
@@ -90,11 +91,7 @@ class PeakSampler(threading.Thread):
 
 
 def rss_anon() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise SystemExit("no RssAnon in /proc/self/status: this benchmark needs Linux")
+    return status()["RssAnon"]
 
 
 def mib(count: float) -> float:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from streaming import status  # noqa: E402  (bench/streaming.py, beside this file)
+from streaming import status  # bench/streaming.py, beside this file (a script's directory is on its path)
 
 
 class PhaseTrace(threading.Thread):
