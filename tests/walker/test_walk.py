@@ -1,3 +1,5 @@
+import weakref
+
 import pytest
 import torch
 
@@ -156,3 +158,28 @@ def test_the_host_sees_every_block_enter_and_leave_and_the_last_leaves_without_o
                          stop=1):
         pass
     assert host.events == [("enter", 0), ("leave", 0, 2), ("enter", 1), ("leave", 1, None)]
+
+
+def test_a_shared_hessian_is_freed_once_its_last_layer_is_solved(monkeypatch):
+    """A block's Hessians are not all held to its end: while down_proj is solved, the Hessians of
+    the groups solved before it (q/k/v, o, gate/up) are already gone."""
+    from prunellm.methods.noop import Noop
+
+    seen: list[tuple[str, weakref.ref]] = []
+    alive_at_call: list[list[str]] = []
+    original = Noop.compress
+
+    def recording(self, weight, hessian):
+        alive_at_call.append([shape for shape, ref in seen if ref() is not None])
+        seen.append((f"{tuple(weight.shape)}#{len(seen)}", weakref.ref(hessian)))
+        return original(self, weight, hessian)
+
+    monkeypatch.setattr(Noop, "compress", recording)
+    model = tiny_model("llama")
+    compress_model(model, build_method("noop"), tokens(), WalkConfig(device="cpu", first_block=0, last_block=0,
+                                                                      layer_errors=False, **QUIET))
+    # Calls in a block: q, k, v (one Hessian), o, gate, up (one), down. At down_proj's call (the 7th),
+    # no earlier Hessian is alive; at k's call, q's (the same tensor) still is.
+    assert len(alive_at_call) == 7
+    assert alive_at_call[1] == [seen[0][0]]
+    assert alive_at_call[6] == []

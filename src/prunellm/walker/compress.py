@@ -154,15 +154,21 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             if dist is not None:
                 dist.reduce_statistics(collector.accumulators)
             hessians = collector.hessians()
+            del collector  # its accumulators hold the Hessians too
         names = list(hessians)
         owners = _owners(names, layers, dist)
         solved: list[tuple[LayerRecord, GGUFBlocks | None]] = []
         for name, owner in zip(names, owners):
+            # Popped, so that a shared Hessian is freed once its group's last layer is solved, not
+            # at the block's end: at LLaMA-7B width q/k/v's, o's and gate/up's (64 MiB each) are gone
+            # while down_proj's solve, the block's largest, runs.
+            hessian = hessians.pop(name)
             if owner is not None and owner != dist.rank:
                 continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
-            solved.append(_compress_layer(name, layers[name], hessians[name], layer_method, step, config, bar))
+            solved.append(_compress_layer(name, layers[name], hessian, layer_method, step, config, bar))
+            del hessian
             seconds += solved[-1][0].seconds
         if dist is not None:
             solved = _share_solutions(names, owners, layers, solved, dist)
