@@ -48,8 +48,15 @@ def main() -> None:
     parser.add_argument("--owl-lambda", type=float, default=0.08)
     parser.add_argument("--owl-threshold", type=float, default=5.0)
     parser.add_argument("--allocation-unit", default="block", help="block or layer")
+    parser.add_argument("--admm-settled", type=float, default=None,
+                        help="ablation: ALPS's ADMM stops once under this fraction of the support changes "
+                             "in three iterations (solvers/alps.py's default 3e-3; 0 = only a fixed support)")
     parser.add_argument("--out", default="bench/results/high_sparsity.json")
     args = parser.parse_args()
+    if args.admm_settled is not None:
+        # Not a user option: the library's default is what the table measures; this reruns a row without it.
+        import prunellm.solvers.alps as alps
+        alps.admm_search.__kwdefaults__["settled"] = args.admm_settled
 
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is None:
@@ -66,6 +73,7 @@ def main() -> None:
                                                                  bos_token_id=bos, progress=False), "seconds": 0.0}]
     print(f"dense: {rows[0]['ppl']:.2f}", flush=True)
     header = {"model": args.model, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit],
+              "admm_settled": args.admm_settled,
               "versions": library_versions(), "calibration": vars(calibration), "eval_tokens": test_ids.numel()}
     for kind, value in settings:
         for variant in args.variants.split(","):
