@@ -53,6 +53,8 @@ def main() -> None:
                              "in three iterations (solvers/alps.py's default 3e-3; 0 = only a fixed support)")
     parser.add_argument("--out", default="bench/results/high_sparsity.json")
     args = parser.parse_args()
+    if args.admm_settled is not None and not 0 <= args.admm_settled < 1:
+        raise SystemExit(f"--admm-settled must be in [0, 1), got {args.admm_settled}")
     if args.admm_settled is not None:
         # Not a user option: the library's default is what the table measures; this reruns a row without it.
         import prunellm.solvers.alps as alps

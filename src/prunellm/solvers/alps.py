@@ -20,10 +20,11 @@ I - ρ (H + ρ I)⁻¹, the X step is
 one (R, C) @ (C, C) product per iteration; M is refactored (Cholesky) only when ρ changes,
 every third iteration. (The eigendecomposition H = Q Λ Qᵀ serves every ρ but costs two
 products per iteration, and eigh itself is slow at wide layers.) ADMM stops once fewer than
-0.3% of the kept entries leave or join the support in three iterations: the last few iterations
-barely move the support the exact solve then uses (whole prunes: bench/README.md, "High sparsity"). The final support is then handed to the exact
-least-squares step (refine.py), started from ADMM's own weights on it. The result is kept when
-its layer error is below the starting method's; otherwise the start's own mask is re-solved
+0.3% of the kept entries leave or join the support in three iterations (`settled`). That saves
+iterations but is a trade: on Gemma-3 at 70% the stop on a fixed support alone (`settled=0`)
+gave 11% lower perplexity at 1.2x ALPS's time (bench/README.md, "High sparsity"); the
+threshold is to be revisited. The final support is then handed to the exact least-squares
+step (refine.py), started from ADMM's own weights on it. The result is kept when its layer error is below the starting method's; otherwise the start's own mask is re-solved
 instead (the least-squares refinement), so it is never worse than the starting method.
 
 Cost: ADMM is most of it, a few dozen iterations of a product and a projection. The
