@@ -25,7 +25,8 @@ iterations but is a trade: on Gemma-3 at 70% the stop on a fixed support alone (
 gave 11% lower perplexity at 1.2x ALPS's time (bench/README.md, "High sparsity"); the
 threshold is to be revisited. The final support is then handed to the exact least-squares
 step (refine.py), started from ADMM's own weights on it. The result is kept when its layer
-error is below the starting method's; otherwise the start's own mask is re-solved instead (the least-squares refinement), so it is never worse than the starting method.
+error is below the starting method's; otherwise the start's own mask is re-solved instead
+(the least-squares refinement), so it is never worse than the starting method.
 
 Cost: ADMM is most of it, a few dozen iterations of a product and a projection. The
 projection must cost far less than the products: a layer's threshold is found on a strided
