@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import PrunellmError
+from .blocked_sweep import blocked_obs_sweep
 from .checks import aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem
 from .gguf_grids import GGUFBlocks, check_gguf_problem, fit_gguf_blocks
 from .gguf_refit import refit_block_scales
@@ -55,16 +57,20 @@ class GPTQConfig:
         check_positive("damp_frac", self.damp_frac, allow_zero=True)
 
 
-def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> SolveResult:
+def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
+         reference: bool = False) -> SolveResult:
     """Quantize one layer, compensating each rounding error on the columns not yet quantized.
 
     W: (out_features, in_features) float32; H: (in, in). Example: with H = I there is nothing
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
+    reference: run the readable column sweep (`sweep.obs_sweep`, the test oracle) instead of
+    the blocked one.
     """
     config = config or GPTQConfig()
     H = shrink_to_diagonal(H, config.hessian_shrink)
+    sweep = obs_sweep if reference else blocked_obs_sweep
     if config.gguf is not None:
-        return _gptq_gguf(W, H, config)
+        return _gptq_gguf(W, H, config, sweep)
     check_problem(W, H, group_size=config.group_size)
     W = W.detach().to(torch.float32).clone()
     H = H.to(device=W.device, dtype=torch.float32)
@@ -95,7 +101,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> 
     inverse = damped_inverse(H, config.damp_frac)
     W[:, inverse.dead] = 0.0
     block = config.block_size if config.act_order else aligned_block_size(config.block_size, g)
-    weight, mask = obs_sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=grid)
+    weight, mask = sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=grid)
     if perm is not None:
         inverse_perm = torch.argsort(perm)
         weight, mask = weight[:, inverse_perm], mask[:, inverse_perm]
@@ -103,7 +109,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None) -> 
     return SolveResult(weight, mask, quant, inverse.damp_frac, inverse.retries)
 
 
-def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> SolveResult:
+def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, sweep: Callable) -> SolveResult:
     """GPTQ onto a GGUF block format: the same sweep, rounding onto the blocks' grids.
 
     With act-order the blocks' parameters are fixed from the dense weight upfront (static
@@ -140,7 +146,7 @@ def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> SolveRes
     inverse = damped_inverse(H, config.damp_frac)
     W[:, inverse.dead] = 0.0
     block = config.block_size if config.act_order else aligned_block_size(config.block_size, grid.block)
-    weight, mask = obs_sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=sweep_grid)
+    weight, mask = sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=sweep_grid)
     if perm is not None:
         inverse_perm = torch.argsort(perm)
         weight, mask = weight[:, inverse_perm], mask[:, inverse_perm]
