@@ -16,6 +16,19 @@ def test_accumulating_in_chunks_equals_one_product():
     assert acc.num_tokens == 300
 
 
+def test_upper_triangle_panels_give_the_full_symmetric_product_even_when_read_between_adds():
+    X = torch.randn(4, 64, 600, dtype=torch.float64).float()  # (B, T, C): 600 columns make four panels
+    acc = HessianAccumulator(600)
+    assert len(acc._panels()) == 4
+    acc.add(X[:2])
+    flat = X[:2].reshape(-1, 600)
+    torch.testing.assert_close(acc.H, 2.0 / 128 * flat.t() @ flat, rtol=1e-4, atol=1e-5)
+    acc.add(X[2:])  # after a read: the mirrored lower half must follow the new upper half
+    flat = X.reshape(-1, 600)
+    torch.testing.assert_close(acc.H, 2.0 / 256 * flat.t() @ flat, rtol=1e-4, atol=1e-5)
+    assert torch.equal(acc.H, acc.H.t())
+
+
 def test_damped_inverse_factor_reconstructs_inverse():
     X = torch.randn(200, 12)
     H = X.t() @ X / 100
