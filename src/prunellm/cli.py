@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--first-block", type=int, default=0)
     prune.add_argument("--last-block", type=int, default=None)
     prune.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
+    prune.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
+                       help="run the calibration forwards' products in this dtype (bfloat16: 1.5x faster on CPUs "
+                            "with bf16 instructions); weights and solves keep the model's")
     prune.add_argument("--no-layer-errors", action="store_true", help="skip per-layer error (and its Hessian)")
     prune.add_argument("--eval", type=_csv, default=(), help="perplexity texts, e.g. wikitext2,ptb")
     prune.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--first-block", type=int, default=0)
     sweep.add_argument("--last-block", type=int, default=None)
     sweep.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
+    sweep.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
+                       help="run the calibration forwards' products in this dtype (bfloat16: 1.5x faster on CPUs "
+                            "with bf16 instructions); weights and solves keep the model's")
     sweep.add_argument("--no-layer-errors", action="store_true", help="skip per-layer errors (and the heatmap)")
     sweep.add_argument("--save-models", action="store_true", help="also save every compressed model under models/")
     sweep.add_argument("--out", required=True, help="directory for results.csv, results.json, plots/, report")
@@ -234,7 +240,7 @@ def run_prune(args: argparse.Namespace) -> None:
     walk = WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
                       exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
                       batch_size=args.batch_size, offload_activations=args.offload_activations,
-                      layer_errors=not args.no_layer_errors, progress=not args.quiet)
+                      layer_errors=not args.no_layer_errors, progress=not args.quiet, forward_dtype=args.forward_dtype)
     evaluation = pipeline.EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size,
                                      dense=not args.no_dense_eval)
     group = init_from_env(args.device)  # one of several processes under torchrun, else None
@@ -363,7 +369,8 @@ def run_sweep(args: argparse.Namespace) -> None:
         walk=WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
                         exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
                         batch_size=args.batch_size, offload_activations=args.offload_activations,
-                        layer_errors=not args.no_layer_errors, progress=not args.quiet),
+                        layer_errors=not args.no_layer_errors, progress=not args.quiet,
+                        forward_dtype=args.forward_dtype),
         save_models=args.save_models)
     prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
     for name in config.evaluation.datasets:

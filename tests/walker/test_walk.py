@@ -77,6 +77,54 @@ def test_layers_sharing_an_input_share_one_hessian_and_stages_follow_execution()
                                rtol=1e-4, atol=1e-5)
 
 
+def test_statistics_stop_the_pass_after_the_last_input_and_equal_a_full_pass():
+    model = tiny_model("llama")
+    step = next(walk_blocks(model, tokens(), device=torch.device("cpu")))
+    layers = find_linear_layers(step.block, step.name)
+    groups = discover_input_groups(step.block, layers, lambda: step.run(0))
+    ran: list[str] = []
+    handle = step.block.mlp.down_proj.register_forward_hook(lambda *_: ran.append("down_proj"))
+    try:
+        early = StatisticsCollector(layers, groups, device=torch.device("cpu"))
+        full = StatisticsCollector(layers, groups, device=torch.device("cpu"), stop_early=False)
+        for collector in (early, full):
+            ran.clear()
+            for b in range(step.num_batches):
+                collector.run(lambda: step.run(b))
+            collector.remove()
+            if collector is early:
+                assert ran == []  # down_proj's own product never ran: its input was all that was needed
+    finally:
+        handle.remove()
+    assert ran == ["down_proj"] * step.num_batches
+    for name, hessian in early.hessians().items():
+        torch.testing.assert_close(hessian, full.hessians()[name], rtol=1e-6, atol=1e-7), name
+
+
+def test_a_layer_called_twice_in_a_pass_is_accumulated_twice():
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.Linear(8, 8, bias=False)
+            self.outer = torch.nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            return self.inner(self.outer(self.inner(x)))
+
+    block = Twice()
+    x = torch.randn(4, 8)
+    layers = {"inner": block.inner, "outer": block.outer}
+    groups = discover_input_groups(block, layers, lambda: block(x))
+    assert [(g.names, g.calls) for g in groups] == [(["inner"], 2), (["outer"], 1)]
+    collector = StatisticsCollector(layers, groups, device=torch.device("cpu"))
+    collector.run(lambda: block(x))
+    collector.remove()
+    with torch.no_grad():
+        second = block.outer(block.inner(x))
+    both = torch.cat([x, second])
+    torch.testing.assert_close(collector.hessians()["inner"], 2 / 8 * both.t() @ both)
+
+
 def test_true_sequential_runs_and_differs():
     ids = tokens()
     plain, sequential = tiny_model("llama"), tiny_model("llama")
@@ -183,3 +231,21 @@ def test_a_shared_hessian_is_freed_once_its_last_layer_is_solved(monkeypatch):
     assert len(alive_at_call) == 7
     assert alive_at_call[1] == [seen[0][0]]
     assert alive_at_call[6] == []
+
+
+def test_bf16_forwards_keep_weights_in_their_dtype_and_choose_nearly_the_same_zeros():
+    ids = tokens()
+    exact, fast = tiny_model("llama"), tiny_model("llama")
+    compress_model(exact, build_method("sparsegpt"), ids, WalkConfig(**QUIET))
+    compress_model(fast, build_method("sparsegpt"), ids, WalkConfig(forward_dtype="bfloat16", **QUIET))
+    for (name, a), (_, b) in zip(exact.named_parameters(), fast.named_parameters()):
+        assert b.dtype == torch.float32, name
+        if a.dim() == 2 and "layers" in name:
+            assert (b == 0).float().mean() >= 0.5
+            assert ((a == 0) == (b == 0)).float().mean() > 0.9, name
+    assert not all(torch.equal(a, b) for a, b in zip(exact.parameters(), fast.parameters()))  # it did change the run
+
+
+def test_an_unknown_forward_dtype_is_refused_in_one_line():
+    with pytest.raises(PrunellmError, match="forward dtype must be one of bfloat16, float16"):
+        WalkConfig(forward_dtype="int8")

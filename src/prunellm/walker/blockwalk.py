@@ -29,6 +29,7 @@ class BlockStep:
     inputs: list[torch.Tensor]  # per batch, (B, T, C)
     calls: dict[int, BlockCall]  # batch size -> how the block is called
     device: torch.device
+    autocast: torch.dtype | None = None  # run the block's products in this dtype (weights stay as they are)
 
     @property
     def num_batches(self) -> int:
@@ -36,7 +37,8 @@ class BlockStep:
 
     def run(self, batch: int) -> torch.Tensor:
         hidden = self.inputs[batch].to(self.device)
-        return self.calls[hidden.shape[0]](self.block, hidden)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            return self.calls[hidden.shape[0]](self.block, hidden)
 
 
 class BlockHost:
@@ -84,6 +86,7 @@ def walk_blocks(
     host: BlockHost | None = None,
     resume: ResumePoint | None = None,
     stop: int | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Iterator[BlockStep]:
     """Yield every decoder block with its calibration inputs, in order.
 
@@ -92,6 +95,8 @@ def walk_blocks(
     host: where blocks live between steps (default: all in memory). resume: start at a later
     block with given inputs (the calls are captured again: they depend on the tokens alone).
     stop: the last block to visit; its outputs are not computed (without `stop`, every block's are).
+    autocast: run the blocks' matrix products in this dtype (torch.autocast), e.g. bfloat16 on a CPU
+    that has bf16 instructions; the weights, and what the caller writes into them, keep theirs.
     """
     blocks = blocks or find_blocks(model)
     host = host or BlockHost()
@@ -114,7 +119,7 @@ def walk_blocks(
         block = blocks.modules[index]
         host.enter(index, block, device)
         step = BlockStep(index, blocks.name(index), block, inputs,
-                         {size: calls[index].to(device) for size, calls in calls_by_size.items()}, device)
+                         {size: calls[index].to(device) for size, calls in calls_by_size.items()}, device, autocast)
         try:
             yield step
             outputs = None

@@ -23,6 +23,9 @@ from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 log = logging.getLogger(__name__)
 
 
+FORWARD_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 @dataclass
 class WalkConfig:
     """device: where the current block runs (None = CUDA if present). true_sequential: compress
@@ -31,7 +34,10 @@ class WalkConfig:
     first_block/last_block: the range of blocks to compress (inclusive; None = to the end).
     batch_size: calibration samples per block forward. offload_activations: keep calibration
     activations in CPU memory. layer_errors: report tr((W-Ŵ)H(W-Ŵ)ᵀ)/tr(WHWᵀ) per layer
-    (needs the full Hessian even for methods that do not)."""
+    (needs the full Hessian even for methods that do not). forward_dtype: "bfloat16" runs the
+    calibration forwards' matrix products in bf16 (torch.autocast; weights, Hessians and solves
+    stay in the model's dtype): on a CPU with bf16 instructions 1.5x faster forwards, perplexity
+    within noise (bench/README.md); None computes in the model's dtype."""
 
     device: str | None = None
     true_sequential: bool = False
@@ -43,6 +49,12 @@ class WalkConfig:
     offload_activations: bool = False
     layer_errors: bool = True
     progress: bool = True
+    forward_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward_dtype not in FORWARD_DTYPES:
+            choices = ", ".join(name for name in FORWARD_DTYPES if name)
+            raise PrunellmError(f"forward dtype must be one of {choices}, got {self.forward_dtype!r}")
 
 
 @dataclass
@@ -117,7 +129,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     bar = tqdm(total=last + 1 - max(start, config.first_block), desc="blocks", unit="block", disable=not show)
     for step in walk_blocks(model, calibration, device=device, batch_size=config.batch_size,
                             offload_activations=config.offload_activations, blocks=blocks, host=host,
-                            resume=resume, stop=last):
+                            resume=resume, stop=last, autocast=FORWARD_DTYPES[config.forward_dtype]):
         if step.index < config.first_block:
             continue
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
@@ -146,8 +158,7 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
     for stage in stages:
         hessians: dict[str, torch.Tensor | None] = {name: None for group in stage for name in group.names}
         if needs != "none":
-            collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag",
-                                            stop_early=config.true_sequential)
+            collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag")
             for batch in range(step.num_batches):
                 collector.run(lambda: step.run(batch))
             collector.remove()

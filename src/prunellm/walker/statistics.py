@@ -18,10 +18,12 @@ from ..solvers import HessianAccumulator
 
 @dataclass
 class InputGroup:
-    """Layers fed by the same input tensor, in the order they run."""
+    """Layers fed by the same input tensor, in the order they run; `calls`: how many times the
+    first of them runs in one pass of the block (more than once only for a reused layer)."""
 
     names: list[str]
     columns: int
+    calls: int = 1
 
 
 class _Stop(Exception):
@@ -49,11 +51,14 @@ def discover_input_groups(block: nn.Module, layers: dict[str, nn.Module], run: C
         for handle in handles:
             handle.remove()
     groups: dict[tuple, InputGroup] = {}
-    seen: set[str] = set()
+    first_key: dict[str, tuple] = {}
     for name, key in order:
-        if name in seen:  # a layer called twice in one pass: keep its first input
+        if name in first_key:  # a layer called twice in one pass: grouped by its first input
+            group = groups[first_key[name]]
+            if group.names[0] == name:
+                group.calls += 1
             continue
-        seen.add(name)
+        first_key[name] = key
         if key not in groups:
             groups[key] = InputGroup([], key[1][-1])
         groups[key].names.append(name)
@@ -63,16 +68,17 @@ def discover_input_groups(block: nn.Module, layers: dict[str, nn.Module], run: C
 class StatisticsCollector:
     """Hooks that accumulate one Hessian per input group while the block runs.
 
-    With `stop_after` (true-sequential stages), the forward is cut short once every group of
-    the stage has seen its input: the rest of the block does not matter yet.
+    The forward is cut short once every group has seen all its inputs of the pass: what comes
+    after the last of them (a LLaMA block's down_proj product and residual, a quarter of its
+    linear work) does not change any statistic. `stop_early=False` runs every pass to the end.
     """
 
     def __init__(self, layers: dict[str, nn.Module], groups: list[InputGroup], *, device: torch.device,
-                 diag_only: bool = False, stop_early: bool = False) -> None:
+                 diag_only: bool = False, stop_early: bool = True) -> None:
         self.groups = groups
         self.accumulators = [HessianAccumulator(g.columns, device=device, diag_only=diag_only) for g in groups]
         self.stop_early = stop_early
-        self._pending: set[int] = set()
+        self._pending: dict[int, int] = {}  # group -> calls still to come in this pass
         self._handles = [
             layers[group.names[0]].register_forward_pre_hook(self._hook(index)) for index, group in enumerate(groups)
         ]
@@ -80,7 +86,9 @@ class StatisticsCollector:
     def _hook(self, index: int) -> Callable:
         def accumulate(module: nn.Module, inputs: tuple) -> None:
             self.accumulators[index].add(inputs[0])
-            self._pending.discard(index)
+            left = self._pending.pop(index, 0) - 1
+            if left > 0:
+                self._pending[index] = left
             if self.stop_early and not self._pending:
                 raise _Stop
 
@@ -88,7 +96,7 @@ class StatisticsCollector:
 
     def run(self, forward: Callable[[], object]) -> None:
         """One calibration batch through the block."""
-        self._pending = set(range(len(self.groups)))
+        self._pending = {index: group.calls for index, group in enumerate(self.groups)}
         try:
             with torch.no_grad():
                 forward()
