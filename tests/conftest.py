@@ -10,6 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before triton is
+# first imported (tests/solvers/test_triton_sweep.py). prunellm itself never runs them on a CPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def shared_path(env: str, default: Path) -> Path:
     return Path(os.environ.get(env, default))

@@ -44,7 +44,7 @@ def _agree(W, H, fast, reference, exact_mask: bool) -> None:
 def test_sparsegpt_blocked_matches_reference(name):
     config = SPARSEGPT[name]
     W, H = layer_problem(rows=48, cols=256, seed=1)
-    fast, reference = sparsegpt(W, H, config), sparsegpt(W, H, config, reference=True)
+    fast, reference = sparsegpt(W, H, config), sparsegpt(W, H, config, sweep="reference")
     _agree(W, H, fast, reference, exact_mask=config.bits == 16 and config.gguf is None)
     assert fast.mask.float().mean() >= 0.5
 
@@ -53,7 +53,7 @@ def test_sparsegpt_blocked_matches_reference(name):
 def test_gptq_blocked_matches_reference(name):
     config = GPTQ[name]
     W, H = layer_problem(rows=48, cols=256, seed=2)
-    _agree(W, H, gptq(W, H, config), gptq(W, H, config, reference=True), exact_mask=False)
+    _agree(W, H, gptq(W, H, config), gptq(W, H, config, sweep="reference"), exact_mask=False)
 
 
 @pytest.mark.parametrize("inner", [1, 5, 16, 200])

@@ -26,3 +26,15 @@ def test_gptq_on_gpu_matches_cpu():
     cpu = gptq(W, H, GPTQConfig(bits=4, group_size=64))
     gpu = gptq(W.cuda(), H.cuda(), GPTQConfig(bits=4, group_size=64))
     assert layer_error(W, gpu.weight.cpu(), H) <= layer_error(W, cpu.weight, H) * 1.01
+
+
+@pytest.mark.parametrize("config", [SparseGPTConfig(sparsity=0.5), SparseGPTConfig(nm=(2, 4)),
+                                    SparseGPTConfig(sparsity=0.5, bits=4), SparseGPTConfig(nm=(4, 8), bits=3)])
+def test_triton_sweep_on_gpu_matches_the_reference_sweep(config):
+    pytest.importorskip("triton")
+    W, H = layer_problem(rows=256, cols=512)
+    W, H = W.cuda(), H.cuda()
+    fast = sparsegpt(W, H, config)  # the Triton kernel: a CUDA device and a case it covers
+    reference = sparsegpt(W, H, config, sweep="reference")
+    assert (fast.mask == reference.mask).float().mean() > 0.999
+    assert layer_error(W, fast.weight, H) <= layer_error(W, reference.weight, H) * 1.001

@@ -20,12 +20,36 @@ transposed, contiguous copy of the block.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from . import triton_sweep
 from .masks import nm_mask
-from .sweep import GGUFSweepGrid, SweepGrid, _block_mask, _fit_group
+from .sweep import GGUFSweepGrid, SweepGrid, _block_mask, _fit_group, obs_sweep
 
 INNER = 16  # columns per sub-block: measured on 2 CPU cores, 8-32 are within a few percent
+
+
+def sweep_function(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The sweep by name: "fast" (the default: `fast_obs_sweep`), "blocked", or "reference"
+    (`sweep.obs_sweep`, the readable definition and the tests' oracle)."""
+    sweeps = {"fast": fast_obs_sweep, "blocked": blocked_obs_sweep, "reference": obs_sweep}
+    if name not in sweeps:
+        raise ValueError(f"sweep must be one of {', '.join(sweeps)}, got {name!r}")
+    return sweeps[name]
+
+
+def fast_obs_sweep(W: torch.Tensor, hinv: torch.Tensor, *, block_size: int = 128, sparsity: float = 0.0,
+                   nm: tuple[int, int] | None = None, fixed_mask: torch.Tensor | None = None,
+                   grid: SweepGrid | GGUFSweepGrid | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`obs_sweep`'s result by the fastest path the device has: the Triton kernel on a CUDA device
+    for the sweeps it covers (triton_sweep.supports), else the blocked sweep below."""
+    if triton_sweep.available(W.device) and triton_sweep.supports(nm, grid, block_size):
+        return triton_sweep.triton_obs_sweep(W, hinv, block_size=block_size, sparsity=sparsity, nm=nm,
+                                             fixed_mask=fixed_mask, grid=grid)
+    return blocked_obs_sweep(W, hinv, block_size=block_size, sparsity=sparsity, nm=nm, fixed_mask=fixed_mask,
+                             grid=grid)
 
 
 def blocked_obs_sweep(

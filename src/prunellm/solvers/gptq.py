@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PrunellmError
-from .blocked_sweep import blocked_obs_sweep
+from .blocked_sweep import sweep_function
 from .checks import aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem
 from .gguf_grids import GGUFBlocks, check_gguf_problem, fit_gguf_blocks
 from .gguf_refit import refit_block_scales
 from .hessian import damped_inverse, shrink_to_diagonal
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
-from .sweep import GGUFSweepGrid, SweepGrid, obs_sweep
+from .sweep import GGUFSweepGrid, SweepGrid
 
 
 @dataclass
@@ -58,19 +58,18 @@ class GPTQConfig:
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
-         reference: bool = False) -> SolveResult:
+         sweep: str = "fast") -> SolveResult:
     """Quantize one layer, compensating each rounding error on the columns not yet quantized.
 
     W: (out_features, in_features) float32; H: (in, in). Example: with H = I there is nothing
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
-    reference: run the readable column sweep (`sweep.obs_sweep`, the test oracle) instead of
-    the blocked one.
+    sweep: "fast", "blocked" or "reference", as in `sparsegpt`.
     """
     config = config or GPTQConfig()
     H = shrink_to_diagonal(H, config.hessian_shrink)
-    sweep = obs_sweep if reference else blocked_obs_sweep
+    run_sweep = sweep_function(sweep)
     if config.gguf is not None:
-        return _gptq_gguf(W, H, config, sweep)
+        return _gptq_gguf(W, H, config, run_sweep)
     check_problem(W, H, group_size=config.group_size)
     W = W.detach().to(torch.float32).clone()
     H = H.to(device=W.device, dtype=torch.float32)
@@ -101,7 +100,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
     inverse = damped_inverse(H, config.damp_frac)
     W[:, inverse.dead] = 0.0
     block = config.block_size if config.act_order else aligned_block_size(config.block_size, g)
-    weight, mask = sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=grid)
+    weight, mask = run_sweep(W, inverse.upper, block_size=block, fixed_mask=keep, grid=grid)
     if perm is not None:
         inverse_perm = torch.argsort(perm)
         weight, mask = weight[:, inverse_perm], mask[:, inverse_perm]

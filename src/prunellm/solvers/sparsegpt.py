@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocked_sweep import blocked_obs_sweep
+from .blocked_sweep import sweep_function
 from .checks import (aligned_block_size, check_bits, check_gguf_options, check_positive, check_problem,
                      check_sparsity, parse_nm)
 from .gguf_grids import GGUFBlocks, check_gguf_problem
@@ -14,7 +14,7 @@ from .gptq import GPTQConfig, gptq
 from .hessian import damped_inverse
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
-from .sweep import GGUFSweepGrid, SweepGrid, obs_sweep
+from .sweep import GGUFSweepGrid, SweepGrid
 
 
 @dataclass
@@ -49,12 +49,13 @@ class SparseGPTConfig:
 
 
 def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None = None, *,
-              reference: bool = False) -> SolveResult:
+              sweep: str = "fast") -> SolveResult:
     """Prune (and quantize) one layer so that its outputs on the calibration inputs change least.
 
     W: (out_features, in_features) float32; H: (in, in) = 2/N XᵀX of the layer's inputs.
-    reference: run the readable column sweep (`sweep.obs_sweep`, the test oracle) instead of
-    the blocked one that gives the same result in far fewer operations.
+    sweep: "fast" (a Triton kernel on CUDA where it covers the case, else the blocked sweep),
+    "blocked", or "reference" (the readable column sweep, the tests' oracle): the same result
+    up to float rounding.
 
     A tiny example: W = [[4, 1, 3, 2]], H = I, 50% sparsity. With H = I the scores
     w²/[H⁻¹]²_jj are just w², so the two smallest (1 and 2) go: Ŵ = [[4, 0, 3, 0]]. With a
@@ -69,7 +70,7 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
         # (largest diag(H) first) gives a clearly lower layer error than the left-to-right sweep.
         return gptq(W, H, GPTQConfig(bits=config.bits if config.bits < 16 else 4, group_size=config.group_size, sym=config.sym,
                                      act_order=True, block_size=config.block_size, damp_frac=config.damp_frac,
-                                     gguf=config.gguf), reference=reference)
+                                     gguf=config.gguf), sweep=sweep)
     W = W.detach().to(torch.float32).clone()
     rows, cols = W.shape
 
@@ -96,8 +97,7 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
     W[:, inverse.dead] = 0.0  # inputs that never fire: their weights do nothing
     block = aligned_block_size(config.block_size, nm[1] if nm else None, config.group_size,
                                grid.group_size if grid is not None else None)
-    sweep = obs_sweep if reference else blocked_obs_sweep
-    weight, mask = sweep(W, inverse.upper, block_size=block,
+    weight, mask = sweep_function(sweep)(W, inverse.upper, block_size=block,
                              sparsity=0.0 if nm else config.sparsity, nm=nm, grid=grid)
     quant = None
     if isinstance(grid, GGUFSweepGrid):
