@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=32768)
     parser.add_argument("--only", default=None, help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--forward-dtype", default=None, help="the walker's forward dtype (default: the model's)")
     parser.add_argument("--out", default="bench/results/smollm2_table.json")
     args = parser.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
         if method_name is not None:
             started = time.perf_counter()
             prune(candidate, tokenizer, build_method(method_name, **options), calibration,
-                  WalkConfig(progress=False, layer_errors=False))
+                  WalkConfig(progress=False, layer_errors=False, forward_dtype=args.forward_dtype))
             seconds = time.perf_counter() - started
         ppl = perplexity(candidate, test_ids, seqlen=args.seqlen, batch_size=4, progress=False)
         rows.append({"setting": label, "method": method_name, "options": options, "wikitext2_ppl": ppl,
@@ -97,6 +98,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "versions": library_versions(), "eval_tokens": test_ids.numel(),
+                               "forward_dtype": args.forward_dtype,
                                "calibration": vars(calibration), "rows": rows}, indent=2))
 
 
