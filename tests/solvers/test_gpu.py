@@ -38,3 +38,14 @@ def test_triton_sweep_on_gpu_matches_the_reference_sweep(config):
     reference = sparsegpt(W, H, config, sweep="reference")
     assert (fast.mask == reference.mask).float().mean() > 0.999
     assert layer_error(W, fast.weight, H) <= layer_error(W, reference.weight, H) * 1.001
+
+
+def test_half_precision_inputs_accumulate_the_float32_product_on_gpu():
+    from prunellm.solvers import HessianAccumulator
+
+    x = torch.randn(3, 256, 640, device="cuda").half()  # (B, T, C): 640 columns, four panels
+    acc = HessianAccumulator(640, device="cuda")
+    for chunk in x.split(1):
+        acc.add(chunk)
+    flat = x.reshape(-1, 640).float()
+    torch.testing.assert_close(acc.H, 2.0 / flat.shape[0] * flat.t() @ flat, rtol=1e-4, atol=1e-4)

@@ -38,6 +38,21 @@ def test_damped_inverse_factor_reconstructs_inverse():
     assert torch.equal(inverse.upper, torch.triu(inverse.upper))
 
 
+def test_reversed_factorization_gives_the_authors_factor_at_a_size_that_recurses():
+    # 601 columns: the triangular inverse splits unevenly, twice; two dead inputs
+    X = torch.randn(900, 601, dtype=torch.float64) * torch.exp(torch.randn(601, dtype=torch.float64))
+    X[:, [7, 400]] = 0
+    H = (X.t() @ X / 900).float()
+    inverse = damped_inverse(H, 0.01)
+    mean = torch.where(torch.diagonal(H) == 0, torch.ones(601), torch.diagonal(H)).mean().double()
+    damped = H.double().clone()
+    torch.diagonal(damped)[[7, 400]] = 1.0
+    torch.diagonal(damped).add_(0.01 * mean)
+    authors = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    torch.testing.assert_close(inverse.upper.double(), authors, rtol=1e-4, atol=1e-6 * authors.abs().max().item())
+    assert inverse.dead.tolist().count(True) == 2 and inverse.dead[7] and inverse.dead[400]
+
+
 def test_layer_error_is_output_error():
     X = torch.randn(50, 8)
     W, W_hat = torch.randn(4, 8), torch.randn(4, 8)
