@@ -99,9 +99,11 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
+    # forward_dtype only when asked: the script then also runs against older code (PYTHONPATH) that lacks it
+    extra = {"forward_dtype": args.forward_dtype} if args.forward_dtype else {}
     result = compress_model(model, method, calibration,
                             WalkConfig(device=args.device, batch_size=args.batch_size, layer_errors=False,
-                                       progress=False, forward_dtype=args.forward_dtype))
+                                       progress=False, **extra))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     total = time.perf_counter() - started

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--last-block", type=int, default=None)
     prune.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
     prune.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                       help="run the calibration forwards' products in this dtype (bfloat16: 1.5x faster on CPUs "
-                            "with bf16 instructions); weights and solves keep the model's")
+                       help="run the calibration forwards' products in this dtype (bfloat16: forwards ~1.5x "
+                            "faster on CPUs with bf16 instructions); weights and solves keep the model's")
     prune.add_argument("--no-layer-errors", action="store_true", help="skip per-layer error (and its Hessian)")
     prune.add_argument("--eval", type=_csv, default=(), help="perplexity texts, e.g. wikitext2,ptb")
     prune.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--last-block", type=int, default=None)
     sweep.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
     sweep.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                       help="run the calibration forwards' products in this dtype (bfloat16: 1.5x faster on CPUs "
-                            "with bf16 instructions); weights and solves keep the model's")
+                       help="run the calibration forwards' products in this dtype (bfloat16: forwards ~1.5x "
+                            "faster on CPUs with bf16 instructions); weights and solves keep the model's")
     sweep.add_argument("--no-layer-errors", action="store_true", help="skip per-layer errors (and the heatmap)")
     sweep.add_argument("--save-models", action="store_true", help="also save every compressed model under models/")
     sweep.add_argument("--out", required=True, help="directory for results.csv, results.json, plots/, report")
