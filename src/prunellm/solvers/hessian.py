@@ -22,7 +22,7 @@ class HessianAccumulator:
 
     H is symmetric, so `add` computes only its upper triangle, in TRIANGLE_PANELS row panels
     (panel i times the columns from i on): 5/8 of the full product's arithmetic with four
-    panels, measured 1.4-1.8x faster on 2 CPU cores. Reading `H` mirrors it into the lower half.
+    panels, measured 1.4-2.4x faster on 2 CPU cores (bench/solver_parts.py). Reading `H` mirrors it into the lower half.
     """
 
     TRIANGLE_PANELS = 4
@@ -123,7 +123,8 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
     # authors' code (factor H, invert from the factor, factor the inverse) spends 4/3 C³: with J
     # the order-reversing permutation and J H J = L Lᵀ, H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is
     # upper triangular with a positive diagonal, so it is H⁻¹'s upper Cholesky factor. Measured
-    # 1.6-2.4x faster on 2 CPU cores (576 to 11,008 columns), equal to float32 rounding.
+    # 1.3-1.7x faster on 2 CPU cores (576 to 11,008 columns; bench/solver_parts.py), equal to
+    # float32 rounding.
     # Memory: at most two (C, C) matrices of its own besides the caller's H (a 70B MLP's 28,672
     # columns make each 3.3 GB): the reversed damped copy and its factor, then the factor (inverted
     # in place) and its reversal.
