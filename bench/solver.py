@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from prunellm.solvers import SparseGPTConfig, relative_layer_error, sparsegpt
+
+from smollm2_table import machine as cpu_machine  # noqa: E402  (bench/ is first on sys.path)
 
 VARIANTS = {
     "50%": SparseGPTConfig(sparsity=0.5),
@@ -74,15 +74,7 @@ def _sync(device: torch.device) -> None:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return cpu_machine()
 
 
 def main() -> None:
@@ -104,14 +96,22 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     default = "reference,blocked,fast" if device.type == "cuda" else "reference,fast"
     sweeps = [name.strip() for name in (args.sweeps or default).split(",")]
+    if not set(sweeps) <= {"reference", "blocked", "fast"}:
+        raise SystemExit(f"--sweeps: choose from reference, blocked, fast; got {args.sweeps}")
 
     rows_out = []
     print(f"machine: {machine(device)}")
     header = " | ".join(f"{name} (s)" for name in sweeps) + " | " + " | ".join(f"error, {name}" for name in sweeps)
     print(f"| layer | variant | {header} | speed-up, {sweeps[-1]} vs {sweeps[0]} |")
     print("| --- | --- |" + " ---: |" * (2 * len(sweeps) + 1))
+    shapes = []
     for shape in args.shapes.split(","):
-        rows, cols = (int(v) for v in shape.lower().split("x"))
+        try:
+            rows, cols = (int(v) for v in shape.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--shapes: {shape!r} is not ROWSxCOLUMNS (e.g. 4096x11008)") from None
+        shapes.append((rows, cols))
+    for rows, cols in shapes:
         W, H = layer_problem(rows, cols, args.tokens, device)
         for name in variants:
             config = VARIANTS[name]

@@ -249,3 +249,12 @@ def test_bf16_forwards_keep_weights_in_their_dtype_and_choose_nearly_the_same_ze
 def test_an_unknown_forward_dtype_is_refused_in_one_line():
     with pytest.raises(PrunellmError, match="forward dtype must be one of bfloat16, float16"):
         WalkConfig(forward_dtype="int8")
+
+
+def test_float16_forwards_on_a_cpu_are_refused_before_any_block_is_touched():
+    model = tiny_model("llama")
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(PrunellmError, match="float16 is far slower than float32 on a CPU; use bfloat16"):
+        compress_model(model, build_method("sparsegpt"), tokens(),
+                       WalkConfig(device="cpu", forward_dtype="float16", **QUIET))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

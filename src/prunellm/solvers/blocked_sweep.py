@@ -26,7 +26,7 @@ import torch
 
 from . import triton_sweep
 from .masks import nm_mask
-from .sweep import GGUFSweepGrid, SweepGrid, _block_mask, _fit_group, obs_sweep
+from .sweep import GGUFSweepGrid, SweepGrid, _fit_group, block_start_mask, obs_sweep
 
 INNER = 16  # columns per sub-block: measured on 2 CPU cores, 8-32 are within a few percent
 
@@ -76,12 +76,7 @@ def blocked_obs_sweep(
         W1 = W[:, i1:i2].clone()  # (R, B)
         Hinv1 = hinv[i1:i2, i1:i2]  # (B, B)
         d2 = torch.diagonal(Hinv1).pow(2)  # (B,)
-        if fixed_mask is not None:
-            mask1 = fixed_mask[:, i1:i2].clone()
-        elif sparsity > 0 and nm is None:
-            mask1 = _block_mask(W1.pow(2) / d2, sparsity)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = block_start_mask(W1, d2, sparsity, nm, fixed_mask[:, i1:i2] if fixed_mask is not None else None)
 
         if grid is None:
             Q1, Err1 = _prune_block(W1, Hinv1, d2, mask1, nm, inner)

@@ -118,12 +118,7 @@ def obs_sweep(
         Hinv1 = hinv[i1:i2, i1:i2]  # (B, B)
         d2 = torch.diagonal(Hinv1).pow(2)  # (B,)  [H_F⁻¹]_jj of each column when reached
 
-        if fixed_mask is not None:
-            mask1 = fixed_mask[:, i1:i2].clone()
-        elif sparsity > 0 and nm is None:
-            mask1 = _block_mask(W1.pow(2) / d2, sparsity)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = block_start_mask(W1, d2, sparsity, nm, fixed_mask[:, i1:i2] if fixed_mask is not None else None)
 
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
@@ -145,6 +140,17 @@ def obs_sweep(
         pruned[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]  # lazy batched update of the later columns
     return Q, pruned
+
+
+def block_start_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
+                     fixed: torch.Tensor | None) -> torch.Tensor:
+    """A block's mask (R, B) bool as its sweep starts: the given one (a copy), the unstructured
+    choice by w²/[H⁻¹]²_jj over the whole block, or none yet (n:m groups are chosen on the way)."""
+    if fixed is not None:
+        return fixed.clone()
+    if sparsity > 0 and nm is None:
+        return _block_mask(W1.pow(2) / d2, sparsity)
+    return torch.zeros_like(W1, dtype=torch.bool)
 
 
 def _block_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from .sweep import GGUFSweepGrid, SweepGrid, _block_mask
+from .sweep import GGUFSweepGrid, SweepGrid, block_start_mask
 
 BLOCK_ROWS = 16  # rows per program: 256 programs for a 4096-row layer
 
@@ -71,12 +71,9 @@ def triton_obs_sweep(
         width = i2 - i1
         W1 = W[:, i1:i2].contiguous()  # (R, B): swept in place into Q1
         Hinv1 = hinv[i1:i2, i1:i2].contiguous()  # (B, B)
-        if fixed_mask is not None:
-            mask1 = fixed_mask[:, i1:i2].to(torch.int8).contiguous()
-        elif sparsity > 0 and nm is None:
-            mask1 = _block_mask(W1.pow(2) / torch.diagonal(Hinv1).pow(2), sparsity).to(torch.int8)
-        else:
-            mask1 = torch.zeros(rows, width, dtype=torch.int8, device=W.device)
+        fixed = fixed_mask[:, i1:i2] if fixed_mask is not None else None
+        d2 = torch.diagonal(Hinv1).pow(2)  # (B,)
+        mask1 = block_start_mask(W1, d2, sparsity, nm, fixed).to(torch.int8).contiguous()  # the kernel fills n:m
         Err1 = torch.empty_like(W1)
         if grid is not None:
             columns = grid.group_of[i1:i2]  # (B,) each column's group

@@ -118,6 +118,9 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     blocks = find_blocks(model)
     last = check_walk_range(blocks, config)[-1]
     device = dist.device if dist is not None else resolve_device(config.device)
+    if config.forward_dtype == "float16" and device.type == "cpu":
+        # torch has no fast float16 matrix kernels for CPUs: such a walk would crawl
+        raise PrunellmError("--forward-dtype float16 is far slower than float32 on a CPU; use bfloat16")
     if result is None:
         result = WalkResult()
     result.targets = dict(layer_sparsity or {})
