@@ -276,7 +276,7 @@ def run_prune(args: argparse.Namespace) -> None:
         print(f"saved to {path} (report: {path}.report.json)")
     elif args.out is not None:
         path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite,
-                          gguf_blocks=result.gguf_blocks)
+                          gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
         print(f"saved to {path}")
 
 

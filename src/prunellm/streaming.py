@@ -27,6 +27,7 @@ from .distributed import Group
 from .errors import PrunellmError
 from .io import check_output_dir, load_tokenizer, write_json_atomic
 from .io.gguf_blocks_file import save_gguf_blocks
+from .io.quant_grids_file import save_quant_grids
 from .io.lazy import LazyCheckpoint
 from .io.load import resolve_dtype
 from .io.resume import RunState, kill_point
@@ -98,7 +99,9 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
 
     result = WalkResult(layers=[LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in state.data["layers"]])
     host = StreamingHost(skeleton, blocks, plan, state, result, group)
-    result.gguf_blocks.update(host.load_grids())
+    gguf_grids, quant_grids = host.load_grids()
+    result.gguf_blocks.update(gguf_grids)
+    result.quant_grids.update(quant_grids)
     torch.manual_seed(calibration.seed)
     started = time.perf_counter()
     if main:
@@ -171,6 +174,8 @@ def _finish_directory(state: RunState, skeleton: Skeleton, plan: ShardPlan, toke
     tokenizer.save_pretrained(staging)
     if result.gguf_blocks:
         save_gguf_blocks(staging, result.gguf_blocks)
+    if result.quant_grids:
+        save_quant_grids(staging, result.quant_grids)
     write_json_atomic(staging / REPORT_FILE, report)
     state.commit(done=True)
     kill_point("finish")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .io.atomic import atomic_path
 from .io.gguf_blocks_file import BLOCKS_FILE, load_gguf_blocks, save_gguf_blocks
+from .io.quant_grids_file import GRIDS_FILE, load_quant_grids, save_quant_grids
 from .io.heap import release_free_memory
 from .io.resume import RunState, kill_point
 from .io.shards import ShardPlan, block_unit, write_shard
@@ -93,25 +94,32 @@ class StreamingHost(BlockHost):
         return {name: self.skeleton.tensor(name) for name in self.plan.keys[unit]}  # views, no copy on CPU
 
     def _save_grids(self, index: int) -> None:
-        """GGUF grids of this block's layers, kept beside the state until the final merge: a
-        directory written whole under a temporary name, then renamed."""
-        grids = {r.name: self.result.gguf_blocks[r.name] for r in self.result.layers
-                 if r.block == index and r.name in self.result.gguf_blocks}
-        if grids:
+        """GGUF and min-max grids of this block's layers, kept beside the state until the final
+        merge: a directory written whole under a temporary name, then renamed."""
+        names = [r.name for r in self.result.layers if r.block == index]
+        gguf = {name: self.result.gguf_blocks[name] for name in names if name in self.result.gguf_blocks}
+        minmax = {name: self.result.quant_grids[name] for name in names if name in self.result.quant_grids}
+        if gguf or minmax:
             directory = self._grids_dir(index)
             shutil.rmtree(directory, ignore_errors=True)  # an attempt killed before committing this block
             with atomic_path(directory) as tmp:
                 tmp.mkdir()
-                save_gguf_blocks(tmp, grids)
+                if gguf:
+                    save_gguf_blocks(tmp, gguf)
+                if minmax:
+                    save_quant_grids(tmp, minmax)
 
-    def load_grids(self) -> dict:
-        """The GGUF grids of the blocks a previous attempt committed."""
-        grids: dict = {}
+    def load_grids(self) -> tuple[dict, dict]:
+        """The GGUF and min-max grids of the blocks a previous attempt committed."""
+        gguf: dict = {}
+        minmax: dict = {}
         for index in range(self.state.next_block):
             directory = self._grids_dir(index)
             if (directory / BLOCKS_FILE).is_file():
-                grids.update(load_gguf_blocks(directory))
-        return grids
+                gguf.update(load_gguf_blocks(directory))
+            if (directory / GRIDS_FILE).is_file():
+                minmax.update(load_quant_grids(directory))
+        return gguf, minmax
 
     def _grids_dir(self, index: int) -> Path:
         return self.state.root / f"grids-{index:05d}"

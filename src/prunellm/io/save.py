@@ -12,6 +12,7 @@ from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, sibling_name, write_json_atomic
 from prunellm.io.gguf import clear_gguf_marks
 from prunellm.io.gguf_blocks_file import save_gguf_blocks
+from prunellm.io.quant_grids_file import save_quant_grids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,13 +48,16 @@ def save_model(
     report: dict | None = None,
     overwrite: bool = False,
     gguf_blocks: dict | None = None,
+    quant_grids: dict | None = None,
 ) -> Path:
     """Write safetensors weights, config, tokenizer and `report.json` (when given) to `out_dir`.
 
     Everything goes to a hidden sibling directory first and is renamed into place, so a
     crash never leaves a half-written `out_dir`. With `overwrite`, an existing `out_dir` is
     replaced only once the new one is complete. A GGUF-loaded model has its quantizer marks
-    cleared in place (see `clear_gguf_marks`). Returns the output path.
+    cleared in place (see `clear_gguf_marks`). The grids quantized layers ended on are kept
+    beside the weights (gguf_blocks, quant_grids files) for a lossless export later. Returns
+    the output path.
     """
     out = Path(out_dir).expanduser()
     check_output_dir(out, overwrite)
@@ -69,6 +73,8 @@ def save_model(
             write_json_atomic(staging / REPORT_FILE, report)
         if gguf_blocks:
             save_gguf_blocks(staging, gguf_blocks)
+        if quant_grids:
+            save_quant_grids(staging, quant_grids)
         move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

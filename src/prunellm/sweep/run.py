@@ -190,7 +190,8 @@ class Sweep:
                                   eval_config=self.config.evaluation, dense_ppl=dense["perplexity"],
                                   compressed_ppl=row["perplexity"])
             report["model"].update(self.model_info)
-            save_model(pruned, self.tokenizer, self.out / MODELS_DIR / setting.key, report=report, overwrite=True)
+            save_model(pruned, self.tokenizer, self.out / MODELS_DIR / setting.key, report=report, overwrite=True,
+                       gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
         del pruned
         return row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from ..errors import PrunellmError
 from ..methods import Method
 from ..solvers import relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
+from ..solvers.quant import QuantGrid
 from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
 from .discovery import Blocks, find_blocks, find_linear_layers, in_features, read_weight, write_weight
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
@@ -74,6 +76,7 @@ class WalkResult:
     seconds: dict[str, float] = field(default_factory=dict)
     targets: dict[str, float] = field(default_factory=dict)  # per-layer sparsity of an allocation
     gguf_blocks: dict[str, GGUFBlocks] = field(default_factory=dict)  # layers left on a GGUF grid
+    quant_grids: dict[str, QuantGrid] = field(default_factory=dict)  # layers left on a min-max grid
 
     def sparsity(self) -> float:
         """Fraction of zeros over all compressed layers, weighted by their sizes (0 when none)."""
@@ -171,7 +174,7 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             del collector  # its accumulators hold the Hessians too
         names = list(hessians)
         owners = _owners(names, layers, dist)
-        solved: list[tuple[LayerRecord, GGUFBlocks | None]] = []
+        solved: list[tuple[LayerRecord, GGUFBlocks | QuantGrid | None]] = []
         for name, owner in zip(names, owners):
             # Popped, so that a shared Hessian is freed once its group's last layer is solved, not
             # at the block's end: at LLaMA-7B width q/k/v's, o's and gate/up's (64 MiB each) are gone
@@ -188,8 +191,10 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             solved = _share_solutions(names, owners, layers, solved, dist)
         for record, grid in solved:
             result.layers.append(record)
-            if grid is not None:
+            if isinstance(grid, GGUFBlocks):
                 result.gguf_blocks[record.name] = grid
+            elif isinstance(grid, QuantGrid):
+                result.quant_grids[record.name] = grid
     return seconds
 
 
@@ -205,8 +210,8 @@ def _owners(names: list[str], layers: dict[str, nn.Module], dist: Group | None) 
 
 
 def _share_solutions(names: list[str], owners: list[int | None], layers: dict[str, nn.Module],
-                     solved: list[tuple[LayerRecord, GGUFBlocks | None]],
-                     dist: Group) -> list[tuple[LayerRecord, GGUFBlocks | None]]:
+                     solved: list[tuple[LayerRecord, GGUFBlocks | QuantGrid | None]],
+                     dist: Group) -> list[tuple[LayerRecord, GGUFBlocks | QuantGrid | None]]:
     """Every rank gets every layer's new weight (from the rank that solved it) and record."""
     for name, owner in zip(names, owners):
         dist.broadcast_(layers[name].weight.data, src=owner)  # in its own layout and dtype: bit-equal copies
@@ -215,7 +220,7 @@ def _share_solutions(names: list[str], owners: list[int | None], layers: dict[st
 
 
 def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
-                    config: WalkConfig, bar: tqdm) -> tuple[LayerRecord, GGUFBlocks | None]:
+                    config: WalkConfig, bar: tqdm) -> tuple[LayerRecord, GGUFBlocks | QuantGrid | None]:
     """Solve one layer and write its new weight; returns its record and GGUF grid (if any)."""
     started = time.perf_counter()
     weight = read_weight(layer).to(step.device)  # (out, in)
@@ -230,6 +235,8 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     grid = None
     if isinstance(solved.grid, GGUFBlocks):  # what a GGUF export packs, bit for bit
         grid = GGUFBlocks(solved.grid.type, solved.grid.params.cpu())
+    elif isinstance(solved.grid, QuantGrid):  # what a compressed export packs
+        grid = dataclasses.replace(solved.grid, scale=solved.grid.scale.cpu(), zero=solved.grid.zero.cpu())
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
     record = LayerRecord(name, step.index, tuple(weight.shape), float((solved.weight == 0).float().mean()),

@@ -1,0 +1,192 @@
+"""One linear layer's weight in prunellm's compressed format (docs/format.md), and back.
+
+A layer is stored in one of three layouts, each optionally quantized:
+
+- "quant"   dense, every weight as a packed integer code;
+- "nm"      n:m sparse: the m - n kept values of every group of m inputs, and their positions;
+- "bitmask" unstructured sparse: one bit per weight, and the non-zeros row after row.
+
+A quantized value is scale * (code - zero) computed in float32 with the scale and zero point of
+its row and group, then cast to the layer's dtype: the very operations of the solver's grid,
+so that decompressing gives back exactly the weights prunellm produced. A layer that is neither
+quantized nor sparse enough to gain stays a plain tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from prunellm.solvers.quant import QuantGrid
+
+from .packing import container_bits, index_bits, pack_bits, unpack_bits
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAYOUTS = ("quant", "nm", "bitmask")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What compression.json records of one compressed layer."""
+
+    layout: str  # one of LAYOUTS
+    shape: tuple[int, int]  # (out_features, in_features)
+    dtype: str  # the weight's dtype, a key of DTYPES
+    n: int | None = None  # n:m: zeros per group of m inputs
+    m: int | None = None
+    bits: int | None = None  # quantized: bits of a code (stored in container_bits(bits))
+    group_size: int | None = None  # inputs per scale (None: one per row)
+    sym: bool | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LayerSpec":
+        return cls(**{**data, "shape": tuple(data["shape"])})
+
+
+@dataclass
+class CompressedWeight:
+    spec: LayerSpec
+    tensors: dict[str, torch.Tensor]  # part name ("values", "indices", "qweight", ...) -> tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """Whether every group of m consecutive inputs of every row holds at least n zeros."""
+    rows, cols = weight.shape
+    if cols % m:
+        return False
+    zeros = (weight == 0).reshape(rows, cols // m, m).sum(dim=-1)
+    return bool((zeros >= n).all())
+
+
+def compress_weight(weight: torch.Tensor, grid: QuantGrid | None = None,
+                    nm: tuple[int, int] | None = None) -> CompressedWeight | None:
+    """The compressed form of weight (R, C) in the smallest layout that holds it, or None when
+    a plain tensor is as small (neither quantized nor sparse enough).
+
+    grid: the min-max grid the weight lies on (a quantized layer). nm: the (n, m) pattern it
+    was pruned to, stored as such when every group holds it (2:4 is also recognised unasked).
+    """
+    rows, cols = weight.shape
+    dtype = dtype_name(weight.dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"cannot store {weight.dtype} weights (only {', '.join(DTYPES)})")
+    quant = {}
+    codes = None
+    if grid is not None:
+        quant = {"bits": grid.bits, "group_size": grid.group_size, "sym": grid.sym}
+        codes = grid.codes(weight.to(torch.float32))  # (R, C) uint8
+    for n, m in [nm] if nm is not None else [(2, 4)]:
+        if satisfies_nm(weight, n, m):
+            return _compress_nm(weight, codes, grid, LayerSpec("nm", (rows, cols), dtype, n, m, **quant))
+    value_bits = container_bits(grid.bits) if grid is not None else weight.element_size() * 8
+    nonzeros = int(torch.count_nonzero(weight))
+    bitmask_bytes = rows * ((cols + 7) // 8) + 8 * (rows + 1) + (nonzeros * value_bits + 7) // 8
+    if bitmask_bytes < rows * cols * value_bits // 8:
+        return _compress_bitmask(weight, codes, grid, LayerSpec("bitmask", (rows, cols), dtype, **quant))
+    if grid is None:
+        return None
+    spec = LayerSpec("quant", (rows, cols), dtype, **quant)
+    return CompressedWeight(spec, {"qweight": pack_bits(codes, container_bits(grid.bits)), **_grid_tensors(grid)})
+
+
+def _grid_tensors(grid: QuantGrid) -> dict[str, torch.Tensor]:
+    return {"scales": grid.scale.to(torch.float32).contiguous(), "zeros": grid.zero.to(torch.uint8).contiguous()}
+
+
+def _compress_nm(weight: torch.Tensor, codes: torch.Tensor | None, grid: QuantGrid | None,
+                 spec: LayerSpec) -> CompressedWeight:
+    rows, cols = weight.shape
+    n, m = spec.n, spec.m
+    kept = m - n
+    groups = weight.reshape(rows, cols // m, m)  # (R, C/m, m)
+    position = torch.arange(m, device=weight.device)
+    # The non-zeros first, then the earliest zeros to fill the group's m - n slots; in order.
+    rank = (groups != 0).to(torch.int64) * m + (m - 1 - position)
+    slots = rank.topk(kept, dim=-1).indices.sort(dim=-1).values  # (R, C/m, kept)
+    tensors = {"indices": pack_bits(slots.reshape(rows, -1), index_bits(m))}
+    if codes is None:
+        tensors["values"] = groups.gather(-1, slots).reshape(rows, -1).contiguous()
+    else:
+        kept_codes = codes.reshape(rows, cols // m, m).gather(-1, slots).reshape(rows, -1)
+        tensors["qvalues"] = pack_bits(kept_codes, container_bits(grid.bits))
+        tensors.update(_grid_tensors(grid))
+    return CompressedWeight(spec, tensors)
+
+
+def _compress_bitmask(weight: torch.Tensor, codes: torch.Tensor | None, grid: QuantGrid | None,
+                      spec: LayerSpec) -> CompressedWeight:
+    mask = weight != 0  # (R, C)
+    counts = mask.sum(dim=1)
+    offsets = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
+    offsets[1:] = counts.cumsum(0)
+    tensors = {"mask": pack_bits(mask, 1), "row_offsets": offsets}
+    if codes is None:
+        tensors["values"] = weight[mask].contiguous()  # row after row
+    else:
+        tensors["qvalues"] = pack_bits(codes[mask], container_bits(grid.bits))
+        tensors.update(_grid_tensors(grid))
+    return CompressedWeight(spec, tensors)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """float32 values of codes (R, K) whose inputs fall in groups `group` (R, K) or (K,)."""
+    if group.dim() == 1:
+        group = group.expand(codes.shape[0], -1)
+    scale = scales.gather(1, group)
+    zero = zeros.to(torch.float32).gather(1, group)
+    return scale * (codes.to(torch.float32) - zero)
+
+
+def decompress_weight(packed: CompressedWeight) -> torch.Tensor:
+    """The (R, C) weight, in its dtype, exactly as it was compressed."""
+    spec, t = packed.spec, packed.tensors
+    rows, cols = spec.shape
+    dtype = DTYPES[spec.dtype]
+    device = next(iter(t.values())).device
+    group_size = spec.group_size or cols
+    if spec.layout == "quant":
+        codes = unpack_bits(t["qweight"], container_bits(spec.bits), cols)
+        group = torch.arange(cols, device=device) // group_size
+        return dequantize(codes, t["scales"], t["zeros"], group).to(dtype)
+    if spec.layout == "nm":
+        kept = spec.m - spec.n
+        slots = cols // spec.m * kept
+        position = unpack_bits(t["indices"], index_bits(spec.m), slots).to(torch.int64)  # (R, slots)
+        column = (torch.arange(slots, device=device) // kept * spec.m) + position  # (R, slots)
+        if spec.quantized:
+            codes = unpack_bits(t["qvalues"], container_bits(spec.bits), slots)
+            values = dequantize(codes, t["scales"], t["zeros"], column // group_size).to(dtype)
+        else:
+            values = t["values"]
+        return torch.zeros(rows, cols, dtype=dtype, device=device).scatter_(1, column, values)
+    if spec.layout == "bitmask":
+        mask = unpack_bits(t["mask"], 1, cols).bool()  # (R, C)
+        weight = torch.zeros(rows, cols, dtype=dtype, device=device)
+        if spec.quantized:
+            nonzeros = int(t["row_offsets"][-1])
+            codes = unpack_bits(t["qvalues"], container_bits(spec.bits), nonzeros)
+            row, column = mask.nonzero(as_tuple=True)
+            scale = t["scales"][row, column // group_size]
+            zero = t["zeros"][row, column // group_size].to(torch.float32)
+            weight[mask] = (scale * (codes.to(torch.float32) - zero)).to(dtype)
+        else:
+            weight[mask] = t["values"]
+        return weight
+    raise ValueError(f"unknown layout {spec.layout!r}")

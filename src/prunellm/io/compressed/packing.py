@@ -1,0 +1,57 @@
+"""Small integers packed into bytes: the bit layout of prunellm's compressed format.
+
+Values of `bits` bits (1, 2, 4 or 8: a "container") are packed along the last dimension,
+8 // bits to a byte, the first value in the lowest bits: value j of a row sits in byte
+j * bits // 8 at bit offset (j * bits) % 8. A row whose length is not a multiple of
+8 // bits is padded with zeros to a whole byte.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CONTAINERS = (1, 2, 4, 8)
+
+
+def container_bits(bits: int) -> int:
+    """The smallest container (1, 2, 4 or 8 bits) holding `bits`-bit values."""
+    for size in CONTAINERS:
+        if bits <= size:
+            return size
+    raise ValueError(f"no container holds {bits}-bit values (8 at most)")
+
+
+def index_bits(m: int) -> int:
+    """Container bits of a position inside a group of m (2:4 -> 2, 4:8 -> 4, 2:16 -> 4)."""
+    return container_bits(max(1, math.ceil(math.log2(m))))
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """values (..., N) integers in [0, 2^bits) -> uint8 (..., ceil(N * bits / 8))."""
+    if bits not in CONTAINERS:
+        raise ValueError(f"bits must be one of {CONTAINERS}, got {bits}")
+    values = values.to(torch.uint8)
+    if bits == 8:
+        return values.contiguous()
+    per_byte = 8 // bits
+    n = values.shape[-1]
+    pad = (-n) % per_byte
+    if pad:
+        values = torch.nn.functional.pad(values, (0, pad))
+    grouped = values.reshape(*values.shape[:-1], -1, per_byte).to(torch.int32)  # (..., bytes, per_byte)
+    shifts = torch.arange(per_byte, dtype=torch.int32, device=values.device) * bits
+    return (grouped << shifts).sum(dim=-1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: uint8 (..., bytes) -> uint8 (..., n)."""
+    if bits not in CONTAINERS:
+        raise ValueError(f"bits must be one of {CONTAINERS}, got {bits}")
+    if bits == 8:
+        return packed[..., :n]
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.int32, device=packed.device) * bits
+    values = (packed.to(torch.int32)[..., None] >> shifts) & ((1 << bits) - 1)  # (..., bytes, per_byte)
+    return values.reshape(*packed.shape[:-1], -1)[..., :n].to(torch.uint8)
