@@ -1,3 +1,21 @@
 """prunellm: one-shot pruning and quantization of Hugging Face causal language models."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
 __version__ = "0.1.0"
+
+
+def load(path: str | Path, device: str | torch.device | None = None, *,
+         keep_compressed: bool | None = None) -> PreTrainedModel:
+    """A saved model ready to run: prunellm's compressed format, compressed-tensors or plain
+    Hugging Face. See `prunellm.runtime.load.load`."""
+    from prunellm.runtime.load import load as _load
+
+    return _load(path, device, keep_compressed=keep_compressed)

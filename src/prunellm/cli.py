@@ -82,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--gguf-type", default=None,
                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
                             "(with --format gguf also f16, bf16, f32: unquantized)")
-    prune.add_argument("--format", default="hf", choices=("hf", "gguf"),
-                       help="hf: a Hugging Face directory; gguf: one .gguf file for llama.cpp (needs a .gguf model)")
+    prune.add_argument("--format", default="hf", choices=("hf", "gguf", "compressed", "compressed-tensors"),
+                       help="hf: a Hugging Face directory; gguf: one .gguf file for llama.cpp (needs a .gguf model); "
+                            "compressed: prunellm's smaller format, served by `prunellm.load` (docs/format.md); "
+                            "compressed-tensors: quantization-only results, for vLLM")
+    prune.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                       help="compressed: dtype of stored values (auto: float16 for a float32 model, else its own)")
     prune.add_argument("--gguf-other-type", default="keep",
                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
     prune.add_argument("--out", default=None,
@@ -94,19 +98,44 @@ def build_parser() -> argparse.ArgumentParser:
                             "compress it, write it to --out; a killed run resumes (docs/scale.md)")
     _add_model_options(prune)
 
-    export = commands.add_parser("export", help="convert a pruned model directory to GGUF", epilog=EPILOG)
+    export = commands.add_parser("export", help="convert a pruned model directory to GGUF or a serving format",
+                                 epilog=EPILOG)
     export.add_argument("directory", help="a directory written by `prunellm prune --out`")
-    export.add_argument("--to", default="gguf", choices=("gguf",), help="target format")
-    export.add_argument("--type", required=True,
-                        help="GGUF type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
+    export.add_argument("--to", default="gguf", choices=("gguf", "compressed", "compressed-tensors"),
+                        help="target format")
+    export.add_argument("--type", default=None,
+                        help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
                              "f16, bf16, f32")
+    export.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                        help="compressed: dtype of stored values (auto: float16 for a float32 model)")
     export.add_argument("--other-type", default="keep", help="type of embeddings, head and other tensors")
     export.add_argument("--source", default=None,
                         help="the .gguf the model was loaded from (default: the one named in report.json)")
-    export.add_argument("--out", default=None, help="output .gguf file (default: DIRECTORY-TYPE.gguf)")
+    export.add_argument("--out", default=None,
+                        help="output .gguf file (default: DIRECTORY-TYPE.gguf) or directory (default: DIRECTORY-FORMAT)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.add_argument("--quiet", action="store_true", help="no progress output")
+
+    gen = commands.add_parser("generate", help="generate text with a saved (compressed) model", epilog=EPILOG)
+    gen.add_argument("model", help="a directory written by prunellm (any --format but gguf) or a Hugging Face one")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    _add_runtime_options(gen)
+
+    infer = commands.add_parser("bench-infer", help="prefill and decode speed and memory, dense vs compressed",
+                                epilog=EPILOG)
+    infer.add_argument("model", help="a directory written by `prunellm prune --format compressed`")
+    infer.add_argument("--prompt-tokens", type=int, default=128)
+    infer.add_argument("--new-tokens", type=int, default=32)
+    infer.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (tokens per call)")
+    infer.add_argument("--repeats", type=int, default=3, help="runs per variant; the fastest is reported")
+    infer.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    infer.add_argument("--out", default=None, help="also write the rows to this JSON file")
+    infer.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    infer.add_argument("--debug", action="store_true", help="show tracebacks")
 
     ev = commands.add_parser("eval", help="perplexity and zero-shot accuracy of a model", epilog=EPILOG)
     ev.add_argument("model", nargs="?", default=None, help="hub id, local directory or .gguf (default: SmolLM2-135M)")
@@ -160,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    parser.add_argument("--keep-compressed", action=argparse.BooleanOptionalAction, default=None,
+                        help="hold layers compressed in memory, expanded (or read by GPU kernels) at each call "
+                             "(default: on a GPU with Triton yes, on a CPU no: dense is faster there)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=_csv, default=(),
                         help="lm-eval zero-shot tasks, e.g. prunellm_basics (offline) or arc_easy,piqa (online)")
@@ -173,6 +210,7 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
 METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
                   "refine", "refine_iters", "hessian_shrink")
 FLOAT_GGUF_TYPES = ("f32", "f16", "bf16")
+SERVING_FORMATS = ("compressed", "compressed-tensors")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,6 +270,12 @@ def run_prune(args: argparse.Namespace) -> None:
     if note is not None:
         print(note)
     gguf_output = _gguf_output(args)
+    if args.save_dtype != "auto" and args.format != "compressed":
+        raise PrunellmError(f"--save-dtype only applies with --format compressed, not --format {args.format}")
+    if args.format in SERVING_FORMATS:
+        from .deploy import check_serving_output
+
+        check_serving_output(method, args.format)
     if args.out is not None and gguf_output is not None:
         _check_output_file(args.out, args.overwrite)
     elif args.out is not None:
@@ -274,6 +318,12 @@ def run_prune(args: argparse.Namespace) -> None:
     if args.out is not None and gguf_output is not None:
         path = pipeline.write_gguf(model, result, *gguf_output, args.out, method=method, report=report)
         print(f"saved to {path} (report: {path}.report.json)")
+    elif args.out is not None and args.format in SERVING_FORMATS:
+        from .deploy import write_serving
+
+        path, summary = write_serving(model, tokenizer, result, method, args.format, args.out, report=report,
+                                      dtype=args.save_dtype, overwrite=args.overwrite)
+        print(f"saved to {path}: {summary}")
     elif args.out is not None:
         path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite,
                           gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
@@ -286,7 +336,7 @@ def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, wa
 
     if args.model is None or args.out is None or args.format != "hf":
         raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
-                            "(no --format gguf)")
+                            f"(no --format {args.format}: convert the result with `prunellm export OUT --to ...`)")
     if evaluation.datasets:
         raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
                             "`prunellm eval OUT` afterwards")
@@ -302,12 +352,57 @@ def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, wa
 def run_export(args: argparse.Namespace) -> None:
     from . import pipeline
 
+    if args.to in SERVING_FORMATS:
+        from .deploy import export_directory
+
+        if args.type is not None:
+            raise PrunellmError(f"--type only applies with --to gguf, not --to {args.to}")
+        out = args.out or f"{str(args.directory).rstrip('/')}-{args.to}"
+        path, summary = export_directory(args.directory, args.to, out, dtype=args.save_dtype, overwrite=args.overwrite)
+        print(f"saved to {path}: {summary}")
+        return
+    if args.type is None:
+        raise PrunellmError("--to gguf needs --type (q4_0, q8_0, q4_k_m, ... or f16 for no quantization)")
     out = args.out or f"{str(args.directory).rstrip('/')}-{args.type.lower()}.gguf"
     if not out.endswith(".gguf"):
         raise PrunellmError(f"--out must name a .gguf file, got {out}")
     _check_output_file(out, args.overwrite)
     path = pipeline.export_directory_to_gguf(args.directory, out, args.type, args.other_type, args.source)
     print(f"saved to {path}")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from .io import load_tokenizer
+    from .runtime.generate import generate_text
+    from .runtime.load import load
+
+    tokenizer = load_tokenizer(args.model)
+    model = load(args.model, args.device, keep_compressed=args.keep_compressed)
+    generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, seed=args.seed)
+    print(args.prompt + generation.text)
+    print(f"{generation.new_tokens} tokens in {generation.seconds:.2f} s ({generation.tokens_per_second:.1f} tokens/s)",
+          file=sys.stderr)
+
+
+def run_bench_infer(args: argparse.Namespace) -> None:
+    from .io import write_json_atomic
+    from .io.compressed.checkpoint import is_compressed_dir
+    from .runtime.bench_infer import InferConfig, compare, format_rows
+
+    if not is_compressed_dir(args.model):
+        raise PrunellmError(f"{args.model} is not a compressed directory (write one with --format compressed)")
+    for name in ("prompt_tokens", "new_tokens", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise PrunellmError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.out is not None:
+        _check_output_file(args.out, args.overwrite)
+    config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device)
+    rows = compare(args.model, config)
+    print(format_rows(rows))
+    if args.out is not None:
+        write_json_atomic(args.out, {"model": str(args.model), "rows": rows})
+        print(f"saved to {args.out}")
 
 
 def _task_suite(args: argparse.Namespace) -> Any:
@@ -405,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
-        {"prune": run_prune, "eval": run_eval, "export": run_export, "sweep": run_sweep,
-         "report": run_report}[args.command](args)
+        {"prune": run_prune, "eval": run_eval, "export": run_export, "sweep": run_sweep, "report": run_report,
+         "generate": run_generate, "bench-infer": run_bench_infer}[args.command](args)
     except PrunellmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,151 @@
+"""Prefill and decode speed and peak memory of a saved model, dense against compressed.
+
+Each variant runs in a fresh child process so that its peak memory is its own: "dense" loads
+every compressed layer expanded once, "compressed" keeps them compressed (GPU kernels at
+decode, expansion per call otherwise). Prompts are random token ids (seeded): speed does not
+depend on what the tokens say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from prunellm.errors import PrunellmError
+
+VARIANTS = {"dense": False, "compressed": True}
+
+
+@dataclass
+class InferConfig:
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    batch_size: int = 1
+    repeats: int = 3
+    device: str | None = None
+    seed: int = 0
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer, a tied tensor once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Seconds of the prefill (prompt -> first token) and of `new_tokens` - 1 greedy decode steps."""
+    device = prompt.device
+    _sync(device)
+    started = time.perf_counter()
+    out = model(prompt, use_cache=True)
+    token = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+    _sync(device)
+    prefill = time.perf_counter() - started
+    cache = out.cache  # the key/value cache (transformers >= 5.x names it `cache`)
+    started = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        out = model(token, cache=cache, use_cache=True)
+        cache = out.cache
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    _sync(device)
+    return prefill, time.perf_counter() - started
+
+
+def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict:
+    """Load `path` as `variant` and time prefill and decode (best of `repeats`)."""
+    from prunellm.devices import resolve_device
+
+    from .load import load
+
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    model = load(path, device, keep_compressed=VARIANTS[variant])
+    load_seconds = time.perf_counter() - started
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(config.seed)
+    prompt = torch.randint(vocab, (config.batch_size, config.prompt_tokens), generator=generator).to(device)
+    _one_run(model, prompt[:, :8], 2)  # warm-up: kernel compilation, allocator
+    runs = [_one_run(model, prompt, config.new_tokens) for _ in range(config.repeats)]
+    prefill = min(r[0] for r in runs)
+    decode = min(r[1] for r in runs)
+    steps = max(config.new_tokens - 1, 1)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {"variant": variant, "device": str(device), "load_seconds": load_seconds,
+            "weight_bytes": weight_bytes(model), "peak_memory_bytes": peak,
+            "prefill_tokens_per_second": config.batch_size * config.prompt_tokens / prefill,
+            "decode_tokens_per_second": config.batch_size * steps / decode,
+            "decode_ms_per_step": 1000 * decode / steps, "prefill_ms": 1000 * prefill, **asdict(config)}
+
+
+def compare(path: str | Path, config: InferConfig, variants: tuple[str, ...] = ("dense", "compressed")) -> list[dict]:
+    """Each variant measured in its own child process (so peak memory is its own)."""
+    rows = []
+    for variant in variants:
+        command = [sys.executable, "-m", "prunellm.runtime.bench_infer", str(path), "--variant", variant,
+                   "--config", json.dumps(asdict(config))]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise PrunellmError(f"{variant} run failed: {lines[-1] if lines else done.returncode}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = f"{'variant':<11} {'weights MiB':>11} {'peak MiB':>9} {'prefill tok/s':>13} {'decode tok/s':>12} " \
+             f"{'ms/step':>8}"
+    lines = [header]
+    for row in rows:
+        lines.append(f"{row['variant']:<11} {row['weight_bytes'] / 2**20:>11.1f} {row['peak_memory_bytes'] / 2**20:>9.1f} "
+                     f"{row['prefill_tokens_per_second']:>13.1f} {row['decode_tokens_per_second']:>12.2f} "
+                     f"{row['decode_ms_per_step']:>8.2f}")
+    if len(rows) == 2:
+        dense, compressed = rows
+        lines.append(f"compressed/dense: weights {compressed['weight_bytes'] / dense['weight_bytes']:.2f}x, decode "
+                     f"{compressed['decode_tokens_per_second'] / dense['decode_tokens_per_second']:.2f}x, prefill "
+                     f"{compressed['prefill_tokens_per_second'] / dense['prefill_tokens_per_second']:.2f}x")
+    return "\n".join(lines)
+
+
+def _child(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("path")
+    parser.add_argument("--variant", choices=tuple(VARIANTS), required=True)
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        row = measure_variant(args.path, args.variant, InferConfig(**json.loads(args.config)))
+    except PrunellmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

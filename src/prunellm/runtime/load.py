@@ -1,0 +1,118 @@
+"""`prunellm.load`: a working Hugging Face model from a directory prunellm wrote.
+
+Three kinds of directory load:
+- prunellm's compressed format (compression.json): layers become CompressedLinear modules, or
+  plain dense layers expanded once at load (`keep_compressed=False`);
+- compressed-tensors (a `quantization_config` in config.json) and plain Hugging Face
+  directories: through transformers' own `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from prunellm.devices import resolve_device
+from prunellm.errors import PrunellmError
+from prunellm.io.compressed.checkpoint import CompressedCheckpoint, is_compressed_dir, read_compressed
+from prunellm.io.compressed.layer import decompress_weight
+
+from .linear import CompressedLinear
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool:
+    """None: keep layers compressed where kernels read them (CUDA with Triton), else expand at
+    load (on a CPU, dense products are fastest: expanding per call costs time, saves memory)."""
+    if keep_compressed is not None:
+        return keep_compressed
+    if device.type != "cuda":
+        return False
+    from . import kernels
+
+    return kernels.available()
+
+
+def load(path: str | Path, device: str | torch.device | None = None, *,
+         keep_compressed: bool | None = None) -> PreTrainedModel:
+    """The causal LM saved at `path`, on `device` (default: CUDA when present), in eval mode.
+
+    keep_compressed: for prunellm's compressed format, hold every compressed layer compressed
+    in memory and expand it (or read it with a GPU kernel) at each call: memory of the
+    compressed model plus one dense layer. False expands every layer once at load. None (the
+    default) keeps them compressed on a GPU with Triton kernels, expands them on a CPU.
+    """
+    target = resolve_device(device)
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise PrunellmError(f"not a model directory: {directory}")
+    if not is_compressed_dir(directory):
+        from prunellm.io import load_model
+
+        model, _ = load_model(str(directory), compute_device=target)
+        return model.to(target).eval()
+    checkpoint = read_compressed(directory)
+    model = _skeleton(directory, checkpoint.dtype)
+    keep = keeps_compressed(target, keep_compressed)
+    _install_layers(model, checkpoint, keep)
+    _load_rest(model, checkpoint)
+    return model.to(target).eval()
+
+
+def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """The model of `directory`'s config with its parameters on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        with init_empty_weights():  # parameters on meta; buffers (rotary tables) real
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (OSError, ValueError, KeyError) as error:
+        text = str(error).strip().splitlines()
+        raise PrunellmError(f"cannot build the model of {directory}: {text[0] if text else error!r}") from None
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    return model
+
+
+def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool) -> None:
+    """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now."""
+    for name, packed in checkpoint.layers.items():
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+            old = getattr(parent, child)
+        except AttributeError:
+            raise PrunellmError(f"compressed layer {name} is not a module of {type(model).__name__}") from None
+        bias = checkpoint.tensors.pop(f"{name}.bias", None)
+        if keep:
+            new: nn.Module = CompressedLinear(packed, bias)
+        else:
+            out_features, in_features = packed.spec.shape
+            new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+            new.weight = nn.Parameter(decompress_weight(packed), requires_grad=False)
+            if bias is not None:
+                new.bias = nn.Parameter(bias, requires_grad=False)
+        del old
+        setattr(parent, child, new)
+
+
+def _load_rest(model: nn.Module, checkpoint: CompressedCheckpoint) -> None:
+    """Every other tensor by name; tied tensors re-tied; refuses a model left with a hole."""
+    result = model.load_state_dict(checkpoint.tensors, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise PrunellmError(f"{checkpoint.directory} holds tensors the model does not have: "
+                            f"{', '.join(result.unexpected_keys[:3])}")
+    model.tie_weights()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":
+            raise PrunellmError(f"{checkpoint.directory} has no tensor for {name}")

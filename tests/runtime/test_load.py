@@ -1,0 +1,99 @@
+"""`prunellm.load`, CompressedLinear, generation and the inference benchmark on tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import prunellm
+from prunellm.errors import PrunellmError
+from prunellm.io import save_model
+from prunellm.io.compressed.checkpoint import save_compressed
+from prunellm.io.compressed.layer import compress_weight, decompress_weight
+from prunellm.methods import build_method
+from prunellm.runtime.bench_infer import InferConfig, format_rows, measure_variant, weight_bytes
+from prunellm.runtime.generate import generate_text
+from prunellm.runtime.linear import CompressedLinear
+from prunellm.runtime.load import keeps_compressed
+from prunellm.walker import WalkConfig, compress_model
+from tests.model_dirs import WORDS
+from tests.tiny_models import tiny_model, tokens, word_tokenizer
+
+QUIET = {"progress": False, "layer_errors": False}
+
+
+@pytest.fixture(scope="module")
+def compressed_dir(tmp_path_factory) -> Path:
+    """A tiny Llama pruned 2:4 and quantized to 4 bits, saved compressed in float32."""
+    model = tiny_model("llama")
+    result = compress_model(model, build_method("sparsegpt", nm="2:4", bits=4, group_size=16), tokens(),
+                            WalkConfig(**QUIET))
+    out, _ = save_compressed(model, word_tokenizer(WORDS), tmp_path_factory.mktemp("c") / "c",
+                             [r.name for r in result.layers], grids=result.quant_grids, nm=(2, 4), dtype="float32")
+    return out
+
+
+def test_compressed_linear_is_the_dense_layer() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(12, 32)
+    weight[torch.rand(12, 32) < 0.6] = 0
+    bias = torch.randn(12)
+    layer = CompressedLinear(compress_weight(weight), bias)
+    x = torch.randn(2, 5, 32)  # (B, T, in)
+    assert torch.equal(layer(x), F.linear(x, weight, bias))
+    assert "bitmask" in repr(layer) and layer.in_features == 32 and layer.out_features == 12
+    assert not layer._kernel_for(x.reshape(-1, 32))  # a CPU tensor never goes to a GPU kernel
+
+
+def test_keep_compressed_holds_less_memory(compressed_dir: Path) -> None:
+    dense = prunellm.load(compressed_dir, "cpu", keep_compressed=False)
+    kept = prunellm.load(compressed_dir, "cpu", keep_compressed=True)
+    assert weight_bytes(kept) < 0.7 * weight_bytes(dense)
+    assert not keeps_compressed(torch.device("cpu"), None)  # on a CPU, dense products are faster
+    ids = tokens(1, 12, seed=2)
+    with torch.no_grad():
+        assert torch.equal(dense(ids).logits, kept(ids).logits)
+
+
+def test_plain_directories_load_too(tmp_path: Path) -> None:
+    model = tiny_model("qwen2")
+    save_model(model, word_tokenizer(WORDS), tmp_path / "hf")
+    loaded = prunellm.load(tmp_path / "hf", "cpu")
+    assert type(loaded) is type(model) and not loaded.training
+    with pytest.raises(PrunellmError, match="not a model directory"):
+        prunellm.load(tmp_path / "missing", "cpu")
+
+
+def test_generate_is_the_same_from_both_variants(compressed_dir: Path) -> None:
+    tokenizer = word_tokenizer(WORDS)
+    texts = []
+    for keep in (False, True):
+        model = prunellm.load(compressed_dir, "cpu", keep_compressed=keep)
+        generation = generate_text(model, tokenizer, "w1 w2 w3", max_new_tokens=6)
+        assert generation.new_tokens == 6 and generation.prompt_tokens == 3 and generation.seconds > 0
+        texts.append(generation.text)
+    assert texts[0] == texts[1] and texts[0].strip()
+    with pytest.raises(PrunellmError, match="max-new-tokens"):
+        generate_text(model, tokenizer, "w1", max_new_tokens=0)
+
+
+def test_bench_infer_measures_both_variants(compressed_dir: Path) -> None:
+    config = InferConfig(prompt_tokens=8, new_tokens=4, batch_size=2, repeats=1, device="cpu")
+    rows = [measure_variant(compressed_dir, variant, config) for variant in ("dense", "compressed")]
+    for row in rows:
+        assert row["prefill_tokens_per_second"] > 0 and row["decode_tokens_per_second"] > 0
+        assert row["peak_memory_bytes"] > row["weight_bytes"] > 0
+    assert rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
+    table = format_rows(rows)
+    assert "compressed/dense: weights" in table and table.count("\n") == 3
+
+
+def test_decompressed_weights_match_the_loaded_layers(compressed_dir: Path) -> None:
+    model = prunellm.load(compressed_dir, "cpu", keep_compressed=True)
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, CompressedLinear) and layer.spec.layout == "nm" and layer.spec.bits == 4
+    weight = decompress_weight(layer.packed)
+    assert ((weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all()  # 2:4 held

@@ -1,0 +1,93 @@
+"""The serving side of the command line on a tiny model: `prune --format compressed`, `export
+--to compressed`, `generate` and `bench-infer`, and the bad requests they refuse in one line."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prunellm.cli import main
+from prunellm.io.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE
+from tests.model_dirs import make_workspace
+
+QUANT_24 = ["--method", "sparsegpt", "--nm", "2:4", "--bits", "4", "--group-size", "16", "--refine", "none"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    return make_workspace(tmp_path_factory.mktemp("deploy"))
+
+
+def prune_args(ws: dict, out, *extra: str) -> list[str]:
+    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--out", str(out),
+            "--quiet", "--no-layer-errors", *extra]
+
+
+@pytest.fixture(scope="module")
+def compressed(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("direct") / "c"
+    assert main(prune_args(workspace, out, *QUANT_24, "--format", "compressed")) == 0
+    return out
+
+
+def test_prune_to_compressed_and_export_of_the_saved_directory_agree(workspace, compressed, tmp_path, capsys):
+    capsys.readouterr()
+    saved = tmp_path / "hf"
+    assert main(prune_args(workspace, saved, *QUANT_24)) == 0
+    assert (saved / "quant_grids.safetensors").is_file()
+    exported = tmp_path / "exported"
+    assert main(["export", str(saved), "--to", "compressed", "--out", str(exported)]) == 0
+    assert "compressed layers" in capsys.readouterr().out
+    manifest = json.loads((compressed / MANIFEST_FILE).read_text())
+    assert manifest == json.loads((exported / MANIFEST_FILE).read_text())
+    assert {spec["layout"] for spec in manifest["layers"].values()} == {"nm"} and len(manifest["layers"]) == 21
+    assert manifest["dtype"] == "float16"  # a float32 model is stored in half precision unless told
+    a, b = load_file(compressed / TENSORS_FILE), load_file(exported / TENSORS_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    report = json.loads((compressed / "report.json").read_text())
+    sizes = report["compressed_format"]
+    assert sizes["layers_bytes"] < 0.4 * sizes["layers_fp16_bytes"]  # 5.5 bits a weight at g16
+
+
+def test_generate_and_bench_infer(compressed, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(compressed), "--prompt", "w1 w2", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("w1 w2") and "5 tokens in" in captured.err
+    assert main(["bench-infer", str(compressed), "--prompt-tokens", "8", "--new-tokens", "3", "--repeats", "1",
+                 "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "dense" in table and "compressed/dense: weights" in table
+
+
+REFUSED = {
+    "save dtype with hf": (["--save-dtype", "float16"], "--save-dtype only applies with --format compressed"),
+    "gguf grid in compressed": (["--method", "gptq", "--gguf-type", "q4_0", "--format", "compressed"],
+                                "use --format gguf"),
+    "stream to compressed": (["--stream", "--format", "compressed"], "no --format compressed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_serving_requests_are_one_line(workspace, tmp_path, capsys, case):
+    extra, message = REFUSED[case]
+    out = tmp_path / "out"
+    assert main(prune_args(workspace, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_export_generate_and_bench_requests(workspace, compressed, tmp_path, capsys):
+    cases = [
+        (["export", str(compressed), "--to", "compressed", "--type", "q4_0"], "--type only applies with --to gguf"),
+        (["export", str(tmp_path / "none"), "--to", "compressed"], "not a directory"),
+        (["generate", str(tmp_path / "none"), "--prompt", "w1"], "not found"),
+        (["bench-infer", workspace["model"]], "is not a compressed directory"),
+        (["bench-infer", str(compressed), "--new-tokens", "0"], "--new-tokens must be positive"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
