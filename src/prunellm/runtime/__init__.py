@@ -1,0 +1,1 @@
+"""Running compressed models: products that read prunellm's compressed layers as they are stored."""
