@@ -91,3 +91,25 @@ def test_bad_export_generate_and_bench_requests(workspace, compressed, tmp_path,
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_gptq_to_compressed_tensors_loads_back_through_prunellm(workspace, tmp_path, capsys):
+    pytest.importorskip("compressed_tensors")
+    import prunellm
+
+    saved, direct = tmp_path / "hf", tmp_path / "ct"
+    gptq = ["--method", "gptq", "--bits", "4", "--group-size", "16"]
+    assert main(prune_args(workspace, saved, *gptq)) == 0
+    assert main(prune_args(workspace, direct, *gptq, "--format", "compressed-tensors")) == 0
+    exported = tmp_path / "exported"
+    assert main(["export", str(saved), "--to", "compressed-tensors", "--out", str(exported)]) == 0
+    config = json.loads((direct / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    reference = prunellm.load(saved, "cpu")
+    for path in (direct, exported):
+        loaded = prunellm.load(path, "cpu")
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.2.mlp.down_proj"):
+            assert torch.equal(loaded.get_submodule(name).weight, reference.get_submodule(name).weight), (path, name)
+    capsys.readouterr()
+    assert main(prune_args(workspace, tmp_path / "no", *QUANT_24, "--format", "compressed-tensors")) == 2
+    assert "compressed-tensors" in capsys.readouterr().err and not (tmp_path / "no").exists()

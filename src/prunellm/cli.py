@@ -357,6 +357,8 @@ def run_export(args: argparse.Namespace) -> None:
 
         if args.type is not None:
             raise PrunellmError(f"--type only applies with --to gguf, not --to {args.to}")
+        if args.save_dtype != "auto" and args.to != "compressed":
+            raise PrunellmError(f"--save-dtype only applies with --to compressed, not --to {args.to}")
         out = args.out or f"{str(args.directory).rstrip('/')}-{args.to}"
         path, summary = export_directory(args.directory, args.to, out, dtype=args.save_dtype, overwrite=args.overwrite)
         print(f"saved to {path}: {summary}")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import PrunellmError
 from .io import load_model
+from .io.load import saved_dtype
 from .io.compressed.checkpoint import SizeSummary, save_compressed
 from .io.quant_grids_file import load_quant_grids
 from .io.save import REPORT_FILE
@@ -34,9 +35,9 @@ def check_serving_output(method: Method, fmt: str) -> None:
     if getattr(method.config, "gguf", None) is not None:
         raise PrunellmError(f"--format {fmt} holds min-max grids, not GGUF ones: use --format gguf with --gguf-type")
     if fmt == "compressed-tensors":
-        from .io.compressed_tensors_export import check_method_for_compressed_tensors
+        from .io.compressed_tensors_export import check_compressed_tensors_method
 
-        check_method_for_compressed_tensors(method)
+        check_compressed_tensors_method(method.describe())
 
 
 def write_serving(model: nn.Module, tokenizer: Any, result: WalkResult, method: Method, fmt: str, out: str | Path,
@@ -45,7 +46,12 @@ def write_serving(model: nn.Module, tokenizer: Any, result: WalkResult, method: 
     names = [record.name for record in result.layers]
     if result.gguf_blocks:
         raise PrunellmError(f"--format {fmt} holds min-max grids, not GGUF ones: use --format gguf")
-    return _write(model, tokenizer, names, result.quant_grids, method_nm(method), fmt, out, report, dtype, overwrite)
+    if fmt == "compressed-tensors":
+        from .io.compressed_tensors_export import save_compressed_tensors
+
+        path = save_compressed_tensors(model, tokenizer, result.quant_grids, out, report=report, overwrite=overwrite)
+        return path, "compressed-tensors pack-quantized"
+    return _write(model, tokenizer, names, result.quant_grids, method_nm(method), out, report, dtype, overwrite)
 
 
 def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype: str = "auto",
@@ -54,31 +60,30 @@ def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype:
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise PrunellmError(f"not a directory: {directory}")
+    if fmt == "compressed-tensors":
+        from .io.compressed_tensors_export import export_directory_to_compressed_tensors
+
+        return export_directory_to_compressed_tensors(directory, out, overwrite), "compressed-tensors pack-quantized"
+    if fmt != "compressed":
+        raise PrunellmError(f"unknown format {fmt!r}: choose {', '.join(SERVING_FORMATS)}")
     report_path = directory / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     grids = load_quant_grids(directory)
-    model, tokenizer = load_model(str(directory))
+    model, tokenizer = load_model(str(directory), dtype=saved_dtype(directory))
     if report is not None:
         names = [layer["name"] for layer in report["layers"]]
     else:
         names = list(target_layers(model, WalkConfig()))
     nm = method_nm(report.get("method") if report is not None else None)
-    return _write(model, tokenizer, names, grids, nm, fmt, out, report, dtype, overwrite)
+    return _write(model, tokenizer, names, grids, nm, out, report, dtype, overwrite)
 
 
-def _write(model: nn.Module, tokenizer: Any, names: list[str], grids: dict, nm: tuple[int, int] | None, fmt: str,
+def _write(model: nn.Module, tokenizer: Any, names: list[str], grids: dict, nm: tuple[int, int] | None,
            out: str | Path, report: dict[str, Any] | None, dtype: str, overwrite: bool) -> tuple[Path, str]:
-    if fmt == "compressed":
-        path, summary = save_compressed(model, tokenizer, out, names, grids=grids, nm=nm, dtype=dtype, report=report,
-                                        overwrite=overwrite)
-        return path, summary.describe()
-    if fmt == "compressed-tensors":
-        from .io.compressed_tensors_export import save_compressed_tensors
-
-        path = save_compressed_tensors(model, tokenizer, grids, out, layer_names=names, report=report,
-                                       overwrite=overwrite)
-        return path, "compressed-tensors pack-quantized"
-    raise PrunellmError(f"unknown format {fmt!r}: choose {', '.join(SERVING_FORMATS)}")
+    """prunellm's compressed format at `out`; returns the path and what it saved, in a line."""
+    path, summary = save_compressed(model, tokenizer, out, names, grids=grids, nm=nm, dtype=dtype, report=report,
+                                    overwrite=overwrite)
+    return path, summary.describe()
 
 
 __all__ = ["SERVING_FORMATS", "SizeSummary", "check_serving_output", "export_directory", "write_serving"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,3 +125,14 @@ def _first_line(error: BaseException) -> str:
     # transformers' messages span several lines; PrunellmError messages are one line.
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def saved_dtype(directory: str | Path) -> str:
+    """The dtype config.json records for a saved directory's weights ("float32" when it says
+    none): what to load it in where `load_model` would pick float32 on a CPU."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"  # load_model reports the missing or broken config itself
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"

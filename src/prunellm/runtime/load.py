@@ -3,12 +3,14 @@
 Three kinds of directory load:
 - prunellm's compressed format (compression.json): layers become CompressedLinear modules, or
   plain dense layers expanded once at load (`keep_compressed=False`);
-- compressed-tensors (a `quantization_config` in config.json) and plain Hugging Face
-  directories: through transformers' own `from_pretrained`.
+- compressed-tensors (its `quantization_config` in config.json): through transformers'
+  dequantizing loader (vLLM serves these directories compressed);
+- plain Hugging Face directories: through `prunellm.io.load_model`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ from torch import nn
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.io.compressed.checkpoint import CompressedCheckpoint, is_compressed_dir, read_compressed
-from prunellm.io.compressed.layer import decompress_weight
+from prunellm.io.compressed.layer import bitmask_as_quant, decompress_weight
 
 from .linear import CompressedLinear
 
@@ -54,6 +56,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise PrunellmError(f"not a model directory: {directory}")
+    if _is_compressed_tensors(directory):
+        return _load_compressed_tensors(directory).to(target).eval()
     if not is_compressed_dir(directory):
         from prunellm.io import load_model
 
@@ -62,9 +66,31 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     checkpoint = read_compressed(directory)
     model = _skeleton(directory, checkpoint.dtype)
     keep = keeps_compressed(target, keep_compressed)
-    _install_layers(model, checkpoint, keep)
+    _install_layers(model, checkpoint, keep, kernel_layouts=target.type == "cuda")
     _load_rest(model, checkpoint)
     return model.to(target).eval()
+
+
+def _is_compressed_tensors(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+
+
+def _load_compressed_tensors(directory: Path) -> PreTrainedModel:
+    """Through transformers' dequantizing loader: its compressed one cannot build asymmetric
+    (zero-point) layers with compressed-tensors 0.20 (see io/compressed_tensors_export)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(directory, dtype="auto",
+                                                    quantization_config=CompressedTensorsConfig(dequantize=True))
+    except (OSError, ValueError, ImportError, RuntimeError) as error:
+        text = str(error).strip().splitlines()
+        raise PrunellmError(f"cannot load the compressed-tensors model {directory}: "
+                            f"{text[0] if text else error!r}") from None
 
 
 def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
@@ -84,8 +110,9 @@ def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
-def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool) -> None:
-    """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now."""
+def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, kernel_layouts: bool) -> None:
+    """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now.
+    kernel_layouts: convert layers to the layouts the GPU kernels read where that is lossless."""
     for name, packed in checkpoint.layers.items():
         parent_name, _, child = name.rpartition(".")
         try:
@@ -95,6 +122,8 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
             raise PrunellmError(f"compressed layer {name} is not a module of {type(model).__name__}") from None
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
         if keep:
+            if kernel_layouts and packed.spec.layout == "bitmask" and packed.spec.quantized:
+                packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
             new: nn.Module = CompressedLinear(packed, bias)
         else:
             out_features, in_features = packed.spec.shape

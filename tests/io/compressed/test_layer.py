@@ -114,3 +114,17 @@ def test_spec_round_trips_through_json() -> None:
     spec = LayerSpec("nm", (8, 16), "float16", 2, 4, 4, 128, False)
     assert LayerSpec.from_json(spec.to_json()) == spec
     assert "bits" not in LayerSpec("bitmask", (8, 16), "bfloat16").to_json()
+
+
+@pytest.mark.parametrize("grid", ["4-bit g16", "3-bit g16", "8-bit g32"])
+def test_a_quantized_bitmask_converts_to_dense_codes_losslessly(grid: str) -> None:
+    from prunellm.io.compressed.layer import bitmask_as_quant
+
+    solved = solve({"sparsity": 0.8}, GRIDS[grid])
+    packed = compress_weight(solved.weight, solved.grid)
+    assert packed.spec.layout == "bitmask"
+    dense_codes = bitmask_as_quant(packed)
+    assert dense_codes.spec.layout == "quant" and dense_codes.spec.bits == packed.spec.bits
+    assert torch.equal(decompress_weight(dense_codes), solved.weight)
+    with pytest.raises(ValueError):
+        bitmask_as_quant(dense_codes)

@@ -145,48 +145,80 @@ def _compress_bitmask(weight: torch.Tensor, codes: torch.Tensor | None, grid: Qu
     return CompressedWeight(spec, tensors)
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """float32 values of codes (R, K) whose inputs fall in groups `group` (R, K) or (K,)."""
-    if group.dim() == 1:
-        group = group.expand(codes.shape[0], -1)
-    scale = scales.gather(1, group)
-    zero = zeros.to(torch.float32).gather(1, group)
-    return scale * (codes.to(torch.float32) - zero)
+def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """float32 values of codes (R, C) whose inputs form G = scales.shape[1] equal groups."""
+    rows, cols = codes.shape
+    groups = scales.shape[1]
+    grouped = codes.reshape(rows, groups, cols // groups).to(torch.float32)  # (R, G, C/G)
+    return (scales[..., None] * (grouped - zeros.to(torch.float32)[..., None])).reshape(rows, cols)
 
 
 def decompress_weight(packed: CompressedWeight) -> torch.Tensor:
-    """The (R, C) weight, in its dtype, exactly as it was compressed."""
+    """The (R, C) weight, in its dtype, exactly as it was compressed.
+
+    Every step is an elementwise or masked operation on the packed tensors (no index tensors
+    as large as the weight), so that expanding a layer per call stays affordable on a CPU.
+    """
     spec, t = packed.spec, packed.tensors
     rows, cols = spec.shape
     dtype = DTYPES[spec.dtype]
-    device = next(iter(t.values())).device
-    group_size = spec.group_size or cols
     if spec.layout == "quant":
         codes = unpack_bits(t["qweight"], container_bits(spec.bits), cols)
-        group = torch.arange(cols, device=device) // group_size
-        return dequantize(codes, t["scales"], t["zeros"], group).to(dtype)
+        return dequantize_rows(codes, t["scales"], t["zeros"]).to(dtype)
     if spec.layout == "nm":
-        kept = spec.m - spec.n
-        slots = cols // spec.m * kept
-        position = unpack_bits(t["indices"], index_bits(spec.m), slots).to(torch.int64)  # (R, slots)
-        column = (torch.arange(slots, device=device) // kept * spec.m) + position  # (R, slots)
-        if spec.quantized:
-            codes = unpack_bits(t["qvalues"], container_bits(spec.bits), slots)
-            values = dequantize(codes, t["scales"], t["zeros"], column // group_size).to(dtype)
-        else:
-            values = t["values"]
-        return torch.zeros(rows, cols, dtype=dtype, device=device).scatter_(1, column, values)
+        return _expand_nm(spec, t, dtype)
     if spec.layout == "bitmask":
         mask = unpack_bits(t["mask"], 1, cols).bool()  # (R, C)
-        weight = torch.zeros(rows, cols, dtype=dtype, device=device)
-        if spec.quantized:
-            nonzeros = int(t["row_offsets"][-1])
-            codes = unpack_bits(t["qvalues"], container_bits(spec.bits), nonzeros)
-            row, column = mask.nonzero(as_tuple=True)
-            scale = t["scales"][row, column // group_size]
-            zero = t["zeros"][row, column // group_size].to(torch.float32)
-            weight[mask] = (scale * (codes.to(torch.float32) - zero)).to(dtype)
-        else:
-            weight[mask] = t["values"]
-        return weight
+        if not spec.quantized:
+            return torch.zeros(rows, cols, dtype=dtype, device=mask.device).masked_scatter_(mask, t["values"])
+        # Every weight at its zero point (value 0), the stored codes where the mask says, row after row.
+        groups = t["scales"].shape[1]
+        codes = t["zeros"][:, :, None].expand(rows, groups, cols // groups).reshape(rows, cols).clone()
+        stored = unpack_bits(t["qvalues"], container_bits(spec.bits), int(t["row_offsets"][-1]))
+        codes.masked_scatter_(mask, stored)
+        return dequantize_rows(codes, t["scales"], t["zeros"]).to(dtype)
     raise ValueError(f"unknown layout {spec.layout!r}")
+
+
+def _expand_nm(spec: LayerSpec, t: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    rows, cols = spec.shape
+    m, kept = spec.m, spec.m - spec.n
+    slots = cols // m * kept
+    position = unpack_bits(t["indices"], index_bits(m), slots).reshape(rows, cols // m, kept)  # (R, C/m, k)
+    if spec.quantized:
+        codes = unpack_bits(t["qvalues"], container_bits(spec.bits), slots)
+        if (spec.group_size or cols) % m == 0:  # a group of inputs holds whole n:m groups: a run of slots
+            values = dequantize_rows(codes, t["scales"], t["zeros"])
+        else:  # groups cut n:m groups: each slot's group from its column
+            column = torch.arange(slots, device=codes.device) // kept * m + position.reshape(rows, slots)
+            group = column // spec.group_size
+            zeros = t["zeros"].to(torch.float32)
+            values = t["scales"].gather(1, group) * (codes.to(torch.float32) - zeros.gather(1, group))
+        values = values.to(dtype)
+    else:
+        values = t["values"]
+    values = values.reshape(rows, cols // m, kept)
+    zero = torch.zeros((), dtype=dtype, device=values.device)
+    columns = []
+    for p in range(m):  # each position of a group takes the slot that names it, if any
+        column = zero.expand(rows, cols // m)
+        for slot in range(kept):
+            column = torch.where(position[..., slot] == p, values[..., slot], column)
+        columns.append(column)
+    return torch.stack(columns, dim=-1).reshape(rows, cols)
+
+
+def bitmask_as_quant(packed: CompressedWeight) -> CompressedWeight:
+    """A quantized bitmask layer in the dense "quant" layout, losslessly: a pruned weight is
+    the code of its zero point. More bytes, but the layout GPU decode kernels read."""
+    spec, t = packed.spec, packed.tensors
+    if spec.layout != "bitmask" or not spec.quantized:
+        raise ValueError("only a quantized bitmask layer converts to the quant layout")
+    rows, cols = spec.shape
+    group = torch.arange(cols, device=t["mask"].device) // (spec.group_size or cols)
+    codes = t["zeros"][:, group].clone()  # (R, C): every weight at its zero point
+    mask = unpack_bits(t["mask"], 1, cols).bool()
+    codes[mask] = unpack_bits(t["qvalues"], container_bits(spec.bits), int(t["row_offsets"][-1]))
+    tensors = {"qweight": pack_bits(codes, container_bits(spec.bits)), "scales": t["scales"], "zeros": t["zeros"]}
+    return CompressedWeight(LayerSpec("quant", spec.shape, spec.dtype, bits=spec.bits, group_size=spec.group_size,
+                                      sym=spec.sym), tensors)

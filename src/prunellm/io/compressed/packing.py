@@ -52,6 +52,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if bits == 8:
         return packed[..., :n]
     per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32, device=packed.device) * bits
-    values = (packed.to(torch.int32)[..., None] >> shifts) & ((1 << bits) - 1)  # (..., bytes, per_byte)
-    return values.reshape(*packed.shape[:-1], -1)[..., :n].to(torch.uint8)
+    # uint8 shifts and masks, one slice per position in the byte: no wider integer copies
+    mask = (1 << bits) - 1
+    values = torch.stack([(packed >> (j * bits)) & mask for j in range(per_byte)], dim=-1)  # (..., bytes, per_byte)
+    return values.reshape(*packed.shape[:-1], -1)[..., :n]
