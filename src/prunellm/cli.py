@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (tokens per call)")
     infer.add_argument("--repeats", type=int, default=3, help="runs per variant; the fastest is reported")
     infer.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    _add_budget_option(infer)
     infer.add_argument("--out", default=None, help="also write the rows to this JSON file")
     infer.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     infer.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -194,7 +195,22 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-compressed", action=argparse.BooleanOptionalAction, default=None,
                         help="hold layers compressed in memory, expanded (or read by GPU kernels) at each call "
                              "(default: on a GPU with Triton yes, on a CPU no: dense is faster there)")
+    _add_budget_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_budget_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dense-budget-gib", type=float, default=None,
+                        help="with --keep-compressed: GiB of memory for layers expanded once at load (the first "
+                             "ones that fit); the rest are expanded per call")
+
+
+def _budget_bytes(args: argparse.Namespace) -> int | None:
+    if args.dense_budget_gib is None:
+        return None
+    if not args.dense_budget_gib >= 0:
+        raise PrunellmError(f"--dense-budget-gib must be >= 0, got {args.dense_budget_gib}")
+    return int(args.dense_budget_gib * 2**30)
 
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
@@ -379,7 +395,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from .runtime.load import load
 
     tokenizer = load_tokenizer(args.model)
-    model = load(args.model, args.device, keep_compressed=args.keep_compressed)
+    model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args))
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed)
     print(args.prompt + generation.text)
@@ -399,7 +415,8 @@ def run_bench_infer(args: argparse.Namespace) -> None:
             raise PrunellmError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.out is not None:
         _check_output_file(args.out, args.overwrite)
-    config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device)
+    config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
+                         dense_budget=_budget_bytes(args))
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

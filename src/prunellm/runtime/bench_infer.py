@@ -32,6 +32,7 @@ class InferConfig:
     repeats: int = 3
     device: str | None = None
     seed: int = 0
+    dense_budget: int | None = None  # bytes of layers the compressed variant may expand at load
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -44,6 +45,33 @@ def weight_bytes(model: torch.nn.Module) -> int:
             seen.add(key)
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes; 0 where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_host_peak() -> int:
+    """Start the resident-memory high-water mark afresh (Linux: clear_refs 5); returns the
+    resident bytes now, the baseline the peak is counted from."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then includes what came before
+    return _status("VmRSS")
+
+
+def _host_peak() -> int:
+    if _status("VmHWM"):
+        return _status("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux units: KiB
 
 
 def _sync(device: torch.device) -> None:
@@ -80,8 +108,10 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    baseline = _reset_host_peak()
     started = time.perf_counter()
-    model = load(path, device, keep_compressed=VARIANTS[variant])
+    keep = VARIANTS[variant]
+    model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None)
     load_seconds = time.perf_counter() - started
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(config.seed)
@@ -94,7 +124,7 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        peak = _host_peak() - baseline
     return {"variant": variant, "device": str(device), "load_seconds": load_seconds,
             "weight_bytes": weight_bytes(model), "peak_memory_bytes": peak,
             "prefill_tokens_per_second": config.batch_size * config.prompt_tokens / prefill,
@@ -117,6 +147,8 @@ def compare(path: str | Path, config: InferConfig, variants: tuple[str, ...] = (
 
 
 def format_rows(rows: list[dict]) -> str:
+    # peak: on a GPU, allocated device memory; on a CPU, resident memory above what the process
+    # held before loading (the interpreter and libraries)
     header = f"{'variant':<11} {'weights MiB':>11} {'peak MiB':>9} {'prefill tok/s':>13} {'decode tok/s':>12} " \
              f"{'ms/step':>8}"
     lines = [header]

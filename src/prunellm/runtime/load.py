@@ -44,13 +44,18 @@ def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *,
-         keep_compressed: bool | None = None) -> PreTrainedModel:
+         keep_compressed: bool | None = None, dense_budget: int | None = None) -> PreTrainedModel:
     """The causal LM saved at `path`, on `device` (default: CUDA when present), in eval mode.
 
     keep_compressed: for prunellm's compressed format, hold every compressed layer compressed
     in memory and expand it (or read it with a GPU kernel) at each call: memory of the
     compressed model plus one dense layer. False expands every layer once at load. None (the
     default) keeps them compressed on a GPU with Triton kernels, expands them on a CPU.
+
+    dense_budget: with keep_compressed, bytes of memory that expanded layers may take: layers
+    are expanded once at load, in model order, while they fit, the rest per call. Decoding
+    visits every layer in turn, so a fixed set of dense layers is what a budget smaller than
+    the model can buy (a least-recently-used cache would miss on every call).
     """
     target = resolve_device(device)
     directory = Path(path).expanduser()
@@ -66,7 +71,10 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     checkpoint = read_compressed(directory)
     model = _skeleton(directory, checkpoint.dtype)
     keep = keeps_compressed(target, keep_compressed)
-    _install_layers(model, checkpoint, keep, kernel_layouts=target.type == "cuda")
+    if dense_budget is not None and dense_budget < 0:
+        raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
+    budget = 0 if not keep else (dense_budget or 0)
+    _install_layers(model, checkpoint, keep, kernel_layouts=target.type == "cuda", dense_budget=budget)
     _load_rest(model, checkpoint)
     return model.to(target).eval()
 
@@ -110,8 +118,10 @@ def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
-def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, kernel_layouts: bool) -> None:
-    """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now.
+def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, kernel_layouts: bool,
+                    dense_budget: int = 0) -> None:
+    """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now
+    (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`).
     kernel_layouts: convert layers to the layouts the GPU kernels read where that is lossless."""
     for name, packed in checkpoint.layers.items():
         parent_name, _, child = name.rpartition(".")
@@ -121,7 +131,12 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         except AttributeError:
             raise PrunellmError(f"compressed layer {name} is not a module of {type(model).__name__}") from None
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
-        if keep:
+        rows, cols = packed.spec.shape
+        dense_bytes = rows * cols * checkpoint.dtype.itemsize
+        expand_now = not keep or dense_bytes <= dense_budget
+        if keep and expand_now:
+            dense_budget -= dense_bytes
+        if not expand_now:
             if kernel_layouts and packed.spec.layout == "bitmask" and packed.spec.quantized:
                 packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
             new: nn.Module = CompressedLinear(packed, bias)
