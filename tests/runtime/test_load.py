@@ -113,3 +113,25 @@ def test_a_dense_budget_expands_the_first_layers_that_fit(compressed_dir: Path) 
         assert torch.equal(model(ids).logits, reference(ids).logits)
     with pytest.raises(PrunellmError, match="dense_budget"):
         prunellm.load(compressed_dir, "cpu", keep_compressed=True, dense_budget=-1)
+
+
+@pytest.mark.parametrize("layout", ["bitmask", "nm", "quant"])
+def test_cpu_bands_give_the_dense_result(layout: str, monkeypatch) -> None:
+    from prunellm.runtime import linear
+    from prunellm.solvers.quant import QuantGrid, fit_minmax, quantize
+
+    monkeypatch.setattr(linear, "CPU_BAND_ELEMENTS", 5 * 48)  # bands of 16 rows (the floor) over 53 rows
+    torch.manual_seed(1)
+    weight = torch.randn(53, 48)
+    if layout == "nm":
+        weight.reshape(53, 12, 4)[..., :2] = 0
+    scale, zero = fit_minmax(weight, 4, sym=False)
+    weight = quantize(weight, scale[:, None], zero[:, None], 4)
+    if layout == "bitmask":
+        weight[torch.rand(53, 48) < 0.7] = 0
+    packed = compress_weight(weight, QuantGrid(4, False, None, scale[:, None], zero[:, None]))
+    assert packed.spec.layout == layout
+    bias = torch.randn(53)
+    layer = CompressedLinear(packed, bias)
+    for x in (torch.randn(1, 48), torch.randn(1, 1, 48), torch.randn(2, 7, 48)):  # decode in bands, prefill whole
+        assert torch.equal(layer(x), F.linear(x, weight, bias))

@@ -128,3 +128,20 @@ def test_a_quantized_bitmask_converts_to_dense_codes_losslessly(grid: str) -> No
     assert torch.equal(decompress_weight(dense_codes), solved.weight)
     with pytest.raises(ValueError):
         bitmask_as_quant(dense_codes)
+
+
+@pytest.mark.parametrize("grid", ["none", "4-bit g16", "2-bit row", "8-bit g32", "3-bit g16"])
+@pytest.mark.parametrize("pattern", ["50%", "2:4", "dense"])
+def test_row_slices_decompress_to_the_rows(pattern: str, grid: str) -> None:
+    from prunellm.io.compressed.layer import slice_rows
+
+    solved = solve(PATTERNS[pattern], GRIDS[grid])
+    if solved is None:
+        pytest.skip("a dense float layer is not compressed")
+    packed = compress_weight(solved.weight, solved.grid, (2, 4) if pattern == "2:4" else None)
+    for start, stop in [(0, 24), (0, 1), (3, 10), (7, 8), (13, 24)]:  # odd starts: codes sharing a byte
+        part = slice_rows(packed, start, stop)
+        assert part.spec.shape == (stop - start, 64)
+        assert torch.equal(decompress_weight(part), solved.weight[start:stop]), (start, stop)
+    with pytest.raises(ValueError):
+        slice_rows(packed, 5, 5)

@@ -14,6 +14,7 @@ quantized nor sparse enough to gain stays a plain tensor.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -194,18 +195,12 @@ def _expand_nm(spec: LayerSpec, t: dict[str, torch.Tensor], dtype: torch.dtype) 
             group = column // spec.group_size
             zeros = t["zeros"].to(torch.float32)
             values = t["scales"].gather(1, group) * (codes.to(torch.float32) - zeros.gather(1, group))
-        values = values.to(dtype)
     else:
         values = t["values"]
-    values = values.reshape(rows, cols // m, kept)
-    zero = torch.zeros((), dtype=dtype, device=values.device)
-    columns = []
-    for p in range(m):  # each position of a group takes the slot that names it, if any
-        column = zero.expand(rows, cols // m)
-        for slot in range(kept):
-            column = torch.where(position[..., slot] == p, values[..., slot], column)
-        columns.append(column)
-    return torch.stack(columns, dim=-1).reshape(rows, cols)
+    # Placed in float32 (the CPU's fast path for scatter) and rounded once after: the same values.
+    dense = torch.zeros(rows, cols // m, m, dtype=values.dtype, device=values.device)
+    dense.scatter_(2, position.to(torch.int64), values.reshape(rows, cols // m, kept))
+    return dense.reshape(rows, cols).to(dtype)
 
 
 def bitmask_as_quant(packed: CompressedWeight) -> CompressedWeight:
@@ -222,3 +217,28 @@ def bitmask_as_quant(packed: CompressedWeight) -> CompressedWeight:
     tensors = {"qweight": pack_bits(codes, container_bits(spec.bits)), "scales": t["scales"], "zeros": t["zeros"]}
     return CompressedWeight(LayerSpec("quant", spec.shape, spec.dtype, bits=spec.bits, group_size=spec.group_size,
                                       sym=spec.sym), tensors)
+
+
+def slice_rows(packed: CompressedWeight, start: int, stop: int) -> CompressedWeight:
+    """Rows start..stop-1 of a compressed weight, as a compressed weight of their own: views of
+    the packed tensors, except a bitmask's codes when the slice starts inside a byte."""
+    spec, t = packed.spec, packed.tensors
+    rows, cols = spec.shape
+    if not 0 <= start < stop <= rows:
+        raise ValueError(f"rows {start}..{stop} outside 0..{rows}")
+    sliced = dataclasses.replace(spec, shape=(stop - start, cols))
+    if spec.layout != "bitmask":
+        return CompressedWeight(sliced, {part: tensor[start:stop] for part, tensor in t.items()})
+    offsets = t["row_offsets"][start:stop + 1]
+    first, last = int(offsets[0]), int(offsets[-1])
+    parts = {"mask": t["mask"][start:stop], "row_offsets": offsets - first}
+    if not spec.quantized:
+        parts["values"] = t["values"][first:last]
+        return CompressedWeight(sliced, parts)
+    bits = container_bits(spec.bits)
+    lead = first * bits % 8 // bits  # values of the previous row sharing the first byte
+    stored = t["qvalues"][first * bits // 8:(last * bits + 7) // 8]
+    if lead:
+        stored = pack_bits(unpack_bits(stored, bits, lead + last - first)[lead:], bits)
+    parts.update(qvalues=stored, scales=t["scales"][start:stop], zeros=t["zeros"][start:stop])
+    return CompressedWeight(sliced, parts)
