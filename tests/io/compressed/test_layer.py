@@ -26,12 +26,13 @@ def solve(pattern: dict, grid: dict):
     return sparsegpt(W, H, SparseGPTConfig(**pattern, **grid))
 
 
-@pytest.mark.parametrize("grid", GRIDS)
-@pytest.mark.parametrize("pattern", PATTERNS)
+# Every pattern with every grid, but a dense float layer: nothing to compress there.
+CASES = [(pattern, grid) for pattern in PATTERNS for grid in GRIDS if PATTERNS[pattern] or GRIDS[grid]]
+
+
+@pytest.mark.parametrize("pattern,grid", CASES)
 def test_every_layout_decompresses_to_the_solvers_weights(pattern: str, grid: str) -> None:
     solved = solve(PATTERNS[pattern], GRIDS[grid])
-    if solved is None:
-        pytest.skip("a dense float layer is not compressed")
     nm = tuple(int(x) for x in PATTERNS[pattern]["nm"].split(":")) if "nm" in PATTERNS[pattern] else None
     for dtype in DTYPES:
         weight = solved.weight.to(dtype)
@@ -130,14 +131,13 @@ def test_a_quantized_bitmask_converts_to_dense_codes_losslessly(grid: str) -> No
         bitmask_as_quant(dense_codes)
 
 
-@pytest.mark.parametrize("grid", ["none", "4-bit g16", "2-bit row", "8-bit g32", "3-bit g16"])
-@pytest.mark.parametrize("pattern", ["50%", "2:4", "dense"])
+@pytest.mark.parametrize("pattern,grid", [(p, g) for p in ("50%", "2:4", "dense")
+                                          for g in ("none", "4-bit g16", "2-bit row", "8-bit g32", "3-bit g16")
+                                          if (p, g) != ("dense", "none")])
 def test_row_slices_decompress_to_the_rows(pattern: str, grid: str) -> None:
     from prunellm.io.compressed.layer import slice_rows
 
     solved = solve(PATTERNS[pattern], GRIDS[grid])
-    if solved is None:
-        pytest.skip("a dense float layer is not compressed")
     packed = compress_weight(solved.weight, solved.grid, (2, 4) if pattern == "2:4" else None)
     for start, stop in [(0, 24), (0, 1), (3, 10), (7, 8), (13, 24)]:  # odd starts: codes sharing a byte
         part = slice_rows(packed, start, stop)
