@@ -5,7 +5,9 @@ every linear layer of its blocks as bench/sizes.py does (magnitude n:m or unstru
 round-to-nearest onto a min-max grid: speed depends on the layout, not on which solver chose the
 values), saves it in the compressed format (float16) and runs `prunellm bench-infer`'s
 measurement on it: "dense" expands every layer once at load (the float16 model of the same
-weights: the baseline), "compressed" keeps them compressed (GPU kernels at decode).
+weights: the baseline), "compressed" keeps them compressed (GPU kernels at decode). On CUDA each
+decode step is replayed from a captured CUDA graph in both variants: Hugging Face's eager
+forward spends longer launching a 7B model's few hundred kernels than its weights take to stream.
 
     python bench/infer_model.py                       # LLaMA-2-7B shape, on CUDA (the issue's target)
     python bench/infer_model.py --blocks 4 --hidden 1024 --intermediate 2816 --heads 8 --device cpu
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="time eager decode steps (default on CUDA: replay each from a captured graph)")
     parser.add_argument("--work-dir", default=None, help="where the compressed models are written (default: a temp dir)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -70,7 +74,8 @@ def main() -> None:
         raise SystemExit(f"unknown setting(s) {', '.join(unknown)}: choose from {', '.join(SETTINGS)}")
     device = resolve_device(args.device)
     args.seqlen = args.prompt_tokens  # build_model sizes the rotary table from it
-    config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, str(device))
+    config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, str(device),
+                         cuda_graph=device.type == "cuda" and not args.no_cuda_graph)
     results = []
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         for setting in settings:

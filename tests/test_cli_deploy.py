@@ -86,6 +86,8 @@ def test_bad_export_generate_and_bench_requests(workspace, compressed, tmp_path,
         (["generate", str(tmp_path / "none"), "--prompt", "w1"], "not found"),
         (["bench-infer", workspace["model"]], "is not a compressed directory"),
         (["bench-infer", str(compressed), "--new-tokens", "0"], "--new-tokens must be positive"),
+        (["bench-infer", str(compressed), "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
+        (["generate", str(compressed), "--prompt", "w1", "--dense-budget-gib", "-1"], "--dense-budget-gib must be"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

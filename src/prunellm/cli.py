@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--repeats", type=int, default=3, help="runs per variant; the fastest is reported")
     infer.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     _add_budget_option(infer)
+    infer.add_argument("--cuda-graph", action="store_true",
+                       help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
+                            "work rather than Python's kernel launches")
     infer.add_argument("--out", default=None, help="also write the rows to this JSON file")
     infer.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     infer.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -404,6 +407,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_bench_infer(args: argparse.Namespace) -> None:
+    from .devices import resolve_device
     from .io import write_json_atomic
     from .io.compressed.checkpoint import is_compressed_dir
     from .runtime.bench_infer import InferConfig, compare, format_rows
@@ -413,10 +417,12 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     for name in ("prompt_tokens", "new_tokens", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise PrunellmError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.cuda_graph and resolve_device(args.device).type != "cuda":
+        raise PrunellmError("--cuda-graph needs a CUDA device")
     if args.out is not None:
         _check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
-                         dense_budget=_budget_bytes(args))
+                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

@@ -9,6 +9,7 @@ depend on what the tokens say.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import subprocess
@@ -33,6 +34,7 @@ class InferConfig:
     device: str | None = None
     seed: int = 0
     dense_budget: int | None = None  # bytes of layers the compressed variant may expand at load
+    cuda_graph: bool = False  # decode steps replayed from a captured CUDA graph (CUDA only)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -45,6 +47,12 @@ def weight_bytes(model: torch.nn.Module) -> int:
             seen.add(key)
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's name for the key/value cache: `cache` in recent transformers 5 releases,
+    `past_key_values` before (still accepted, deprecated)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _status(field: str) -> int:
@@ -80,23 +88,57 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Seconds of the prefill (prompt -> first token) and of `new_tokens` - 1 greedy decode steps."""
+def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool = False) -> tuple[float, float]:
+    """Seconds of the prefill (prompt -> first token) and of `new_tokens` - 1 greedy decode steps,
+    on a static key/value cache. cuda_graph: each decode step replays one captured CUDA graph,
+    so that what is timed is the GPU's work, not Python launching a few hundred kernels."""
+    from transformers import StaticCache
+
     device = prompt.device
+    warmup = 2 if cuda_graph else 0  # eager steps before a capture (they fill cache slots too)
+    cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + new_tokens + warmup + 1)
     _sync(device)
     started = time.perf_counter()
-    out = model(prompt, use_cache=True)
+    out = model(prompt, use_cache=True, **{cache_argument(model): cache})
     token = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
     _sync(device)
     prefill = time.perf_counter() - started
-    cache = out.cache  # the key/value cache (transformers >= 5.x names it `cache`)
+    step = _graph_step(model, cache, token, warmup) if cuda_graph else None
     started = time.perf_counter()
     for _ in range(new_tokens - 1):
-        out = model(token, cache=cache, use_cache=True)
-        cache = out.cache
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        if step is not None:
+            step()
+        else:
+            token = model(token, use_cache=True, **{cache_argument(model): cache}).logits[:, -1].argmax(
+                dim=-1, keepdim=True)
     _sync(device)
     return prefill, time.perf_counter() - started
+
+
+def _graph_step(model: torch.nn.Module, cache: object, token: torch.Tensor, warmup: int):
+    """A function that runs one greedy decode step by replaying a captured CUDA graph; `token`
+    (B, 1) is the step's input and receives its output."""
+    kwargs = {"use_cache": True, cache_argument(model): cache}
+    stream = torch.cuda.Stream(token.device)
+    stream.wait_stream(torch.cuda.current_stream(token.device))
+    with torch.cuda.stream(stream):  # warm-up off the default stream: kernel tuning, allocator
+        for _ in range(warmup):
+            token.copy_(model(token, **kwargs).logits[:, -1].argmax(dim=-1, keepdim=True))
+    torch.cuda.current_stream(token.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            following = model(token, **kwargs).logits[:, -1].argmax(dim=-1, keepdim=True)
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise PrunellmError(f"CUDA graph capture of a decode step failed (run without --cuda-graph): "
+                            f"{lines[0] if lines else error!r}") from None
+
+    def step() -> None:
+        graph.replay()
+        token.copy_(following)
+
+    return step
 
 
 def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict:
@@ -116,8 +158,10 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(vocab, (config.batch_size, config.prompt_tokens), generator=generator).to(device)
-    _one_run(model, prompt[:, :8], 2)  # warm-up: kernel compilation, allocator
-    runs = [_one_run(model, prompt, config.new_tokens) for _ in range(config.repeats)]
+    if config.cuda_graph and device.type != "cuda":
+        raise PrunellmError("--cuda-graph needs a CUDA device")
+    _one_run(model, prompt[:, :8], 2)  # warm-up: kernel compilation and tuning, allocator
+    runs = [_one_run(model, prompt, config.new_tokens, config.cuda_graph) for _ in range(config.repeats)]
     prefill = min(r[0] for r in runs)
     decode = min(r[1] for r in runs)
     steps = max(config.new_tokens - 1, 1)

@@ -21,7 +21,7 @@ from torch import nn
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.io.compressed.checkpoint import CompressedCheckpoint, is_compressed_dir, read_compressed
-from prunellm.io.compressed.layer import bitmask_as_quant, decompress_weight
+from prunellm.io.compressed.layer import CompressedWeight, bitmask_as_quant, decompress_weight
 
 from .linear import CompressedLinear
 
@@ -74,7 +74,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     if dense_budget is not None and dense_budget < 0:
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
     budget = 0 if not keep else (dense_budget or 0)
-    _install_layers(model, checkpoint, keep, kernel_layouts=target.type == "cuda", dense_budget=budget)
+    _install_layers(model, checkpoint, keep, target, dense_budget=budget)
     _load_rest(model, checkpoint)
     return model.to(target).eval()
 
@@ -118,11 +118,12 @@ def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
-def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, kernel_layouts: bool,
+def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, device: torch.device,
                     dense_budget: int = 0) -> None:
     """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now
     (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`).
-    kernel_layouts: convert layers to the layouts the GPU kernels read where that is lossless."""
+    Layers are expanded on `device` (a GPU expands a 7B model in seconds); on CUDA, layers are
+    converted to the layouts the GPU kernels read where that is lossless."""
     for name, packed in checkpoint.layers.items():
         parent_name, _, child = name.rpartition(".")
         try:
@@ -137,13 +138,14 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         if keep and expand_now:
             dense_budget -= dense_bytes
         if not expand_now:
-            if kernel_layouts and packed.spec.layout == "bitmask" and packed.spec.quantized:
+            if device.type == "cuda" and packed.spec.layout == "bitmask" and packed.spec.quantized:
                 packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
             new: nn.Module = CompressedLinear(packed, bias)
         else:
             out_features, in_features = packed.spec.shape
             new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-            new.weight = nn.Parameter(decompress_weight(packed), requires_grad=False)
+            on_device = CompressedWeight(packed.spec, {part: t.to(device) for part, t in packed.tensors.items()})
+            new.weight = nn.Parameter(decompress_weight(on_device), requires_grad=False)
             if bias is not None:
                 new.bias = nn.Parameter(bias, requires_grad=False)
         del old
