@@ -29,7 +29,7 @@ from prunellm.runtime.bench_infer import InferConfig, compare, format_rows
 from prunellm.walker import WalkConfig, target_layers
 from prunellm.walker.discovery import read_weight, write_weight
 
-from pipeline import build_model  # noqa: E402  (bench/ is first on sys.path)
+from pipeline import add_shape_options, build_model  # noqa: E402  (bench/ is first on sys.path)
 from sizes import SETTINGS, compress_like  # noqa: E402
 from solver import machine  # noqa: E402
 
@@ -50,11 +50,7 @@ def compress_in_place(model: torch.nn.Module, setting: str, group_size: int, dev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--intermediate", type=int, default=11008)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--blocks", type=int, default=32)
+    add_shape_options(parser)
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--settings", default="2:4 + 4-bit grouped,2:4,4-bit grouped",
                         help=f"comma-separated, of: {', '.join(SETTINGS)}")

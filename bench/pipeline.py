@@ -69,13 +69,18 @@ def peak_host_bytes() -> int:
     return 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_options(parser: argparse.ArgumentParser, blocks: int = 32) -> None:
+    """The model's shape (default LLaMA-2-7B's): what `build_model` reads."""
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--intermediate", type=int, default=11008)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--blocks", type=int, default=32)
+    parser.add_argument("--blocks", type=int, default=blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_options(parser)
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
