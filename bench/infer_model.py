@@ -53,7 +53,7 @@ def main() -> None:
     add_shape_options(parser)
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--settings", default="2:4 + 4-bit grouped,2:4,4-bit grouped",
-                        help=f"comma-separated, of: {', '.join(SETTINGS)}")
+                        help="comma-separated, of: " + ", ".join(SETTINGS).replace("%", "%%"))
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=1)
