@@ -18,6 +18,7 @@ stage() { echo "=== $1 ($(date +%T))"; }
 run_tests() {
     stage tests
     $PY -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_kernels.py tests/runtime/test_gpu_runtime.py \
+        tests/walker/test_gpu_prefetch.py \
         tests/solvers/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
 }
 run_kernels() { stage kernels; $PY bench/kernels.py --out "$OUT/kernels_h200.json" 2>&1 | tee "$OUT/kernels.log"; }

@@ -59,6 +59,10 @@ class StreamingHost(BlockHost):
         finally:
             self.skeleton.release("")
 
+    def prefetch(self, index: int, block: nn.Module, device: torch.device) -> None:
+        """Nothing: the next block is still on disk (reading it ahead would hold a second block
+        in host memory, which streaming exists to avoid)."""
+
     def enter(self, index: int, block: nn.Module, device: torch.device) -> None:
         self.skeleton.materialize(self.plan.keys[block_unit(index)], device)
 

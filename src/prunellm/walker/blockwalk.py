@@ -8,6 +8,7 @@ later blocks learn to correct earlier errors), move it back.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -43,19 +44,47 @@ class BlockStep:
 
 class BlockHost:
     """Where blocks live between steps. This one: the whole model in memory, one block moved to
-    the device for its step and back after. A streaming host (prunellm.streaming_host) instead reads
-    each block from disk on `enter` and writes it out on `leave`."""
+    the device for its step and back after; while a block is worked on, the next one is copied
+    to a GPU in a background thread (`prefetch`). A streaming host (prunellm.streaming_host)
+    instead reads each block from disk on `enter` and writes it out on `leave`."""
 
     def __init__(self) -> None:
         self._homes: dict[int, torch.device] = {}
+        self._prefetching: dict[int, threading.Thread] = {}
 
     def capturing(self) -> AbstractContextManager:
         """Held while the blocks' calls are captured (embeddings and block 0 must be usable)."""
         return nullcontext()
 
+    def prefetch(self, index: int, block: nn.Module, device: torch.device) -> None:
+        """Start moving block `index` (the next one) to a CUDA device while the current block is
+        solved: the copy overlaps the solve instead of stalling the next step. A no-op elsewhere,
+        and for a block already there. The device then holds two blocks, whatever the depth."""
+        home = _device_of(block)
+        if device.type != "cuda" or home == device or index in self._prefetching:
+            return
+        self._homes[index] = home
+
+        def copy() -> None:
+            # A stream of its own, so that the copy runs beside the solve's kernels; the thread
+            # waits for its stream only. The block's tensors are freed later (moved back home) by
+            # a blocking copy on the main stream, after every use of them there has finished.
+            stream = torch.cuda.Stream(device)
+            with torch.cuda.stream(stream):
+                block.to(device)
+            stream.synchronize()
+
+        thread = threading.Thread(target=copy, name=f"prefetch-block-{index}", daemon=True)
+        self._prefetching[index] = thread
+        thread.start()
+
     def enter(self, index: int, block: nn.Module, device: torch.device) -> None:
-        self._homes[index] = _device_of(block)
-        block.to(device)
+        thread = self._prefetching.pop(index, None)
+        if thread is not None:
+            thread.join()  # the copy started during the previous step
+        else:
+            self._homes[index] = _device_of(block)
+        block.to(device)  # a no-op after a finished prefetch
 
     def leave(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None) -> None:
         """The step is over; `outputs` are the next block's inputs (None when the walk stops here)."""
@@ -64,6 +93,13 @@ class BlockHost:
     def abandon(self, index: int, block: nn.Module) -> None:
         """The walk ended during the step (an error, or the caller stopped early)."""
         block.to(self._homes.pop(index, torch.device("cpu")))
+
+    def cancel_prefetch(self, blocks: Blocks) -> None:
+        """Put back a block prefetched for a step that will not come (the walk ended early)."""
+        for index, thread in list(self._prefetching.items()):
+            thread.join()
+            self.abandon(index, blocks.modules[index])
+        self._prefetching.clear()
 
 
 @dataclass
@@ -115,23 +151,29 @@ def walk_blocks(
         start, inputs = resume.index, [hidden.to(storage) for hidden in resume.inputs]
     last = len(blocks) - 1 if stop is None else stop
 
-    for index in range(start, last + 1):
-        block = blocks.modules[index]
-        host.enter(index, block, device)
-        step = BlockStep(index, blocks.name(index), block, inputs,
-                         {size: calls[index].to(device) for size, calls in calls_by_size.items()}, device, autocast)
-        try:
-            yield step
-            outputs = None
-            if stop is None or index < stop:  # callers may hook this forward (OWL's input norms)
-                with torch.no_grad():
-                    outputs = [step.run(b).to(storage) for b in range(step.num_batches)]
-        except BaseException:
-            host.abandon(index, block)
-            raise
-        host.leave(index, block, outputs)
-        if outputs is not None:
-            inputs = outputs
+    try:
+        for index in range(start, last + 1):
+            block = blocks.modules[index]
+            host.enter(index, block, device)
+            if index < last:
+                host.prefetch(index + 1, blocks.modules[index + 1], device)
+            step = BlockStep(index, blocks.name(index), block, inputs,
+                             {size: calls[index].to(device) for size, calls in calls_by_size.items()}, device,
+                             autocast)
+            try:
+                yield step
+                outputs = None
+                if stop is None or index < stop:  # callers may hook this forward (OWL's input norms)
+                    with torch.no_grad():
+                        outputs = [step.run(b).to(storage) for b in range(step.num_batches)]
+            except BaseException:
+                host.abandon(index, block)
+                raise
+            host.leave(index, block, outputs)
+            if outputs is not None:
+                inputs = outputs
+    finally:  # an error, or a caller that stopped early (a generator closed mid-walk)
+        host.cancel_prefetch(blocks)
 
 
 def _device_of(module: nn.Module) -> torch.device:
