@@ -115,3 +115,10 @@ def test_gptq_to_compressed_tensors_loads_back_through_prunellm(workspace, tmp_p
     capsys.readouterr()
     assert main(prune_args(workspace, tmp_path / "no", *QUANT_24, "--format", "compressed-tensors")) == 2
     assert "compressed-tensors" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_eval_reads_a_compressed_directory(workspace, compressed, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(compressed), "--datasets", workspace["text"], "--seqlen", "32", "--eval-tokens", "256",
+                 "--quiet"]) == 0
+    assert "perplexity:" in capsys.readouterr().out

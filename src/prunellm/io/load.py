@@ -13,6 +13,7 @@ import torch
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.io.checks import check_finite
+from prunellm.io.compressed.checkpoint import is_compressed_dir
 from prunellm.io.default_model import default_model_path
 from prunellm.io.gguf import clear_gguf_marks, gguf_model_kwargs
 from prunellm.io.source import ModelSource, resolve_source
@@ -35,7 +36,8 @@ def load_model(
     """Load a causal LM in eval mode with finite float weights, and its tokenizer.
 
     source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float),
-    a directory written by `save_pretrained`, or a hub id (needs network or the HF cache).
+    a directory written by `save_pretrained` or in prunellm's compressed format (expanded to
+    dense layers), or a hub id (needs network or the HF cache).
     device: where the weights are placed. compute_device: where the model will run, when not
     there (the walker keeps the model on CPU and moves one block at a time to the GPU).
     dtype: "auto" (see `resolve_dtype`: float32 when computing on CPU, the checkpoint's dtype
@@ -50,13 +52,25 @@ def load_model(
         # Place weights straight on the device rather than building a CPU copy first.
         kwargs["device_map"] = {"": target}
 
-    model = _from_pretrained("model", resolved, kwargs)
+    if resolved.kind == "dir" and is_compressed_dir(resolved.location):
+        model = _load_compressed(resolved.location, torch_dtype, target)
+    else:
+        model = _from_pretrained("model", resolved, kwargs)
     clear_gguf_marks(model)
     model.eval()
     check_finite(model)
     tokenizer = _from_pretrained("tokenizer", resolved, {})
     log.info("loaded %s (%s, %s) from %s", type(model).__name__, model.dtype, target, resolved.location)
     return model, tokenizer
+
+
+def _load_compressed(directory: Path, dtype: torch.dtype | str, device: torch.device) -> PreTrainedModel:
+    """A compressed-format directory with every layer expanded (what evaluation and pruning
+    want), in `dtype` ("auto": the stored one)."""
+    from prunellm.runtime.load import load
+
+    model = load(directory, device, keep_compressed=False)
+    return model if dtype == "auto" else model.to(dtype)
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
