@@ -48,3 +48,14 @@ def test_cuda_graph_decode_runs(fp16_dir: Path, variant: str) -> None:
     config = InferConfig(prompt_tokens=16, new_tokens=8, repeats=1, device="cuda", cuda_graph=True)
     row = measure_variant(fp16_dir, variant, config)
     assert row["decode_tokens_per_second"] > 0 and row["peak_memory_bytes"] > 0
+
+
+def test_layers_no_kernel_reads_are_expanded_by_default(tmp_path: Path) -> None:
+    model = tiny_model("llama")
+    result = compress_model(model, build_method("sparsegpt", sparsity=0.5), tokens(),
+                            WalkConfig(progress=False, layer_errors=False))
+    out, _ = save_compressed(model, None, tmp_path / "c", [r.name for r in result.layers], dtype="float16")
+    default = prunellm.load(out, "cuda")
+    assert not any(isinstance(m, CompressedLinear) for m in default.modules())  # bitmask floats: no kernel
+    kept = prunellm.load(out, "cuda", keep_compressed=True)
+    assert any(isinstance(m, CompressedLinear) for m in kept.modules())

@@ -50,7 +50,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     keep_compressed: for prunellm's compressed format, hold every compressed layer compressed
     in memory and expand it (or read it with a GPU kernel) at each call: memory of the
     compressed model plus one dense layer. False expands every layer once at load. None (the
-    default) keeps them compressed on a GPU with Triton kernels, expands them on a CPU.
+    default): on a GPU with Triton, the layers a kernel reads stay compressed and the others
+    (unstructured float layers, say) are expanded once; on a CPU every layer is expanded.
 
     dense_budget: with keep_compressed, bytes of memory that expanded layers may take: layers
     are expanded once at load, in model order, while they fit, the rest per call. Decoding
@@ -74,7 +75,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     if dense_budget is not None and dense_budget < 0:
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
     budget = 0 if not keep else (dense_budget or 0)
-    _install_layers(model, checkpoint, keep, target, dense_budget=budget)
+    _install_layers(model, checkpoint, keep, target, dense_budget=budget,
+                    only_kernel_layouts=keep_compressed is None)
     _load_rest(model, checkpoint)
     return model.to(target).eval()
 
@@ -119,11 +121,12 @@ def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, device: torch.device,
-                    dense_budget: int = 0) -> None:
+                    dense_budget: int = 0, only_kernel_layouts: bool = False) -> None:
     """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now
-    (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`).
-    Layers are expanded on `device` (a GPU expands a 7B model in seconds); on CUDA, layers are
-    converted to the layouts the GPU kernels read where that is lossless."""
+    (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`, and
+    with `only_kernel_layouts` those no GPU kernel reads, which would otherwise be expanded at
+    every decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
+    CUDA, layers are converted to the layouts the GPU kernels read where that is lossless."""
     for name, packed in checkpoint.layers.items():
         parent_name, _, child = name.rpartition(".")
         try:
@@ -137,9 +140,11 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         expand_now = not keep or dense_bytes <= dense_budget
         if keep and expand_now:
             dense_budget -= dense_bytes
+        if not expand_now and device.type == "cuda" and packed.spec.layout == "bitmask" and packed.spec.quantized:
+            packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
+        if not expand_now and only_kernel_layouts and not _has_kernel(packed):
+            expand_now = True
         if not expand_now:
-            if device.type == "cuda" and packed.spec.layout == "bitmask" and packed.spec.quantized:
-                packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
             new: nn.Module = CompressedLinear(packed, bias)
         else:
             out_features, in_features = packed.spec.shape
@@ -150,6 +155,12 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
                 new.bias = nn.Parameter(bias, requires_grad=False)
         del old
         setattr(parent, child, new)
+
+
+def _has_kernel(packed: CompressedWeight) -> bool:
+    from . import kernels
+
+    return kernels.supports(packed.spec, 1)
 
 
 def _load_rest(model: nn.Module, checkpoint: CompressedCheckpoint) -> None:
