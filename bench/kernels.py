@@ -12,6 +12,9 @@ L2 cache flushed before every call so the weight streams from memory as at decod
   128). Each is tuned on its first call (not timed), and checked against x @ Wᵀ of the
   decompressed weight (column "error": max |y - ref| / max |ref|).
 
+With --prefill-tokens (default 2048), also a prefill's product: dense fp16 against each layout
+expanded per call (by prunellm's Triton `expand`, and by torch operations) then multiplied densely.
+
 Times are the GPU's: the L2 flush before each call gives the CPU time to queue the next kernels,
 so Python's launch overhead is hidden, as under CUDA graphs. Prints ms, the speed-up against
 dense fp16 and the effective weight bandwidth (the bytes of the weight as stored, scales and
@@ -112,6 +115,8 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,16", help="batch sizes, comma-separated (1 to 16)")
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated, of: {', '.join(KERNELS)}")
     parser.add_argument("--rep", type=int, default=200, help="do_bench's timing budget per kernel, ms")
+    parser.add_argument("--prefill-tokens", type=int, default=2048,
+                        help="also time a prefill of this many tokens: dense against expand-then-multiply (0: skip)")
     parser.add_argument("--out", default="bench/results/kernels.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -123,7 +128,7 @@ def main() -> None:
     import triton
     from triton.testing import do_bench
 
-    from prunellm.runtime.kernels import compressed_matmul, tuned_config
+    from prunellm.runtime.kernels import compressed_matmul, expand, tuned_config
 
     names = [name.strip() for name in args.kernels.split(",")]
     unknown = [name for name in names if name not in KERNELS]
@@ -182,6 +187,17 @@ def main() -> None:
                                 "config": config or None})
                 print(f"| {rows}x{cols} | {tokens} | {name} | {ms:.4f} | {baseline / ms:.2f}x | {gbps:.0f} | "
                       f"{nbytes / 1e6:.1f} | {error} | {config} |", flush=True)
+        if args.prefill_tokens > 0:
+            x = torch.randn(args.prefill_tokens, cols, device=device).half()
+            baseline = timed(lambda: torch.nn.functional.linear(x, dense))
+            print(f"| {rows}x{cols} | {args.prefill_tokens} | dense fp16 (prefill) | {baseline:.4f} | 1.00x | | | | |")
+            for name, packed in layers.items():
+                for how, widen in (("Triton expand", expand), ("torch expand", decompress_weight)):
+                    ms = timed(lambda: torch.nn.functional.linear(x, widen(packed)))
+                    results.append({"shape": [rows, cols], "tokens": args.prefill_tokens,
+                                    "kernel": f"{name}, {how} + dense", "ms": ms, "speedup": baseline / ms})
+                    print(f"| {rows}x{cols} | {args.prefill_tokens} | {name}, {how} + dense | {ms:.4f} | "
+                          f"{baseline / ms:.2f}x | | | | |", flush=True)
         del weight, dense, layers
         torch.cuda.empty_cache()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

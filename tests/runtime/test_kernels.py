@@ -213,3 +213,27 @@ def test_compiled_kernels_at_a_llama_7b_shape(kind, bits, group_size):
         x = _tokens(tokens, packed)
         _assert_product(compressed_matmul(x, packed), x, packed)  # tuned on the first call, then cached
         _assert_product(compressed_matmul(x, packed), x, packed)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("kind, bits, group_size", [
+    ("quant", 4, 32), ("quant", 8, None), ("quant", 3, 64), ("2:4", 4, None), ("2:4 quant", 4, 64),
+    ("2:4 quant", 8, None),
+])
+def test_expand_writes_the_decompressed_weight_bit_for_bit(kind, bits, group_size, dtype):
+    from prunellm.runtime.kernels import can_expand, expand
+
+    packed = _layer(kind, dtype, bits, group_size, rows=37)  # 37 rows: a partial row tile
+    assert can_expand(packed.spec)
+    assert torch.equal(expand(packed), decompress_weight(packed))
+
+
+def test_expand_refuses_a_layout_it_does_not_read():
+    from prunellm.runtime.kernels import can_expand, expand
+
+    weight = torch.randn(8, 64)
+    weight[torch.rand(8, 64) < 0.6] = 0
+    packed = compress_weight(weight.half())  # a bitmask
+    assert not can_expand(packed.spec)
+    with pytest.raises(ValueError, match="bitmask"):
+        expand(packed)

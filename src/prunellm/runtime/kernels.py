@@ -134,7 +134,7 @@ def launch(x: torch.Tensor, packed: CompressedWeight, config: KernelConfig) -> t
     else:
         layout, payload, positions = "nm", parts["values"], _words(parts["indices"])
     scales, zeros = (parts["scales"], parts["zeros"]) if spec.quantized else (x, x)  # unused when not quantized
-    kernel = _kernel()
+    kernel = _kernel()[0]
     kernel[(triton.cdiv(rows, config.block_n), config.split_k)](
         x, out, payload, positions, scales, zeros,
         tokens, rows, cols, spec.group_size or cols, scales.shape[1] if spec.quantized else 1,
@@ -143,6 +143,43 @@ def launch(x: torch.Tensor, packed: CompressedWeight, config: KernelConfig) -> t
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out if config.split_k == 1 else out.sum(dim=0).to(x.dtype)
+
+
+def can_expand(spec: LayerSpec) -> bool:
+    """Whether `expand` covers this layer (the layouts and grids the decode kernels read)."""
+    return _unsupported(spec, 1) is None
+
+
+def expand(packed: CompressedWeight, block_n: int = 32) -> torch.Tensor:
+    """The dense (R, C) weight in the layer's dtype, bit for bit `decompress_weight`'s, written by
+    one kernel reading the packed bytes once: a prefill's matrix product then runs on tensor
+    cores over it. Raises ValueError for a layer `can_expand` refuses."""
+    import triton
+
+    spec, parts = packed.spec, packed.tensors
+    problem = _unsupported(spec, 1)
+    if problem is not None:
+        raise ValueError(problem)
+    rows, cols = spec.shape
+    device = next(iter(parts.values())).device
+    if device.type != "cuda" and not _interpreted():
+        raise ValueError("the kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, for tests)")
+    out = torch.empty(rows, cols, dtype=DTYPES[spec.dtype], device=device)
+    block_k = min(128, _max_block_k(spec))
+    if spec.layout == "quant":
+        layout, payload, positions = "quant", _words(parts["qweight"]), out
+    elif spec.quantized:
+        layout, payload, positions = "nm_quant", _words(parts["qvalues"]), _words(parts["indices"])
+    else:
+        layout, payload, positions = "nm", parts["values"], _words(parts["indices"])
+    scales, zeros = (parts["scales"], parts["zeros"]) if spec.quantized else (out, out)  # unused when not quantized
+    _kernel()[1][(triton.cdiv(rows, block_n), cols // block_k)](
+        out, payload, positions, scales, zeros, rows, cols, spec.group_size or cols,
+        scales.shape[1] if spec.quantized else 1,
+        LAYOUT=layout, CODE_BITS=container_bits(spec.bits) if spec.quantized else 0, INTERPRETED=_interpreted(),
+        BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return out
 
 
 _TUNED: dict[tuple, KernelConfig] = {}  # (spec, tokens > 1, device) -> the fastest of CONFIGS
@@ -239,7 +276,7 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-_KERNEL: tuple[bool, object] | None = None  # (interpreted?, the kernel)
+_KERNEL: tuple[bool, tuple] | None = None  # (interpreted?, (the product kernel, the expansion kernel))
 
 
 def _kernel():
@@ -364,4 +401,18 @@ def _define_kernel():
             y = _to_dtype(tl.sum(acc, axis=1), Out.dtype.element_ty, INTERPRETED)  # (BLOCK_N,)
             tl.store(out + rows, y, mask=rows < R)
 
-    return compressed_matmul_kernel
+    @triton.jit
+    def expand_kernel(Out, A, P, S, Z, R, C, GROUP, G,
+                      LAYOUT: tl.constexpr, CODE_BITS: tl.constexpr, INTERPRETED: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The dense (R, C) weight, one (BLOCK_N, BLOCK_K) tile a program: what prefill multiplies."""
+        DTYPE: tl.constexpr = Out.dtype.element_ty
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        safe_rows = tl.minimum(rows, R - 1).to(tl.int64)[:, None]  # (BLOCK_N, 1)
+        t = tl.program_id(1)
+        w = _weight_tile(A, P, S, Z, safe_rows, t, C, GROUP, G, LAYOUT, CODE_BITS, DTYPE, INTERPRETED,
+                         BLOCK_N, BLOCK_K)  # (BLOCK_N, BLOCK_K)
+        cols = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        tl.store(Out + safe_rows * C + cols[None, :], w, mask=rows[:, None] < R)
+
+    return compressed_matmul_kernel, expand_kernel

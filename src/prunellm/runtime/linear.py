@@ -3,8 +3,8 @@
 Each call takes the fastest path the machine has for its size: on a GPU, a Triton kernel that
 reads the compressed weight directly when one exists for the layout and the call has few
 tokens (decode); otherwise the weight is expanded for this call only and multiplied densely
-(prefill on a GPU), so that at most one layer is dense at a time; on a CPU a band of rows
-at a time.
+(prefill on a GPU, by a Triton kernel where one reads the layout), so that at most one layer is
+dense at a time; on a CPU a band of rows at a time.
 """
 
 from __future__ import annotations
@@ -44,8 +44,19 @@ class CompressedLinear(nn.Module):
         return CompressedWeight(self.spec, {part: getattr(self, part) for part in self.parts})
 
     def dense_weight(self) -> torch.Tensor:
-        """The (out, in) weight, expanded."""
-        return decompress_weight(self.packed)
+        """The (out, in) weight, expanded: on a GPU by one Triton kernel where it reads the layout
+        (a prefill then multiplies on tensor cores), else by torch operations. Both bit-exact."""
+        packed = self.packed
+        if self.use_kernels is not False and self.parts_device().type == "cuda":
+            from . import kernels
+
+            if kernels.available() and kernels.can_expand(self.spec):
+                return kernels.expand(packed)
+        return decompress_weight(packed)
+
+    def parts_device(self) -> torch.device:
+        """Where the packed parts are."""
+        return getattr(self, self.parts[0]).device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
