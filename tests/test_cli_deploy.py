@@ -122,3 +122,12 @@ def test_eval_reads_a_compressed_directory(workspace, compressed, capsys):
     assert main(["eval", str(compressed), "--datasets", workspace["text"], "--seqlen", "32", "--eval-tokens", "256",
                  "--quiet"]) == 0
     assert "perplexity:" in capsys.readouterr().out
+
+
+def test_a_streamed_prune_exports_to_compressed(workspace, tmp_path, capsys):
+    streamed = tmp_path / "streamed"
+    assert main(prune_args(workspace, streamed, *QUANT_24, "--stream")) == 0
+    assert (streamed / "quant_grids.safetensors").is_file()  # the grids survive streaming
+    assert main(["export", str(streamed), "--to", "compressed", "--out", str(tmp_path / "c")]) == 0
+    manifest = json.loads((tmp_path / "c" / MANIFEST_FILE).read_text())
+    assert {(spec["layout"], spec.get("bits")) for spec in manifest["layers"].values()} == {("nm", 4)}
