@@ -10,10 +10,11 @@ from typing import Any
 from torch import nn
 
 from .errors import PrunellmError
-from .io import load_model
-from .io.load import saved_dtype
 from .io.compressed.checkpoint import SizeSummary, save_compressed
+from .io.compressed.from_directory import export_compressed_lazily
+from .io.lazy import LazyCheckpoint
 from .io.quant_grids_file import load_quant_grids
+from .io.skeleton import build_skeleton
 from .io.save import REPORT_FILE
 from .methods import Method
 from .solvers.checks import parse_nm
@@ -69,13 +70,14 @@ def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype:
     report_path = directory / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     grids = load_quant_grids(directory)
-    model, tokenizer = load_model(str(directory), dtype=saved_dtype(directory))
+    nm = method_nm(report.get("method") if report is not None else None)
     if report is not None:
         names = [layer["name"] for layer in report["layers"]]
     else:
-        names = list(target_layers(model, WalkConfig()))
-    nm = method_nm(report.get("method") if report is not None else None)
-    return _write(model, tokenizer, names, grids, nm, out, report, dtype, overwrite)
+        names = list(target_layers(build_skeleton(LazyCheckpoint(directory), "auto").model, WalkConfig()))
+    path, summary = export_compressed_lazily(directory, out, names, grids=grids, nm=nm, dtype=dtype, report=report,
+                                             overwrite=overwrite)
+    return path, summary.describe()
 
 
 def _write(model: nn.Module, tokenizer: Any, names: list[str], grids: dict, nm: tuple[int, int] | None,

@@ -113,25 +113,33 @@ def save_compressed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase |
     """Write `model` to `out_dir` with the layers `layer_names` compressed; returns the path and
     what the format saved. grids: the min-max grid of each quantized layer (WalkResult.quant_grids);
     nm: the n:m pattern the layers were pruned to, if any."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir).expanduser()
     check_output_dir(out, overwrite)
     target = save_dtype(model, dtype)
     packed = compress_layers(model, layer_names, grids or {}, nm, target)
     tensors = _dense_tensors(model, packed, target)
+    return write_compressed_dir(out, model, tokenizer, packed, tensors, target, report=report, overwrite=overwrite)
+
+
+def write_compressed_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
+                         packed: dict[str, CompressedWeight], tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                         *, report: dict | None = None, overwrite: bool = False) -> tuple[Path, SizeSummary]:
+    """The directory itself: `model`'s config (its weights are not read: it may be a meta-device
+    skeleton), the compressed layers and the other tensors, staged beside `out` and renamed."""
+    from safetensors.torch import save_file
+
+    tensors = dict(tensors)
     for name, compressed in packed.items():
         for part, tensor in compressed.tensors.items():
             tensors[f"{name}.weight.{part}"] = tensor.contiguous().cpu()
-    manifest = {"format": FORMAT, "version": VERSION, "dtype": dtype_name(target),
+    manifest = {"format": FORMAT, "version": VERSION, "dtype": dtype_name(dtype),
                 "layers": {name: c.spec.to_json() for name, c in packed.items()}}
-
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = make_sibling_dir(out, "tmp")
     try:
         config = model.config
         previous = getattr(config, "dtype", None)
-        config.dtype = dtype_name(target)
+        config.dtype = dtype_name(dtype)
         try:
             config.save_pretrained(staging)
         finally:
@@ -177,13 +185,12 @@ def _summary(model: nn.Module, packed: dict[str, CompressedWeight], file: Path) 
     for compressed in packed.values():
         layouts[compressed.spec.layout] = layouts.get(compressed.spec.layout, 0) + 1
     fp16_layers = sum(2 * c.spec.shape[0] * c.spec.shape[1] for c in packed.values())
-    seen: set[int] = set()
-    fp16_model = 0
-    for tensor in model.state_dict().values():
-        key = tensor.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            fp16_model += tensor.numel() * (2 if tensor.is_floating_point() else tensor.element_size())
+    # Every parameter once (a tied one too) and the persistent buffers: shapes only, so that a
+    # meta-device skeleton counts as its model.
+    saved = set(model.state_dict())
+    persistent = [buffer for name, buffer in model.named_buffers() if name in saved]
+    fp16_model = sum(t.numel() * (2 if t.is_floating_point() else t.element_size())
+                     for t in list(model.parameters()) + persistent)
     return SizeSummary(sum(c.nbytes for c in packed.values()), fp16_layers, file.stat().st_size, fp16_model, layouts)
 
 
