@@ -83,6 +83,8 @@ def test_bad_export_generate_and_bench_requests(workspace, compressed, tmp_path,
     cases = [
         (["export", str(compressed), "--to", "compressed", "--type", "q4_0"], "--type only applies with --to gguf"),
         (["export", str(tmp_path / "none"), "--to", "compressed"], "not a directory"),
+        (["export", str(compressed), "--to", "compressed-tensors"], "already in prunellm's compressed format"),
+        (["export", workspace["root"], "--to", "compressed"], "has no safetensors weights"),
         (["generate", str(tmp_path / "none"), "--prompt", "w1"], "not found"),
         (["bench-infer", workspace["model"]], "is not a compressed directory"),
         (["bench-infer", str(compressed), "--new-tokens", "0"], "--new-tokens must be positive"),

@@ -10,9 +10,9 @@ from typing import Any
 from torch import nn
 
 from .errors import PrunellmError
-from .io.compressed.checkpoint import SizeSummary, save_compressed
+from .io.compressed.checkpoint import SizeSummary, is_compressed_dir, save_compressed
 from .io.compressed.from_directory import export_compressed_lazily
-from .io.lazy import LazyCheckpoint
+from .io.lazy import INDEX_FILE, SINGLE_FILE, LazyCheckpoint
 from .io.quant_grids_file import load_quant_grids
 from .io.skeleton import build_skeleton
 from .io.save import REPORT_FILE
@@ -61,6 +61,12 @@ def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype:
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise PrunellmError(f"not a directory: {directory}")
+    if is_compressed_dir(directory):
+        raise PrunellmError(f"{directory} is already in prunellm's compressed format: export the directory the "
+                            "prune saved (--format hf)")
+    if not any((directory / name).is_file() for name in (SINGLE_FILE, INDEX_FILE)):
+        raise PrunellmError(f"{directory} has no safetensors weights ({SINGLE_FILE}): export reads a directory "
+                            "written by `prunellm prune --out`")
     if fmt == "compressed-tensors":
         from .io.compressed_tensors_export import export_directory_to_compressed_tensors
 
