@@ -52,7 +52,9 @@ def write_serving(model: nn.Module, tokenizer: Any, result: WalkResult, method: 
 
         path = save_compressed_tensors(model, tokenizer, result.quant_grids, out, report=report, overwrite=overwrite)
         return path, "compressed-tensors pack-quantized"
-    return _write(model, tokenizer, names, result.quant_grids, method_nm(method), out, report, dtype, overwrite)
+    path, summary = save_compressed(model, tokenizer, out, names, grids=result.quant_grids, nm=method_nm(method),
+                                    dtype=dtype, report=report, overwrite=overwrite)
+    return path, summary.describe()
 
 
 def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype: str = "auto",
@@ -83,14 +85,6 @@ def export_directory(directory: str | Path, fmt: str, out: str | Path, *, dtype:
         names = list(target_layers(build_skeleton(LazyCheckpoint(directory), "auto").model, WalkConfig()))
     path, summary = export_compressed_lazily(directory, out, names, grids=grids, nm=nm, dtype=dtype, report=report,
                                              overwrite=overwrite)
-    return path, summary.describe()
-
-
-def _write(model: nn.Module, tokenizer: Any, names: list[str], grids: dict, nm: tuple[int, int] | None,
-           out: str | Path, report: dict[str, Any] | None, dtype: str, overwrite: bool) -> tuple[Path, str]:
-    """prunellm's compressed format at `out`; returns the path and what it saved, in a line."""
-    path, summary = save_compressed(model, tokenizer, out, names, grids=grids, nm=nm, dtype=dtype, report=report,
-                                    overwrite=overwrite)
     return path, summary.describe()
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from prunellm.errors import PrunellmError
-from prunellm.io import default_model_path, library_versions, load_model, save_model
+from prunellm.io import library_versions, load_model, save_model
 
 from .conftest import logits_of
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from prunellm.errors import PrunellmError
 from prunellm.solvers.gguf_grids import GGUFBlocks
