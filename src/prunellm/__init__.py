@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __version__ = "0.1.0"
 
@@ -19,3 +19,10 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     from prunellm.runtime.load import load as _load
 
     return _load(path, device, keep_compressed=keep_compressed, dense_budget=dense_budget)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside a model (any directory `load` reads, a hub id, a .gguf file)."""
+    from prunellm.io.load import load_tokenizer as _load_tokenizer
+
+    return _load_tokenizer(path)

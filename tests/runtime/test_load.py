@@ -135,3 +135,11 @@ def test_cpu_bands_give_the_dense_result(layout: str, monkeypatch) -> None:
     layer = CompressedLinear(packed, bias)
     for x in (torch.randn(1, 48), torch.randn(1, 1, 48), torch.randn(2, 7, 48)):  # decode in bands, prefill whole
         assert torch.equal(layer(x), F.linear(x, weight, bias))
+
+
+def test_the_top_level_api_loads_model_and_tokenizer(compressed_dir: Path) -> None:
+    model = prunellm.load(compressed_dir, "cpu")
+    tokenizer = prunellm.load_tokenizer(compressed_dir)
+    ids = tokenizer("w1 w2 w3", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert out.shape == (1, 6)
