@@ -14,7 +14,7 @@ LLAMA_BIN := $(abspath $(LLAMA_SRC)/vendor/llama.cpp/build/bin)
 export LLAMA_CPP_LIB_PATH ?= $(LLAMA_BIN)
 export PRUNELLM_LLAMA_BIN ?= $(LLAMA_BIN)
 
-.PHONY: demo test test-slow test-gguf llama-tools venv clean bench bench-gguf chromium
+.PHONY: demo test test-slow test-gpu test-gguf llama-tools venv clean bench bench-gguf chromium
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,11 @@ chromium:
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
+
+# GPU tests (compiled Triton kernels, the runtime and the walker on CUDA): skipped without a GPU.
+# On a lent device machine with its own torch, `bash bench/gpu_session.sh tests` runs them.
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu
 
 test-gguf: $(VENV)/.llama-cpp
 	$(PY) -m pytest -q -m llama_cpp
