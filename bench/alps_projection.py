@@ -41,12 +41,12 @@ def main() -> None:
         groups = Z.abs().reshape(rows, cols // 4, 4)  # (R, C/4, 4)
         Q = torch.randn(cols, cols)  # (C, C)
 
-        full = _ms(lambda: magnitude.kthvalue(magnitude.numel() - k + 1).values, args.repeats)
-        sampled = _ms(lambda: _kth_largest(magnitude, k), args.repeats)
-        topk = _ms(lambda: torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True),
+        full = median_ms(lambda: magnitude.kthvalue(magnitude.numel() - k + 1).values, args.repeats)
+        sampled = median_ms(lambda: _kth_largest(magnitude, k), args.repeats)
+        topk = median_ms(lambda: torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True),
                    args.repeats)
-        network = _ms(lambda: _keep_largest_in_groups(groups, 2), args.repeats)
-        product = _ms(lambda: Z @ Q, max(1, args.repeats // 2))
+        network = median_ms(lambda: _keep_largest_in_groups(groups, 2), args.repeats)
+        product = median_ms(lambda: Z @ Q, max(1, args.repeats // 2))
 
         assert _kth_largest(magnitude, k).item() == magnitude.kthvalue(magnitude.numel() - k + 1).values.item()
         expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
@@ -55,7 +55,7 @@ def main() -> None:
               f"| {topk / network:.1f} | {product:.1f} |", flush=True)
 
 
-def _ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
     """Median milliseconds of `repeats` calls, after one warm-up call."""
     fn()
     times = []

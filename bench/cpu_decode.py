@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -23,20 +21,11 @@ from torch.nn import functional as F
 from prunellm.io.compressed.layer import compress_weight, decompress_weight
 from prunellm.runtime.linear import CompressedLinear
 
-from sizes import SETTINGS, compress_like  # noqa: E402  (bench/ is first on sys.path)
+from alps_projection import median_ms  # noqa: E402  (bench/ is first on sys.path)
+from sizes import SETTINGS, compress_like  # noqa: E402
 from smollm2_table import machine  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008))
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:

@@ -410,7 +410,7 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     from .devices import resolve_device
     from .io import write_json_atomic
     from .io.compressed.checkpoint import is_compressed_dir
-    from .runtime.bench_infer import InferConfig, compare, format_rows
+    from .runtime.bench_infer import InferConfig, compare, format_rows, machine_description
 
     if not is_compressed_dir(args.model):
         raise PrunellmError(f"{args.model} is not a compressed directory (write one with --format compressed)")
@@ -426,7 +426,8 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:
-        write_json_atomic(args.out, {"model": str(args.model), "rows": rows})
+        write_json_atomic(args.out, {"model": str(args.model), "machine": machine_description(args.device),
+                                     "rows": rows})
         print(f"saved to {args.out}")
 
 

@@ -190,6 +190,34 @@ def compare(path: str | Path, config: InferConfig, variants: tuple[str, ...] = (
     return rows
 
 
+def machine_description(device: str | None = None) -> str:
+    """What the figures were measured on: the processor or GPU, cores, and library versions."""
+    import os
+    import platform
+
+    import transformers
+
+    from prunellm.devices import resolve_device
+
+    target = resolve_device(device)
+    if target.type == "cuda":
+        where = torch.cuda.get_device_name(target)
+    else:
+        where = f"{_cpu_name() or platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+                f"{torch.get_num_threads()} threads"
+    return f"{where}; torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def format_rows(rows: list[dict]) -> str:
     # peak: on a GPU, allocated device memory; on a CPU, resident memory above what the process
     # held before loading (the interpreter and libraries)

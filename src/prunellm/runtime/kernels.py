@@ -118,7 +118,7 @@ def launch(x: torch.Tensor, packed: CompressedWeight, config: KernelConfig) -> t
     """The product with one given configuration (no checks: `compressed_matmul` makes them)."""
     import triton
 
-    spec, parts = packed.spec, packed.tensors
+    spec = packed.spec
     rows, cols = spec.shape
     tokens = x.shape[0]
     block_k = min(config.block_k, _max_block_k(spec))
@@ -127,22 +127,31 @@ def launch(x: torch.Tensor, packed: CompressedWeight, config: KernelConfig) -> t
         out = torch.empty(tokens, rows, dtype=x.dtype, device=x.device)
     else:
         out = torch.empty(config.split_k, tokens, rows, dtype=torch.float32, device=x.device)
-    if spec.layout == "quant":
-        layout, payload, positions = "quant", _words(parts["qweight"]), x
-    elif spec.quantized:
-        layout, payload, positions = "nm_quant", _words(parts["qvalues"]), _words(parts["indices"])
-    else:
-        layout, payload, positions = "nm", parts["values"], _words(parts["indices"])
-    scales, zeros = (parts["scales"], parts["zeros"]) if spec.quantized else (x, x)  # unused when not quantized
+    layout, payload, positions, scales, zeros, groups, code_bits = _operands(packed, x)
     kernel = _kernel()[0]
     kernel[(triton.cdiv(rows, config.block_n), config.split_k)](
         x, out, payload, positions, scales, zeros,
-        tokens, rows, cols, spec.group_size or cols, scales.shape[1] if spec.quantized else 1,
-        LAYOUT=layout, CODE_BITS=container_bits(spec.bits) if spec.quantized else 0, DOT=tokens > 1,
+        tokens, rows, cols, spec.group_size or cols, groups,
+        LAYOUT=layout, CODE_BITS=code_bits, DOT=tokens > 1,
         INTERPRETED=_interpreted(), BLOCK_N=config.block_n, BLOCK_K=block_k, SPLIT_K=config.split_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out if config.split_k == 1 else out.sum(dim=0).to(x.dtype)
+
+
+def _operands(packed: CompressedWeight, filler: torch.Tensor) -> tuple:
+    """What both kernels take for a layer: (LAYOUT, packed values, positions, scales, zeros, groups
+    per row, CODE_BITS); `filler` stands in for the tensors a layout does not read."""
+    spec, parts = packed.spec, packed.tensors
+    if spec.layout == "quant":
+        layout, payload, positions = "quant", _words(parts["qweight"]), filler
+    elif spec.quantized:
+        layout, payload, positions = "nm_quant", _words(parts["qvalues"]), _words(parts["indices"])
+    else:
+        layout, payload, positions = "nm", parts["values"], _words(parts["indices"])
+    if not spec.quantized:
+        return layout, payload, positions, filler, filler, 1, 0
+    return layout, payload, positions, parts["scales"], parts["zeros"], parts["scales"].shape[1], container_bits(spec.bits)
 
 
 def can_expand(spec: LayerSpec) -> bool:
@@ -166,17 +175,10 @@ def expand(packed: CompressedWeight, block_n: int = 32) -> torch.Tensor:
         raise ValueError("the kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, for tests)")
     out = torch.empty(rows, cols, dtype=DTYPES[spec.dtype], device=device)
     block_k = min(128, _max_block_k(spec))
-    if spec.layout == "quant":
-        layout, payload, positions = "quant", _words(parts["qweight"]), out
-    elif spec.quantized:
-        layout, payload, positions = "nm_quant", _words(parts["qvalues"]), _words(parts["indices"])
-    else:
-        layout, payload, positions = "nm", parts["values"], _words(parts["indices"])
-    scales, zeros = (parts["scales"], parts["zeros"]) if spec.quantized else (out, out)  # unused when not quantized
+    layout, payload, positions, scales, zeros, groups, code_bits = _operands(packed, out)
     _kernel()[1][(triton.cdiv(rows, block_n), cols // block_k)](
-        out, payload, positions, scales, zeros, rows, cols, spec.group_size or cols,
-        scales.shape[1] if spec.quantized else 1,
-        LAYOUT=layout, CODE_BITS=container_bits(spec.bits) if spec.quantized else 0, INTERPRETED=_interpreted(),
+        out, payload, positions, scales, zeros, rows, cols, spec.group_size or cols, groups,
+        LAYOUT=layout, CODE_BITS=code_bits, INTERPRETED=_interpreted(),
         BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out

@@ -131,7 +131,7 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         parent_name, _, child = name.rpartition(".")
         try:
             parent = model.get_submodule(parent_name)
-            old = getattr(parent, child)
+            getattr(parent, child)
         except AttributeError:
             raise PrunellmError(f"compressed layer {name} is not a module of {type(model).__name__}") from None
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
@@ -153,7 +153,6 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
             new.weight = nn.Parameter(decompress_weight(on_device), requires_grad=False)
             if bias is not None:
                 new.bias = nn.Parameter(bias, requires_grad=False)
-        del old
         setattr(parent, child, new)
 
 

@@ -145,3 +145,18 @@ def test_row_slices_decompress_to_the_rows(pattern: str, grid: str) -> None:
         assert torch.equal(decompress_weight(part), solved.weight[start:stop]), (start, stop)
     with pytest.raises(ValueError):
         slice_rows(packed, 5, 5)
+
+
+def test_nm_groups_cut_by_quantization_groups_decompress_exactly() -> None:
+    from prunellm.solvers.quant import QuantGrid, fit_minmax, quantize
+
+    torch.manual_seed(2)
+    weight = torch.randn(6, 32)
+    weight.reshape(6, 4, 8)[..., 1::2] = 0  # 4:8, and quantization groups of 4 inputs: half an n:m group each
+    groups = weight.reshape(-1, 4)
+    scale, zero = fit_minmax(groups, 4, sym=False)
+    weight = quantize(groups, scale[:, None], zero[:, None], 4).reshape(6, 32)
+    grid = QuantGrid(4, False, 4, scale.reshape(6, 8), zero.reshape(6, 8))
+    packed = compress_weight(weight, grid, (4, 8))
+    assert packed.spec.layout == "nm" and packed.spec.group_size % packed.spec.m != 0
+    assert torch.equal(decompress_weight(packed), weight)

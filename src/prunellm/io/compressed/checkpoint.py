@@ -89,8 +89,6 @@ def compress_layers(model: nn.Module, layer_names: list[str], grids: dict[str, Q
     for name in layer_names:
         weight = read_weight(model.get_submodule(name)).to(dtype)  # (out, in)
         grid = grids.get(name)
-        if grid is not None and grid.bits > 8:
-            grid = None
         try:
             compressed = compress_weight(weight, grid, nm)
         except ValueError as error:
@@ -221,9 +219,7 @@ def read_compressed(directory: str | Path) -> CompressedCheckpoint:
                             f"version {VERSION} (upgrade prunellm)")
     try:
         tensors = load_file(str(directory / TENSORS_FILE))
-    except (OSError, ValueError) as error:  # safetensors raises its own errors for corrupt headers
-        raise PrunellmError(f"cannot read {directory / TENSORS_FILE}: {error}") from None
-    except Exception as error:
+    except Exception as error:  # OSError, or safetensors' own error for a corrupt header
         raise PrunellmError(f"cannot read {directory / TENSORS_FILE}: {error}") from None
     layers = {}
     for name, data in manifest["layers"].items():
