@@ -5,7 +5,7 @@
 # repo's src/ on PYTHONPATH, nothing installed. Results land in $OUT (default bench/results/gpu).
 #
 #   stages: tests    the GPU-marked tests (kernels compiled for real, runtime, solvers)    ~2 min
-#           kernels  bench/kernels.py: per-layer decode at LLaMA-7B shapes, 1 and 16 tokens ~2-3 min
+#           kernels  bench/kernel_decode.py: per-layer decode at LLaMA-7B shapes, 1 and 16 tokens ~2-3 min
 #           model    bench/infer_model.py: a whole LLaMA-2-7B-shaped model, 2:4 + 4-bit   ~4 min
 #           solver   bench/solver.py and bench/pipeline.py (issue 3's figures)              ~3 min
 set -uo pipefail
@@ -21,7 +21,7 @@ run_tests() {
         tests/walker/test_gpu_prefetch.py \
         tests/solvers/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
 }
-run_kernels() { stage kernels; $PY bench/kernels.py --out "$OUT/kernels_h200.json" 2>&1 | tee "$OUT/kernels.log"; }
+run_kernels() { stage kernels; $PY bench/kernel_decode.py --out "$OUT/kernels_h200.json" 2>&1 | tee "$OUT/kernels.log"; }
 run_model() {
     stage model
     $PY bench/infer_model.py --settings "2:4 + 4-bit grouped" --json "$OUT/infer_model_h200.json" \

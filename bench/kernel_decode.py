@@ -20,8 +20,8 @@ so Python's launch overhead is hidden, as under CUDA graphs. Prints ms, the spee
 dense fp16 and the effective weight bandwidth (the bytes of the weight as stored, scales and
 indices included, over the time), and writes the figures as JSON.
 
-    python bench/kernels.py
-    python bench/kernels.py --shapes 4096x4096 --tokens 1 --out bench/results/kernels_h100.json
+    python bench/kernel_decode.py
+    python bench/kernel_decode.py --shapes 4096x4096 --tokens 1 --out bench/results/kernels_h100.json
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/kernels.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("bench/kernels.py needs a CUDA GPU", file=sys.stderr)
+        print("bench/kernel_decode.py needs a CUDA GPU", file=sys.stderr)
         sys.exit(2)
     if importlib.util.find_spec("triton") is None:
-        print("bench/kernels.py needs triton (pip install triton)", file=sys.stderr)
+        print("bench/kernel_decode.py needs triton (pip install triton)", file=sys.stderr)
         sys.exit(2)
     import triton
     from triton.testing import do_bench
