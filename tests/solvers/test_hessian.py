@@ -53,6 +53,30 @@ def test_reversed_factorization_gives_the_authors_factor_at_a_size_that_recurses
     assert inverse.dead.tolist().count(True) == 2 and inverse.dead[7] and inverse.dead[400]
 
 
+def test_in_place_steps_give_the_same_factor_and_error_in_panels_of_any_size(monkeypatch):
+    """The factor is reversed, inverted and checked in place, and the layer error summed, panel by
+    panel: with panels far smaller than the matrix (odd sizes, a ragged last panel) the results
+    equal whole-matrix ones."""
+    from prunellm.solvers import hessian, relative_layer_error
+
+    X = torch.randn(700, 333, dtype=torch.float64)
+    H = (X.t() @ X / 700).float()
+    W, W_hat = torch.randn(37, 333), torch.randn(37, 333)
+    whole = damped_inverse(H, 0.01).upper
+    D = W - W_hat
+    error = float((D.double() @ H.double() * D.double()).sum() / (W.double() @ H.double() * W.double()).sum())
+    monkeypatch.setattr(hessian, "PANEL_ELEMENTS", 1000)  # 3 rows of 333, the reversal in 56 chunks
+    panels = damped_inverse(H, 0.01).upper
+    torch.testing.assert_close(panels, whole, rtol=1e-5, atol=1e-6 * whole.abs().max().item())
+    assert torch.equal(panels, torch.triu(panels)) and panels.is_contiguous()
+    assert abs(relative_layer_error(W, W_hat, H) - error) < 1e-5 * error
+    M = torch.arange(77.0).reshape(7, 11)
+    assert torch.equal(hessian._reverse_in_place_(M.clone()), M.flip(0, 1))
+    not_finite = torch.ones(10, 200)
+    not_finite[9, 199] = float("nan")
+    assert hessian._all_finite(torch.ones(10, 200)) and not hessian._all_finite(not_finite)
+
+
 def test_layer_error_is_output_error():
     X = torch.randn(50, 8)
     W, W_hat = torch.randn(4, 8), torch.randn(4, 8)

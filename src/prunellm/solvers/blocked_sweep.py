@@ -65,11 +65,10 @@ def blocked_obs_sweep(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`obs_sweep` with sub-blocks of `inner` columns; same arguments, same result up to rounding.
 
-    W: (R, C) float32, consumed (updated in place). hinv: (C, C) upper Cholesky factor of the
-    damped H⁻¹. Returns (Ŵ, pruned mask), both (R, C).
+    W: (R, C) float32, consumed: updated in place, and returned as Ŵ. hinv: (C, C) upper Cholesky
+    factor of the damped H⁻¹. Returns (Ŵ, pruned mask), both (R, C).
     """
     rows, cols = W.shape
-    Q = torch.zeros_like(W)  # (R, C)
     pruned = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -82,10 +81,12 @@ def blocked_obs_sweep(
             Q1, Err1 = _prune_block(W1, Hinv1, d2, mask1, nm, inner)
         else:
             Q1, Err1 = _sweep_block(W1, W, Hinv1, d2, mask1, i1, i2, nm, grid, inner)
-        Q[:, i1:i2] = Q1
+        # W's own columns take the result (the sweep never reads a finished block again), and the
+        # lazy update is written into W in place: no (R, C) result and no (R, C) product temporary.
+        W[:, i1:i2] = Q1
         pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]  # lazy batched update of the later columns
-    return Q, pruned
+        W[:, i2:].addmm_(Err1, hinv[i1:i2, i2:], alpha=-1)  # lazy batched update of the later columns
+    return W, pruned
 
 
 def _prune_block(W1: torch.Tensor, Hinv1: torch.Tensor, d2: torch.Tensor, mask1: torch.Tensor,

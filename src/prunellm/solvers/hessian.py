@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 
 
+PANEL_ELEMENTS = 1 << 20  # elements in one panel temporary of the in-place steps below (4 MiB in float32)
+
+
 class HessianAccumulator:
     """Running H = 2/N · Σ_t x_t x_tᵀ over the N tokens seen so far, in float32.
 
@@ -125,9 +128,8 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
     # upper triangular with a positive diagonal, so it is H⁻¹'s upper Cholesky factor. Measured
     # 1.3-1.7x faster on 2 CPU cores (576 to 11,008 columns; bench/solver_parts.py), equal to
     # float32 rounding.
-    # Memory: at most two (C, C) matrices of its own besides the caller's H (a 70B MLP's 28,672
-    # columns make each 3.3 GB): the reversed damped copy and its factor, then the factor (inverted
-    # in place) and its reversal.
+    # Memory: one (C, C) matrix of its own besides the caller's H (a 70B MLP's 28,672 columns make
+    # each 3.3 GB): the reversed damped copy, factored, inverted and reversed back in place.
     H = H.to(torch.float32)
     cols = H.shape[0]
     diag = torch.diagonal(H)
@@ -138,17 +140,17 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
         damped = H.flip(0, 1)  # J H J: a copy, in reversed order
         torch.diagonal(damped)[dead.flip(0)] = 1.0  # dead inputs: H_jj = 1
         torch.diagonal(damped).add_(frac * mean_diag)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
+        # Factored in place. LAPACK works on column-major matrices: handed the row-major `damped`
+        # as `out`, torch factors a column-major copy (a second (C, C)). Its transpose is the
+        # same symmetric matrix, column-major; its upper factor Lᵀ there is L in `damped`.
+        info = torch.empty((), dtype=torch.int32, device=damped.device)
+        torch.linalg.cholesky_ex(damped.mT, upper=True, out=(damped.mT, info))  # damped now holds L
         if info.item() == 0:
-            _invert_lower_triangular_(L)
-            U = L.flip(0, 1)  # J L⁻¹ J
-            del L
-            if torch.isfinite(U).all() and bool((torch.diagonal(U) > 0).all()):
+            U = _reverse_in_place_(_invert_lower_triangular_(damped))  # J L⁻¹ J, still the same storage
+            if _all_finite(U) and bool((torch.diagonal(U) > 0).all()):
                 return InverseHessian(upper=U, dead=dead, damp_frac=frac, retries=attempt)
             del U
-        else:
-            del L
+        del damped
         frac = frac * 10 if frac > 0 else 1e-4
     raise torch.linalg.LinAlgError(
         f"Hessian of {cols} columns not positive definite even with damp_frac={frac / 10:g}"
@@ -166,24 +168,60 @@ def _invert_lower_triangular_(L: torch.Tensor, base: int = 256) -> torch.Tensor:
     A, B, D = L[:half, :half], L[half:, :half], L[half:, half:]
     _invert_lower_triangular_(A, base)
     _invert_lower_triangular_(D, base)
-    B.copy_(-(D @ B) @ A)  # two (n/2, n/2) temporaries
+    # B <- -D⁻¹ B A⁻¹ by row panels, from the bottom up: panel [i, j) of D⁻¹ B needs only rows
+    # < j of B (D⁻¹ is lower triangular), which are still the old ones. Temporaries of one panel
+    # instead of two (n/2, n/2) matrices (and D⁻¹'s zero upper half is skipped).
+    rows = B.shape[0]
+    panel = max(base, 4 * PANEL_ELEMENTS // max(half, 1))  # 16 MiB: smaller panels multiplied ~8% slower here
+    for stop in range(rows, 0, -panel):
+        start = max(0, stop - panel)
+        B[start:stop] = torch.mm(D[start:stop, :stop], B[:stop]) @ A
+        B[start:stop].neg_()
     return L
+
+
+def _reverse_in_place_(M: torch.Tensor) -> torch.Tensor:
+    """M (n, n), contiguous -> J M J (rows and columns in reverse order), in place: reversing both
+    is reversing the flat array, done as swaps of chunks from its two ends."""
+    flat = M.view(-1)
+    size = flat.numel()
+    for start in range(0, size // 2, PANEL_ELEMENTS):
+        stop = min(start + PANEL_ELEMENTS, size // 2)
+        head = flat[start:stop].clone()
+        flat[start:stop] = flat[size - stop:size - start].flip(0)
+        flat[size - stop:size - start] = head.flip(0)
+    return M
+
+
+def _all_finite(M: torch.Tensor) -> bool:
+    """Whether every entry of M (R, C) is finite, row panel by row panel (no (R, C) mask)."""
+    rows = max(1, PANEL_ELEMENTS // max(M.shape[1], 1))
+    return all(bool(torch.isfinite(M[start:start + rows]).all()) for start in range(0, M.shape[0], rows))
 
 
 def layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
     """tr((W - Ŵ) H (W - Ŵ)ᵀ): the layer's output error on the calibration inputs (times 2/N)."""
-    return _energy((W - W_hat).to(torch.float32), H)
+    return _energy(W, H, minus=W_hat)
 
 
 def relative_layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
     """layer_error / tr(W H Wᵀ): the fraction of the layer's output energy that was lost."""
-    reference = _energy(W.to(torch.float32), H)
+    reference = _energy(W, H)
     return layer_error(W, W_hat, H) / reference if reference > 0 else 0.0
 
 
-def _energy(D: torch.Tensor, H: torch.Tensor) -> float:
-    """tr(D H Dᵀ) for D (R, C), with one (R, C) temporary."""
-    return float((D @ H.to(torch.float32)).mul_(D).sum())
+def _energy(W: torch.Tensor, H: torch.Tensor, minus: torch.Tensor | None = None) -> float:
+    """tr(D H Dᵀ) for D = W - minus (or W), both (R, C), a row panel at a time: its temporaries
+    are a few MiB where whole-matrix ones were two (R, C) (360 MB for a LLaMA-7B down_proj)."""
+    H = H.to(torch.float32)
+    rows = max(1, PANEL_ELEMENTS // max(W.shape[1], 1))
+    total = 0.0
+    for start in range(0, W.shape[0], rows):
+        D = W[start:start + rows].to(torch.float32)  # (P, C)
+        if minus is not None:
+            D = D - minus[start:start + rows].to(torch.float32)
+        total += float((D @ H).mul_(D).sum())
+    return total
 
 
 def shrink_to_diagonal(H: torch.Tensor, alpha: float) -> torch.Tensor:

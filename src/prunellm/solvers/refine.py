@@ -40,28 +40,40 @@ def refine_on_mask(
     free = ~pruned & ~dead.unsqueeze(0)  # (R, C): the weights CG may move
     inverse_diag = torch.where(dead, torch.zeros_like(diag), 1.0 / diag.clamp_min(1e-12))  # Jacobi preconditioner
 
-    X = start.to(torch.float32).masked_fill(pruned, 0.0).clone()
-    residual = ((W - X) @ H) * free  # (R, C): minus half the gradient, on the free weights
+    # Updates are written into their operands (addcmul_, mul_): five (R, C) float32 live in the
+    # loop (X, residual, z, direction, Hp), where whole-expression temporaries made about eight.
+    X = start.to(torch.float32).masked_fill(pruned, 0.0)  # a new tensor: start is left as it is
+    residual = torch.sub(W, X) @ H  # (R, C): minus half the gradient, on the free weights
+    residual.mul_(free)
     initial = residual.norm(dim=1)  # (R,)
     z = residual * inverse_diag
     direction = z.clone()
-    rz = (residual * z).sum(dim=1)  # (R,)
+    rz = _row_dots(residual, z)  # (R,)
     tiny = torch.finfo(torch.float32).tiny
     for _ in range(iterations):
-        Hp = (direction @ H) * free  # (R, C)
-        curvature = (direction * Hp).sum(dim=1)
+        Hp = direction @ H  # (R, C)
+        Hp.mul_(free)
+        curvature = _row_dots(direction, Hp)
         alpha = torch.where(curvature > tiny, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
-        X += alpha.unsqueeze(1) * direction
-        residual -= alpha.unsqueeze(1) * Hp
+        X.addcmul_(direction, alpha.unsqueeze(1))
+        residual.addcmul_(Hp, alpha.unsqueeze(1), value=-1)
+        del Hp
         if bool((residual.norm(dim=1) <= tolerance * initial.clamp_min(tiny)).all()):
             break
-        z = residual * inverse_diag
-        rz_next = (residual * z).sum(dim=1)
+        torch.mul(residual, inverse_diag, out=z)
+        rz_next = _row_dots(residual, z)
         beta = torch.where(rz > tiny, rz_next / rz.clamp_min(tiny), torch.zeros_like(rz))
-        direction = z + beta.unsqueeze(1) * direction
+        direction.mul_(beta.unsqueeze(1)).add_(z)
         rz = rz_next
     X = X.masked_fill(pruned, 0.0)
     # float32 CG can stall on ill-conditioned rows: never hand back something worse.
     if layer_error(W, X, H) > layer_error(W, start, H):
         return start.clone()
     return X
+
+
+def _row_dots(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """(R,): the dot product of each row of A with the same row of B (both (R, C)), a row panel at
+    a time: the elementwise product is a few MiB, not a whole (R, C)."""
+    rows = max(1, (1 << 20) // max(A.shape[1], 1))
+    return torch.cat([(a * b).sum(dim=1) for a, b in zip(A.split(rows), B.split(rows))])

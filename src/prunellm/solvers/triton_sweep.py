@@ -56,14 +56,14 @@ def triton_obs_sweep(
     grid: SweepGrid | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`obs_sweep` with one kernel launch per block of columns; same arguments and result (up to
-    float rounding) for every case `supports` accepts. W: (R, C) float32, consumed. hinv: (C, C)."""
+    float rounding) for every case `supports` accepts. W: (R, C) float32, consumed (returned as
+    Ŵ). hinv: (C, C)."""
     import triton
 
     if not supports(nm, grid, block_size):
         raise ValueError("this sweep needs blocked_sweep: grids fitted during the sweep, or n:m with m > 16")
     kernel = _kernel()
     rows, cols = W.shape
-    Q = torch.zeros_like(W)  # (R, C)
     pruned = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
     bits = grid.bits if grid is not None else 0
     for i1 in range(0, cols, block_size):
@@ -86,10 +86,10 @@ def triton_obs_sweep(
             NM_N=nm[0] if nm else 0, NM_M=nm[1] if nm else 0, BITS=bits,
             BLOCK_R=BLOCK_ROWS, BLOCK_B=max(16, triton.next_power_of_2(width)),
         )
-        Q[:, i1:i2] = W1
+        W[:, i1:i2] = W1  # the result, in W's finished columns (as blocked_sweep: no (R, C) temporaries)
         pruned[:, i1:i2] = mask1.bool()
-        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]  # lazy batched update of the later columns
-    return Q, pruned
+        W[:, i2:].addmm_(Err1, hinv[i1:i2, i2:], alpha=-1)  # lazy batched update of the later columns
+    return W, pruned
 
 
 _KERNELS: dict[bool, object] = {}  # interpreted or compiled -> the kernel

@@ -239,8 +239,8 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
         grid = dataclasses.replace(solved.grid, scale=solved.grid.scale.cpu(), zero=solved.grid.zero.cpu())
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
-    record = LayerRecord(name, step.index, tuple(weight.shape), float((solved.weight == 0).float().mean()),
-                         error, seconds, solved.damp_frac)
+    zeros = 1.0 - torch.count_nonzero(solved.weight).item() / solved.weight.numel()  # no (R, C) temporary
+    record = LayerRecord(name, step.index, tuple(weight.shape), zeros, error, seconds, solved.damp_frac)
     bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
     log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
     return record, grid
