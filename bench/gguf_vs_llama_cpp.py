@@ -141,7 +141,10 @@ def _save(out: Path, header: dict, rows: list[dict]) -> None:
     what it measured; a run of a few variants replaces those rows and keeps the others, provided
     it measured under the same settings."""
     previous = json.loads(out.read_text()) if out.exists() else {}
-    same_settings = all(previous.get(key) == value for key, value in header.items() if key != "versions")
+    # The model is compared by file name: the same GGUF assembled in another directory is the same model.
+    comparable = {**header, "model": Path(str(header.get("model"))).name}
+    same_settings = all((Path(str(previous.get(key))).name if key == "model" else previous.get(key)) == value
+                        for key, value in comparable.items() if key != "versions")
     kept = [row for row in previous.get("rows", []) if same_settings and row["variant"] not in {r["variant"] for r in rows}]
     order = list(VARIANTS)
     merged = sorted(kept + rows, key=lambda row: order.index(row["variant"]) if row["variant"] in order else -1)
