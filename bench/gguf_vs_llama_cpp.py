@@ -141,10 +141,7 @@ def _save(out: Path, header: dict, rows: list[dict]) -> None:
     what it measured; a run of a few variants replaces those rows and keeps the others, provided
     it measured under the same settings."""
     previous = json.loads(out.read_text()) if out.exists() else {}
-    # The model is compared by file name: the same GGUF assembled in another directory is the same model.
-    comparable = {**header, "model": Path(str(header.get("model"))).name}
-    same_settings = all((Path(str(previous.get(key))).name if key == "model" else previous.get(key)) == value
-                        for key, value in comparable.items() if key != "versions")
+    same_settings = _settings(previous) == _settings(header)
     kept = [row for row in previous.get("rows", []) if same_settings and row["variant"] not in {r["variant"] for r in rows}]
     order = list(VARIANTS)
     merged = sorted(kept + rows, key=lambda row: order.index(row["variant"]) if row["variant"] in order else -1)
@@ -152,6 +149,13 @@ def _save(out: Path, header: dict, rows: list[dict]) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({**header, "rows": merged}, indent=2))
     tmp.replace(out)
+
+
+def _settings(header: dict) -> dict:
+    """What must match for rows to merge: everything but versions and rows; the model by file name
+    (the same GGUF assembled in another directory is the same model)."""
+    return {key: Path(str(value)).name if key == "model" else value
+            for key, value in header.items() if key not in ("versions", "rows")}
 
 
 def _llama_cpp_version() -> str:

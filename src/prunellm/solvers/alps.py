@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .hessian import layer_error
+from .hessian import cholesky_in_place_, layer_error
 from .refine import refine_on_mask
 
 
@@ -131,14 +131,12 @@ def alps_refine(
 def _scaled_inverse(H: torch.Tensor, scale: torch.Tensor, damp: float, rho: float) -> torch.Tensor:
     """M = ρ (Hn + ρ I)⁻¹ with Hn = S⁻¹ H S⁻¹ + damp·I (unit diagonal), S = diag(scale): (C, C),
     built in one matrix. Hn is not kept between the few ρ it serves: rescaling H costs far less
-    than a factorization. LAPACK works on column-major matrices: the factor and the inverse are
-    taken on the transposed view of the symmetric matrix, so that torch needs no copy of it."""
+    than a factorization. The inverse is taken, like the factor, on the column-major transposed
+    view (the factor's upper form there), so that torch needs no copy of the matrix."""
     M = H / scale.unsqueeze(0)
     M.div_(scale.unsqueeze(1))
     M.diagonal().add_(damp).add_(rho)
-    info = torch.empty((), dtype=torch.int32, device=M.device)
-    torch.linalg.cholesky_ex(M.mT, upper=True, out=(M.mT, info))
-    if info.item() != 0:
+    if not cholesky_in_place_(M):
         raise torch.linalg.LinAlgError(f"ALPS: Hn + rho I not positive definite (rho={rho:g})")
     torch.cholesky_inverse(M.mT, upper=True, out=M.mT)
     return M.mul_(rho)

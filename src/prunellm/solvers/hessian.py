@@ -140,12 +140,7 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
         damped = H.flip(0, 1)  # J H J: a copy, in reversed order
         torch.diagonal(damped)[dead.flip(0)] = 1.0  # dead inputs: H_jj = 1
         torch.diagonal(damped).add_(frac * mean_diag)
-        # Factored in place. LAPACK works on column-major matrices: handed the row-major `damped`
-        # as `out`, torch factors a column-major copy (a second (C, C)). Its transpose is the
-        # same symmetric matrix, column-major; its upper factor Lᵀ there is L in `damped`.
-        info = torch.empty((), dtype=torch.int32, device=damped.device)
-        torch.linalg.cholesky_ex(damped.mT, upper=True, out=(damped.mT, info))  # damped now holds L
-        if info.item() == 0:
+        if cholesky_in_place_(damped):  # damped now holds L
             U = _reverse_in_place_(_invert_lower_triangular_(damped))  # J L⁻¹ J, still the same storage
             if _all_finite(U) and bool((torch.diagonal(U) > 0).all()):
                 return InverseHessian(upper=U, dead=dead, damp_frac=frac, retries=attempt)
@@ -155,6 +150,21 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
     raise torch.linalg.LinAlgError(
         f"Hessian of {cols} columns not positive definite even with damp_frac={frac / 10:g}"
     )
+
+
+def cholesky_in_place_(A: torch.Tensor) -> bool:
+    """A (C, C) symmetric, contiguous -> its lower Cholesky factor L, in A's own storage; False
+    (A overwritten) when A is not positive definite. LAPACK works on column-major matrices: handed a
+    row-major `out`, torch factors a column-major copy, a second (C, C). A's transpose is the same
+    symmetric matrix in column-major order, and its upper factor there, Lᵀ, is L in A."""
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    torch.linalg.cholesky_ex(A.mT, upper=True, out=(A.mT, info))
+    return info.item() == 0
+
+
+def row_panel(columns: int, elements: int = PANEL_ELEMENTS) -> int:
+    """Rows of a (rows, columns) panel of about `elements` entries (at least one row)."""
+    return max(1, elements // max(columns, 1))
 
 
 def _invert_lower_triangular_(L: torch.Tensor, base: int = 256) -> torch.Tensor:
@@ -172,7 +182,7 @@ def _invert_lower_triangular_(L: torch.Tensor, base: int = 256) -> torch.Tensor:
     # < j of B (D⁻¹ is lower triangular), which are still the old ones. Temporaries of one panel
     # instead of two (n/2, n/2) matrices (and D⁻¹'s zero upper half is skipped).
     rows = B.shape[0]
-    panel = max(base, 4 * PANEL_ELEMENTS // max(half, 1))  # 16 MiB: smaller panels multiplied ~8% slower here
+    panel = max(base, row_panel(half, 4 * PANEL_ELEMENTS))  # panels of 16 MiB: products of some hundreds of rows
     for stop in range(rows, 0, -panel):
         start = max(0, stop - panel)
         B[start:stop] = torch.mm(D[start:stop, :stop], B[:stop]) @ A
@@ -195,7 +205,7 @@ def _reverse_in_place_(M: torch.Tensor) -> torch.Tensor:
 
 def _all_finite(M: torch.Tensor) -> bool:
     """Whether every entry of M (R, C) is finite, row panel by row panel (no (R, C) mask)."""
-    rows = max(1, PANEL_ELEMENTS // max(M.shape[1], 1))
+    rows = row_panel(M.shape[1])
     return all(bool(torch.isfinite(M[start:start + rows]).all()) for start in range(0, M.shape[0], rows))
 
 
@@ -214,7 +224,7 @@ def _energy(W: torch.Tensor, H: torch.Tensor, minus: torch.Tensor | None = None)
     """tr(D H Dᵀ) for D = W - minus (or W), both (R, C), a row panel at a time: its temporaries
     are a few MiB where whole-matrix ones were two (R, C) (360 MB for a LLaMA-7B down_proj)."""
     H = H.to(torch.float32)
-    rows = max(1, PANEL_ELEMENTS // max(W.shape[1], 1))
+    rows = row_panel(W.shape[1])
     total = 0.0
     for start in range(0, W.shape[0], rows):
         D = W[start:start + rows].to(torch.float32)  # (P, C)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .hessian import layer_error
+from .hessian import layer_error, row_panel
 
 
 def refine_on_mask(
@@ -75,5 +75,5 @@ def refine_on_mask(
 def _row_dots(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """(R,): the dot product of each row of A with the same row of B (both (R, C)), a row panel at
     a time: the elementwise product is a few MiB, not a whole (R, C)."""
-    rows = max(1, (1 << 20) // max(A.shape[1], 1))
+    rows = row_panel(A.shape[1])
     return torch.cat([(a * b).sum(dim=1) for a, b in zip(A.split(rows), B.split(rows))])
