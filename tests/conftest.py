@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,15 +49,41 @@ def layer_problem(rows: int = 32, cols: int = 64, tokens: int = 512, seed: int =
     return W, H
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gguf_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """A cache of converted GGUF models of this run's own (io/gguf_cache.py): the first load of
+    the real GGUF converts it, later loads (the command-line tests') read the copy. Fresh per run,
+    so that `smollm2` below is a conversion and tests/io/test_gguf_cache.py compares the two."""
+    path = tmp_path_factory.mktemp("gguf-cache")
+    previous = os.environ.get("PRUNELLM_CACHE_DIR")
+    os.environ["PRUNELLM_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PRUNELLM_CACHE_DIR", None)
+    else:
+        os.environ["PRUNELLM_CACHE_DIR"] = previous
+    shutil.rmtree(path, ignore_errors=True)  # 540 MB of float32 SmolLM2
+
+
 @pytest.fixture(scope="session")
-def smollm2():
-    """The real SmolLM2-135M (model, tokenizer), loaded once per run (~15 s). Do not modify it:
-    tests that prune take a copy.deepcopy."""
+def smollm2_load() -> dict:
+    """The real SmolLM2-135M, loaded once per run (~35 s: converted from its GGUF and cached):
+    {"model", "tokenizer", "converted": whether this load converted the GGUF}."""
     from prunellm.errors import PrunellmError
     from prunellm.io import default_model_path, load_model
+    from prunellm.io.gguf_cache import lookup
 
     try:
-        default_model_path()
+        path = default_model_path()
     except PrunellmError as error:
         pytest.skip(str(error))
-    return load_model()
+    converted = lookup(path) is None
+    model, tokenizer = load_model()
+    return {"model": model, "tokenizer": tokenizer, "converted": converted}
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_load):
+    """The real SmolLM2-135M (model, tokenizer). Do not modify it: tests that prune take a
+    copy.deepcopy."""
+    return smollm2_load["model"], smollm2_load["tokenizer"]

@@ -12,6 +12,7 @@ import torch
 
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
+from prunellm.io import gguf_cache
 from prunellm.io.checks import check_finite
 from prunellm.io.compressed.checkpoint import is_compressed_dir
 from prunellm.io.default_model import default_model_path
@@ -35,7 +36,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM in eval mode with finite float weights, and its tokenizer.
 
-    source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float),
+    source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float; a small
+    one converted once and cached, see io/gguf_cache.py),
     a directory written by `save_pretrained` or in prunellm's compressed format (expanded to
     dense layers), or a hub id (needs network or the HF cache).
     device: where the weights are placed. compute_device: where the model will run, when not
@@ -52,16 +54,46 @@ def load_model(
         # Place weights straight on the device rather than building a CPU copy first.
         kwargs["device_map"] = {"": target}
 
-    if resolved.kind == "dir" and is_compressed_dir(resolved.location):
+    converted = None
+    if resolved.kind == "gguf":
+        resolved, converted = _through_cache(resolved.location, torch_dtype, target)
+    if converted is not None:
+        model, tokenizer = converted
+    elif resolved.kind == "dir" and is_compressed_dir(resolved.location):
         model = _load_compressed(resolved.location, torch_dtype, target)
     else:
         model = _from_pretrained("model", resolved, kwargs)
     clear_gguf_marks(model)
     model.eval()
     check_finite(model)
-    tokenizer = _from_pretrained("tokenizer", resolved, {})
+    if converted is None:
+        tokenizer = _from_pretrained("tokenizer", resolved, {})
     log.info("loaded %s (%s, %s) from %s", type(model).__name__, model.dtype, target, resolved.location)
     return model, tokenizer
+
+
+def _through_cache(path: Path, dtype: torch.dtype | str, device: torch.device
+                   ) -> tuple[ModelSource, tuple[PreTrainedModel, PreTrainedTokenizerBase] | None]:
+    """A GGUF source by way of its converted copy (io/gguf_cache.py): the cached directory when
+    there is one; else the GGUF converted now, in float32 on CPU, and cached. Returns the source to
+    load from, and the model and tokenizer when this call already has them in the wanted dtype
+    and place. "auto" dtypes and uncacheable files load from the GGUF as before."""
+    cached = gguf_cache.lookup(path) if isinstance(dtype, torch.dtype) else None
+    if cached is not None:
+        return ModelSource("dir", cached), None
+    source = ModelSource("gguf", path)
+    if not isinstance(dtype, torch.dtype) or gguf_cache.entry_for(path) is None:
+        return source, None
+    model = _from_pretrained("model", source, {"dtype": torch.float32})
+    clear_gguf_marks(model)
+    check_finite(model)
+    tokenizer = _from_pretrained("tokenizer", source, {})
+    entry = gguf_cache.store(model, tokenizer, path)
+    if dtype == torch.float32 and device.type == "cpu":
+        return source, (model, tokenizer)  # what a load from the entry gives (tests/io/test_gguf_cache.py)
+    if entry is not None:  # from_pretrained's own casting and placement, as every later run will get
+        return ModelSource("dir", entry), None
+    return source, (model.to(device=device, dtype=dtype), tokenizer)
 
 
 def _load_compressed(directory: Path, dtype: torch.dtype | str, device: torch.device) -> PreTrainedModel:
@@ -75,7 +107,9 @@ def _load_compressed(directory: Path, dtype: torch.dtype | str, device: torch.de
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer alone (a streamed prune never loads the model whole)."""
-    return _from_pretrained("tokenizer", resolve_source(source), {})
+    resolved = resolve_source(source)
+    cached = gguf_cache.lookup(resolved.location) if resolved.kind == "gguf" else None
+    return _from_pretrained("tokenizer", ModelSource("dir", cached) if cached else resolved, {})
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
