@@ -70,6 +70,7 @@ def main() -> None:
     trace.start()
     host = streaming_host.StreamingHost
     trace.wrap(host, "enter", lambda a: f"enter block {a[1]}")
+    trace.wrap(host, "park", lambda a: f"park block {a[1]}")  # "after enter" is the statistics pass
     trace.wrap(host, "leave", lambda a: f"leave block {a[1]}")
     trace.wrap(host, "copy_unit", lambda a: f"copy {a[1]}")
     trace.wrap(compress, "_compress_layer", lambda a: f"solve {a[0]}")

@@ -97,11 +97,14 @@ def test_only_one_block_is_in_memory_at_a_time(llama_dir, calib, tmp_path, monke
     prune_streaming(source, tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
     capture, *steps = seen
     assert capture[1] == [0] and not capture[2]  # embeddings and block 0 (its output type), never the head
-    assert [step[1] for step in steps] == [[0], [1], [2]]
+    held = [step[1] for step in steps]  # a block's entry, then its parked layers read back one by one
+    assert all(len(blocks) == 1 for blocks in held)
+    assert [b for i, b in enumerate(held) if i == 0 or b != held[i - 1]] == [[0], [1], [2]]
     assert not any(step[2] for step in steps)
     assert all(p.device.type == "meta" for p in models[-1].parameters())  # everything released at the end
-    # After every block, once its weights are released, free heap pages go back to the system.
-    assert trims == [[], [], []]
+    # Free heap pages go back to the system once a block's statistics are taken (its linear layers
+    # parked, its norms still there) and once the block is written and released; never per layer.
+    assert trims == [[0], [], [1], [], [2], []]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
@@ -212,3 +215,39 @@ def test_on_a_gpu_auto_dtype_is_the_same_streamed_and_in_memory(root, calib, tmp
     for name, tensor in memory.items():
         assert tensor.dtype == stream[name].dtype == torch.bfloat16, name
         assert torch.equal(tensor, stream[name]), name
+
+
+def test_the_widest_layer_is_solved_with_the_rest_of_its_block_parked(llama_dir, calib, tmp_path, monkeypatch):
+    """During each solve, the block's layers not yet solved, the one being solved included (the solver
+    works on a copy), are on the meta device, back in the checkpoint; the widest layer goes first, so
+    its solve, the block's largest, holds no weight of the block at all."""
+    models = []
+    materialize = Skeleton.materialize
+
+    def watched(self: Skeleton, stored, device) -> None:
+        materialize(self, stored, device)
+        models.append(self.model)
+
+    monkeypatch.setattr(Skeleton, "materialize", watched)
+    method = build_method("sparsegpt", sparsity=0.5)
+    solves: list[tuple[int, list[str]]] = []  # (columns, linear layers holding weights) at each solve
+    compress = type(method).compress
+
+    def recorded(self, weight, hessian):
+        held = [name for name, module in models[-1].named_modules()
+                if isinstance(module, torch.nn.Linear) and ".layers." in name and module.weight.device.type != "meta"]
+        solves.append((weight.shape[1], held))
+        return compress(self, weight, hessian)
+
+    monkeypatch.setattr(type(method), "compress", recorded)
+    prune_streaming(llama_dir, tmp_path / "out", method, calib, QUIET)
+    per_block = 7  # q, k, v, o, gate, up, down
+    assert len(solves) == 3 * per_block
+    widest = max(columns for columns, _ in solves)
+    for block in range(3):
+        (first_columns, first_held), *rest = solves[block * per_block:(block + 1) * per_block]
+        assert first_columns == widest and first_held == []
+        for k, (columns, held) in enumerate(rest, start=1):  # the k layers solved before it, nothing else
+            assert columns <= widest
+            assert len(held) == k and all(name.startswith(f"model.layers.{block}.") for name in held)
+        assert f"model.layers.{block}.mlp.down_proj" in rest[0][1]

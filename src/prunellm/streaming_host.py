@@ -44,6 +44,7 @@ class StreamingHost(BlockHost):
         self.state = state
         self.result = result
         self.group = group
+        self._device = torch.device("cpu")  # the current block's device (set on `enter`)
         self.rank = group.rank if group is not None else 0
         self.world = group.world if group is not None else 1
 
@@ -64,7 +65,23 @@ class StreamingHost(BlockHost):
         in host memory, which streaming exists to avoid)."""
 
     def enter(self, index: int, block: nn.Module, device: torch.device) -> None:
+        self._device = device  # where parked layers come back to
         self.skeleton.materialize(self.plan.keys[block_unit(index)], device)
+
+    def park(self, index: int, layers: dict[str, nn.Module], *, after_statistics: bool = False) -> None:
+        """Layers waiting for their solve, or in it (the solver works on a copy), wait in the
+        checkpoint, not in memory: at LLaMA-7B width the widest layer's solve, the block's peak,
+        then runs beside no weight of the block instead of the whole block in float32 (808 MB).
+        Read again on `unpark`, they are the same values."""
+        for name in layers:
+            self.skeleton.release(name)
+        if after_statistics:
+            # The pass's freed activations sit in malloc's arenas: hand them back once, before the
+            # solves (not per layer: a trim walks the whole heap, 0.1-0.3 s in a large process).
+            release_free_memory()
+
+    def unpark(self, index: int, name: str, layer: nn.Module) -> None:
+        self.skeleton.materialize(self.skeleton.stored(name), self._device)
 
     def leave(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None) -> None:
         unit = block_unit(index)

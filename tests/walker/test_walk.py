@@ -219,9 +219,9 @@ def test_the_host_sees_every_block_enter_and_leave_and_the_last_leaves_without_o
     assert host.events == [("enter", 0), ("leave", 0, 2), ("enter", 1), ("leave", 1, None)]
 
 
-def test_a_shared_hessian_is_freed_once_its_last_layer_is_solved(monkeypatch):
-    """A block's Hessians are not all held to its end: while down_proj is solved, the Hessians of
-    the groups solved before it (q/k/v, o, gate/up) are already gone."""
+def test_the_widest_layer_goes_first_and_a_shared_hessian_is_freed_with_its_last_layer(monkeypatch):
+    """down_proj, the widest layer, is solved first, and no Hessian is held past its group's last
+    layer: down_proj's is gone before q is solved, q/k/v's before o, while a group's layers share one."""
     from prunellm.methods.noop import Noop
 
     seen: list[tuple[str, weakref.ref]] = []
@@ -235,13 +235,19 @@ def test_a_shared_hessian_is_freed_once_its_last_layer_is_solved(monkeypatch):
 
     monkeypatch.setattr(Noop, "compress", recording)
     model = tiny_model("llama")
-    compress_model(model, build_method("noop"), tokens(), WalkConfig(device="cpu", first_block=0, last_block=0,
-                                                                      layer_errors=False, **QUIET))
-    # Calls in a block: q, k, v (one Hessian), o, gate, up (one), down. At down_proj's call (the 7th),
-    # no earlier Hessian is alive; at k's call, q's (the same tensor) still is.
-    assert len(alive_at_call) == 7
-    assert alive_at_call[1] == [seen[0][0]]
-    assert alive_at_call[6] == []
+    result = compress_model(model, build_method("noop"), tokens(), WalkConfig(device="cpu", first_block=0,
+                                                                               last_block=0, layer_errors=False,
+                                                                               **QUIET))
+    # Calls: down, then q, k, v (one Hessian), o, gate, up (one).
+    mlp = model.config.intermediate_size
+    assert len(alive_at_call) == 7 and seen[0][0].startswith(f"({model.config.hidden_size}, {mlp})")
+    assert alive_at_call[1] == []  # down_proj's Hessian, the largest, went with its solve
+    assert alive_at_call[2] == [seen[1][0]]  # at k's call, q's (the same tensor) still is
+    assert alive_at_call[4] == []  # at o's call, q/k/v's is gone
+    assert alive_at_call[6] == [seen[5][0]]  # gate/up's, shared
+    # The report lists layers in the model's order, whatever the order of the solves.
+    assert [r.name.rsplit(".", 1)[-1] for r in result.layers] == ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                   "gate_proj", "up_proj", "down_proj"]
 
 
 def test_bf16_forwards_keep_weights_in_their_dtype_and_choose_nearly_the_same_zeros():

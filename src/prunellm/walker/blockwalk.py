@@ -86,6 +86,14 @@ class BlockHost:
             self._homes[index] = _device_of(block)
         block.to(device)  # a no-op after a finished prefetch
 
+    def park(self, index: int, layers: dict[str, nn.Module], *, after_statistics: bool = False) -> None:
+        """These layers wait, unchanged, for their solves (after_statistics: the block's statistics
+        pass has just ended) or during one: a host may take their weights out of memory until
+        `unpark`. Here they stay."""
+
+    def unpark(self, index: int, name: str, layer: nn.Module) -> None:
+        """Layer `name` (parked) is about to be solved, or to receive another process's solution."""
+
     def leave(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None) -> None:
         """The step is over; `outputs` are the next block's inputs (None when the walk stops here)."""
         self.abandon(index, block)

@@ -118,6 +118,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     dist: several processes; statistics are summed over them and layers solved on one each.
     """
     config = config or WalkConfig()
+    host = host or BlockHost()
     blocks = find_blocks(model)
     last = check_walk_range(blocks, config)[-1]
     device = dist.device if dist is not None else resolve_device(config.device)
@@ -141,7 +142,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
         if layers:
             solve_seconds += _compress_block(step, layers, method, config, result, bar, layer_sparsity or {},
-                                             len(blocks), dist)
+                                             len(blocks), dist, host)
         bar.update(1)
     bar.close()
     result.seconds["solve"] = solve_seconds
@@ -152,7 +153,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
 
 def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Method, config: WalkConfig,
                     result: WalkResult, bar: tqdm, layer_sparsity: dict[str, float], n_blocks: int,
-                    dist: Group | None) -> float:
+                    dist: Group | None, host: BlockHost) -> float:
     """Collect statistics and compress every layer of one block; returns the solver seconds."""
     groups = discover_input_groups(step.block, layers, lambda: step.run(0))
     missing = set(layers) - {name for group in groups for name in group.names}
@@ -173,22 +174,33 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             hessians = collector.hessians()
             del collector  # its accumulators hold the Hessians too
         names = list(hessians)
-        owners = _owners(names, layers, dist)
-        solved: list[tuple[LayerRecord, GGUFBlocks | QuantGrid | None]] = []
-        for name, owner in zip(names, owners):
-            # Popped, so that a shared Hessian is freed once its group's last layer is solved, not
-            # at the block's end: at LLaMA-7B width q/k/v's, o's and gate/up's (64 MiB each) are gone
-            # while down_proj's solve, the block's largest, runs.
+        owners = dict(zip(names, _owners(names, layers, dist)))
+        # With one stage, nothing runs the block again before its outputs: the unsolved layers
+        # can wait outside memory (a streaming host parks them in the checkpoint).
+        parked = len(stages) == 1
+        if parked:
+            host.park(step.index, {name: layers[name] for name in names}, after_statistics=True)
+        by_name: dict[str, tuple[LayerRecord, GGUFBlocks | QuantGrid | None]] = {}
+        # The widest first: its Hessian and inverse are the block's largest, and they are freed
+        # before the next solve; Hessians are popped, so that a shared one goes with its group's
+        # last layer. Solves are independent within a stage: the order changes no result.
+        for name in sorted(names, key=lambda n: -in_features(layers[n])):
             hessian = hessians.pop(name)
-            if owner is not None and owner != dist.rank:
+            if owners[name] is not None and owners[name] != dist.rank:
                 continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
-            solved.append(_compress_layer(name, layers[name], hessian, layer_method, step, config, bar))
+            by_name[name] = _compress_layer(name, layers[name], hessian, layer_method, step, config, bar,
+                                            host if parked else None)
             del hessian
-            seconds += solved[-1][0].seconds
+            seconds += by_name[name][0].seconds
+        if parked:
+            for name in names:
+                if name not in by_name:  # solved elsewhere: the broadcast below writes into it
+                    host.unpark(step.index, name, layers[name])
+        solved = [by_name[name] for name in names if name in by_name]  # records in the model's order
         if dist is not None:
-            solved = _share_solutions(names, owners, layers, solved, dist)
+            solved = _share_solutions(names, [owners[name] for name in names], layers, solved, dist)
         for record, grid in solved:
             result.layers.append(record)
             if isinstance(grid, GGUFBlocks):
@@ -220,11 +232,20 @@ def _share_solutions(names: list[str], owners: list[int | None], layers: dict[st
 
 
 def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
-                    config: WalkConfig, bar: tqdm) -> tuple[LayerRecord, GGUFBlocks | QuantGrid | None]:
-    """Solve one layer and write its new weight; returns its record and GGUF grid (if any)."""
+                    config: WalkConfig, bar: tqdm, parked_in: BlockHost | None = None
+                    ) -> tuple[LayerRecord, GGUFBlocks | QuantGrid | None]:
+    """Solve one layer and write its new weight; returns its record and GGUF grid (if any).
+    parked_in: the host the layer waits in; it comes back for the read, leaves again during the
+    solve (the solver works on a copy) and comes back for the write."""
     started = time.perf_counter()
+    if parked_in is not None:
+        parked_in.unpark(step.index, name, layer)
     weight = read_weight(layer).to(step.device)  # (out, in)
+    if parked_in is not None:
+        parked_in.park(step.index, {name: layer})
     solved = method.compress(weight, hessian)
+    if parked_in is not None:
+        parked_in.unpark(step.index, name, layer)
     if solved.damp_frac is not None and solved.damp_frac > getattr(method.config, "damp_frac", 0) * 1.0001:
         log.warning("layer %s: Hessian not positive definite after damping; used damp_frac=%g",
                     name, solved.damp_frac)
