@@ -4,7 +4,7 @@ transformers converts a GGUF on every load: it parses the file's metadata three 
 config, the weights and the tokenizer; the gguf package takes ~6 s to parse a 49k-token
 vocabulary on this project's 2-core machines) and dequantizes every tensor: about 35 s for
 SmolLM2-135M. prunellm saves the result once, in float32 (the dequantized values exactly), and
-loads that directory afterwards in about 5 s. An entry is keyed by the file's resolved
+loads that directory afterwards in about 6 s (`bench/gguf_load.py`). An entry is keyed by the file's resolved
 path, size and modification time, transformers' version (it does the conversion) and this
 module's format version; it is written under a temporary name and renamed, so it is whole or
 absent, and a failure to write it only costs the next run the conversion again.

@@ -85,8 +85,7 @@ def _through_cache(path: Path, dtype: torch.dtype | str, device: torch.device
     if not isinstance(dtype, torch.dtype) or gguf_cache.entry_for(path) is None:
         return source, None
     model = _from_pretrained("model", source, {"dtype": torch.float32})
-    clear_gguf_marks(model)
-    check_finite(model)
+    clear_gguf_marks(model)  # save_pretrained refuses a GGUF-marked model (load_model checks the weights)
     tokenizer = _from_pretrained("tokenizer", source, {})
     entry = gguf_cache.store(model, tokenizer, path)
     if dtype == torch.float32 and device.type == "cpu":
