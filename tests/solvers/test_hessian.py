@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from prunellm.solvers import HessianAccumulator, damped_inverse, layer_error
@@ -74,7 +75,9 @@ def test_in_place_steps_give_the_same_factor_and_error_in_panels_of_any_size(mon
     assert torch.equal(hessian._reverse_in_place_(M.clone()), M.flip(0, 1))
     not_finite = torch.ones(10, 200)
     not_finite[9, 199] = float("nan")
-    assert hessian._all_finite(torch.ones(10, 200)) and not hessian._all_finite(not_finite)
+    assert hessian.all_finite(torch.ones(10, 200)) and not hessian.all_finite(not_finite)
+    assert hessian.all_finite(torch.ones(200)) and not hessian.all_finite(not_finite[9])
+    assert not hessian.all_finite(torch.tensor(float("inf")))
 
 
 def test_layer_error_is_output_error():
@@ -96,3 +99,27 @@ def test_shrinking_toward_the_diagonal_interpolates_and_keeps_the_diagonal():
     assert torch.allclose(torch.diagonal(half), torch.diagonal(H))
     assert torch.allclose(half - torch.diag(torch.diagonal(half)), 0.5 * (H - torch.diag(torch.diagonal(H))))
     assert torch.linalg.eigvalsh(half).min() > 0  # a convex mix of two PSD matrices stays PSD
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05], ids=["positive definite", "retried with more damping"])
+def test_a_lent_hessian_is_factored_in_its_own_storage_to_the_same_factor(shift):
+    """damped_inverse(H, restore=...) computes the factor in H's storage (no (C, C) copy), refilling
+    H through `restore` before each retry: the same factor and damping as the copying path."""
+    X = torch.randn(60, 96, generator=torch.Generator().manual_seed(2))  # fewer tokens than inputs: singular
+    H = X.t() @ X / 60
+    H -= shift * torch.diagonal(H).mean() * torch.eye(96)  # indefinite: 1% damping is not enough
+    H[7, :] = H[:, 7] = 0.0  # a dead input
+    copied = damped_inverse(H, 0.01)
+    original = H.clone()
+    restores = []
+
+    def restore(into: torch.Tensor) -> None:
+        restores.append(into.data_ptr())
+        into.copy_(original)
+
+    lent = damped_inverse(H, 0.01, restore=restore)
+    assert lent.upper.data_ptr() == H.data_ptr()
+    assert torch.equal(lent.upper, copied.upper) and torch.equal(lent.dead, copied.dead)
+    assert (lent.damp_frac, lent.retries) == (copied.damp_frac, copied.retries)
+    assert restores == [H.data_ptr()] * copied.retries
+    assert (copied.retries > 0) == (shift > 0)

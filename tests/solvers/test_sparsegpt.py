@@ -87,3 +87,20 @@ def test_bad_problems_are_refused():
         sparsegpt(W, H)
     with pytest.raises(PrunellmError, match="does not match"):
         sparsegpt(torch.randn(4, 8), torch.eye(9))
+
+
+@pytest.mark.parametrize("config", [SparseGPTConfig(sparsity=0.5), SparseGPTConfig(nm=(2, 4), bits=4),
+                                    SparseGPTConfig(sparsity=0.0, bits=4, group_size=32),
+                                    SparseGPTConfig(sparsity=0.5, gguf="q4_0")],
+                         ids=["unstructured", "2:4+4bit", "gptq", "q4_0"])
+def test_a_consumed_weight_is_solved_in_place_to_the_same_result(config):
+    """consume_weight=True: the sweep may work in the caller's W (no copy of its own), same result;
+    without it, W is left as it was."""
+    W, H = layer_problem(rows=16, cols=128, seed=5)
+    kept = W.clone()
+    copied = sparsegpt(W, H, config)
+    assert torch.equal(W, kept)
+    consumed = sparsegpt(W, H, config, consume_weight=True)
+    assert torch.equal(consumed.weight, copied.weight)
+    if config.gguf is None and config.sparsity > 0:  # GPTQ's act-order sweeps a permuted copy anyway
+        assert consumed.weight.data_ptr() == W.data_ptr()

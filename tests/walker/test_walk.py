@@ -177,9 +177,9 @@ def test_extra_damping_is_reported_with_the_layer_name(caplog):
     from prunellm.methods.sparsegpt import SparseGPT
 
     class Indefinite(SparseGPT):
-        def compress(self, weight, hessian):
+        def compress(self, weight, hessian, **options):
             shifted = hessian - 0.05 * torch.diagonal(hessian).mean() * torch.eye(hessian.shape[0])
-            return super().compress(weight, shifted)
+            return super().compress(weight, shifted, **options)
 
     model = tiny_model("llama")
     with caplog.at_level("WARNING", logger="prunellm.walker.compress"):
@@ -228,10 +228,10 @@ def test_the_widest_layer_goes_first_and_a_shared_hessian_is_freed_with_its_last
     alive_at_call: list[list[str]] = []
     original = Noop.compress
 
-    def recording(self, weight, hessian):
+    def recording(self, weight, hessian, **options):
         alive_at_call.append([shape for shape, ref in seen if ref() is not None])
         seen.append((f"{tuple(weight.shape)}#{len(seen)}", weakref.ref(hessian)))
-        return original(self, weight, hessian)
+        return original(self, weight, hessian, **options)
 
     monkeypatch.setattr(Noop, "compress", recording)
     model = tiny_model("llama")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..solvers import GPTQConfig, SolveResult, gptq
@@ -14,5 +16,6 @@ class GPTQ(Method):
     config_class = GPTQConfig
     statistics = "hessian"
 
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
-        return gptq(weight, hessian, self.config)
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+        return gptq(weight, hessian, self.config, consume_weight=consume_weight)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,8 @@ class Magnitude(Method):
     def statistics(self) -> str:
         return "hessian" if self.config.quantizes or self.config.refines else "none"
 
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         result = magnitude(weight, MagnitudeConfig(self.config.sparsity, self.config.nm, self.config.per_row))
         if self.config.refines:
             result = self.config.apply(weight, hessian, result)

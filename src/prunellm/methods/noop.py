@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,5 +23,6 @@ class Noop(Method):
     config_class = NoopConfig
     statistics = "hessian"  # still collects statistics, so layer errors (zero) are reported
 
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         return SolveResult(weight.clone(), torch.zeros_like(weight, dtype=torch.bool))

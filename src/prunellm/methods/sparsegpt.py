@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,11 +30,14 @@ class SparseGPT(Method):
     config_class = SparseGPTMethodConfig
     statistics = "hessian"
 
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None) -> SolveResult:
+    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         config = self.config
         solver_config = SparseGPTConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(SparseGPTConfig)})
         if not config.refines:
-            return sparsegpt(weight, hessian, solver_config)
+            return sparsegpt(weight, hessian, solver_config, consume_weight=consume_weight,
+                             restore_hessian=restore_hessian)
+        # A refinement aims at the dense weight again, with the Hessian: the prune works on copies.
         pruned = sparsegpt(weight, hessian, dataclasses.replace(solver_config, bits=16, gguf=None))
         refined = config.apply(weight, hessian, pruned)
         if config.bits == 16 and config.gguf is None:

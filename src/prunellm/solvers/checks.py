@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..errors import PrunellmError
+from .hessian import all_finite
 
 
 def parse_nm(nm: tuple[int, int] | str | None) -> tuple[int, int] | None:
@@ -55,9 +56,9 @@ def check_problem(
     if H is not None:
         if H.shape not in ((cols, cols), (cols,)):
             raise PrunellmError(f"Hessian shape {tuple(H.shape)} does not match {cols} input features")
-        if not torch.isfinite(H).all():
+        if not all_finite(H):
             raise PrunellmError("Hessian contains NaN or Inf (calibration activations overflowed?)")
-    if not torch.isfinite(W).all():
+    if not all_finite(W):
         raise PrunellmError("weight contains NaN or Inf")
     if nm is not None and cols % nm[1] != 0:
         raise PrunellmError(f"in_features {cols} is not divisible by m={nm[1]} of the {nm[0]}:{nm[1]} pattern")

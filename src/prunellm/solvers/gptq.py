@@ -58,20 +58,21 @@ class GPTQConfig:
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
-         sweep: str = "fast") -> SolveResult:
+         sweep: str = "fast", consume_weight: bool = False) -> SolveResult:
     """Quantize one layer, compensating each rounding error on the columns not yet quantized.
 
     W: (out_features, in_features) float32; H: (in, in). Example: with H = I there is nothing
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
-    sweep: "fast", "blocked" or "reference", as in `sparsegpt`.
+    sweep: "fast", "blocked" or "reference", as in `sparsegpt`. consume_weight: W (float32) may
+    be overwritten.
     """
     config = config or GPTQConfig()
     H = shrink_to_diagonal(H, config.hessian_shrink)
     run_sweep = sweep_function(sweep)
     if config.gguf is not None:
-        return _gptq_gguf(W, H, config, run_sweep)
+        return _gptq_gguf(W, H, config, run_sweep, consume_weight)
     check_problem(W, H, group_size=config.group_size)
-    W = W.detach().to(torch.float32).clone()
+    W = W.detach().to(torch.float32, copy=not consume_weight)
     H = H.to(device=W.device, dtype=torch.float32)
     rows, cols = W.shape
     g = config.group_size
@@ -108,7 +109,8 @@ def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
     return SolveResult(weight, mask, quant, inverse.damp_frac, inverse.retries)
 
 
-def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, sweep: Callable) -> SolveResult:
+def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, sweep: Callable,
+               consume_weight: bool = False) -> SolveResult:
     """GPTQ onto a GGUF block format: the same sweep, rounding onto the blocks' grids.
 
     With act-order the blocks' parameters are fixed from the dense weight upfront (static
@@ -116,9 +118,10 @@ def _gptq_gguf(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, sweep: Call
     the sweep reaches it, from the weights as updated so far.
     """
     check_problem(W, H)
-    W = W.detach().to(torch.float32).clone()
+    W = W.detach().to(torch.float32, copy=not consume_weight)
     H = H.to(device=W.device, dtype=torch.float32)
-    W_dense, H_dense = W.clone(), H
+    W_dense = W.clone() if config.refit_scales else None  # (R, C), the refit's target
+    H_dense = H  # H is permuted below, under act-order
     rows, cols = W.shape
     keep = (W == 0) if config.keep_zeros else None  # (R, C)
     keep_zero = keep is not None and bool(keep.any())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,13 +50,17 @@ class SparseGPTConfig:
 
 
 def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None = None, *,
-              sweep: str = "fast") -> SolveResult:
+              sweep: str = "fast", consume_weight: bool = False,
+              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
     """Prune (and quantize) one layer so that its outputs on the calibration inputs change least.
 
     W: (out_features, in_features) float32; H: (in, in) = 2/N XᵀX of the layer's inputs.
     sweep: "fast" (a Triton kernel on CUDA where it covers the case, else the blocked sweep),
     "blocked", or "reference" (the readable column sweep, the tests' oracle): the same result
-    up to float rounding.
+    up to float rounding. consume_weight: W (float32) may be overwritten: the sweep works in it.
+    restore_hessian: H may be overwritten too: its inverse factor is computed in its storage, and
+    `restore_hessian(t)` fills t with H's original values when a retry needs them. H then holds
+    no meaning on return; the caller restores it if it needs it.
 
     A tiny example: W = [[4, 1, 3, 2]], H = I, 50% sparsity. With H = I the scores
     w²/[H⁻¹]²_jj are just w², so the two smallest (1 and 2) go: Ŵ = [[4, 0, 3, 0]]. With a
@@ -70,8 +75,8 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
         # (largest diag(H) first) gives a clearly lower layer error than the left-to-right sweep.
         return gptq(W, H, GPTQConfig(bits=config.bits if config.bits < 16 else 4, group_size=config.group_size, sym=config.sym,
                                      act_order=True, block_size=config.block_size, damp_frac=config.damp_frac,
-                                     gguf=config.gguf), sweep=sweep)
-    W = W.detach().to(torch.float32).clone()
+                                     gguf=config.gguf), sweep=sweep, consume_weight=consume_weight)
+    W = W.detach().to(torch.float32, copy=not consume_weight)
     rows, cols = W.shape
 
     grid = None
@@ -93,7 +98,7 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
                              torch.arange(cols, device=W.device) // config.group_size,
                              group_size=config.group_size, fit_on_the_fly=True)
 
-    inverse = damped_inverse(H.to(W.device), config.damp_frac)
+    inverse = damped_inverse(H.to(W.device), config.damp_frac, restore=restore_hessian)
     W[:, inverse.dead] = 0.0  # inputs that never fire: their weights do nothing
     block = aligned_block_size(config.block_size, nm[1] if nm else None, config.group_size,
                                grid.group_size if grid is not None else None)
