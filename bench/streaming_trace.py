@@ -1,8 +1,8 @@
-"""Where a streamed prune's memory goes: peak anonymous memory per phase (block entry, each
-layer's solve, block exit, unit copies), printed as the run goes.
+"""Where a streamed prune's memory goes: peak anonymous and resident memory per phase (block
+entry, each layer's solve, block exit, unit copies), printed as the run goes.
 
 Runs `prunellm prune MODEL --stream` in this process with the streaming host's and the walker's
-steps wrapped, and a thread that samples RssAnon every 10 ms. Each line: the phase that just
+steps wrapped, and a thread that samples RssAnon and VmRSS every 10 ms. Each line: the phase that just
 ended, its peak, and the level it left. Use a model built by bench/streaming.py:
 
     python bench/streaming.py --hidden 1024 --intermediate 2816 --heads 8 --blocks 8 --skip-memory
@@ -23,20 +23,25 @@ from streaming import status  # bench/streaming.py, beside this file (a script's
 
 
 class PhaseTrace(threading.Thread):
+    """Peak anonymous and total resident memory (RssAnon, VmRSS: mapped file pages too) per phase."""
+
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = status()["RssAnon"]
+        now = status()
+        self.peak, self.peak_rss = now["RssAnon"], now["VmRSS"]
         self.phase = "start"
 
     def run(self) -> None:
         while True:
-            self.peak = max(self.peak, status()["RssAnon"])
+            now = status()
+            self.peak, self.peak_rss = max(self.peak, now["RssAnon"]), max(self.peak_rss, now["VmRSS"])
             time.sleep(0.01)
 
     def mark(self, next_phase: str) -> None:
-        now = status()["RssAnon"]
-        print(f"{self.phase:>40}: peak {self.peak >> 20:5d} MiB, left {now >> 20:5d} MiB", flush=True)
-        self.phase, self.peak = next_phase, now
+        now = status()
+        print(f"{self.phase:>40}: peak {self.peak >> 20:5d} MiB, left {now['RssAnon'] >> 20:5d} MiB; "
+              f"resident peak {self.peak_rss >> 20:5d} MiB", flush=True)
+        self.phase, self.peak, self.peak_rss = next_phase, now["RssAnon"], now["VmRSS"]
 
     def wrap(self, owner: object, attribute: str, label) -> None:
         original = getattr(owner, attribute)

@@ -217,10 +217,9 @@ def test_on_a_gpu_auto_dtype_is_the_same_streamed_and_in_memory(root, calib, tmp
         assert torch.equal(tensor, stream[name]), name
 
 
-def test_the_widest_layer_is_solved_with_the_rest_of_its_block_parked(llama_dir, calib, tmp_path, monkeypatch):
-    """During each solve, the block's layers not yet solved, the one being solved included (the solver
-    works on a copy), are on the meta device, back in the checkpoint; the widest layer goes first, so
-    its solve, the block's largest, holds no weight of the block at all."""
+def watch_streamed_model(monkeypatch) -> list:
+    """A list that receives the streamed model at every read from the checkpoint (the last entry is
+    the one in use)."""
     models = []
     materialize = Skeleton.materialize
 
@@ -229,15 +228,27 @@ def test_the_widest_layer_is_solved_with_the_rest_of_its_block_parked(llama_dir,
         models.append(self.model)
 
     monkeypatch.setattr(Skeleton, "materialize", watched)
+    return models
+
+
+def loaded_block_layers(model: torch.nn.Module) -> list[str]:
+    """The decoder blocks' linear layers that hold their weights now (the others are on meta)."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in name and module.weight.device.type != "meta"]
+
+
+def test_the_widest_layer_is_solved_with_the_rest_of_its_block_parked(llama_dir, calib, tmp_path, monkeypatch):
+    """During each solve, the block's layers not yet solved, the one being solved included (the solver
+    works on a copy), are on the meta device, back in the checkpoint; the widest layer goes first, so
+    its solve, the block's largest, holds no weight of the block at all."""
+    models = watch_streamed_model(monkeypatch)
     method = build_method("sparsegpt", sparsity=0.5)
     solves: list[tuple[int, list[str]]] = []  # (columns, linear layers holding weights) at each solve
     compress = type(method).compress
 
-    def recorded(self, weight, hessian):
-        held = [name for name, module in models[-1].named_modules()
-                if isinstance(module, torch.nn.Linear) and ".layers." in name and module.weight.device.type != "meta"]
-        solves.append((weight.shape[1], held))
-        return compress(self, weight, hessian)
+    def recorded(self, weight, hessian, **options):
+        solves.append((weight.shape[1], loaded_block_layers(models[-1])))
+        return compress(self, weight, hessian, **options)
 
     monkeypatch.setattr(type(method), "compress", recorded)
     prune_streaming(llama_dir, tmp_path / "out", method, calib, QUIET)
@@ -251,3 +262,80 @@ def test_the_widest_layer_is_solved_with_the_rest_of_its_block_parked(llama_dir,
             assert columns <= widest
             assert len(held) == k and all(name.startswith(f"model.layers.{block}.") for name in held)
         assert f"model.layers.{block}.mlp.down_proj" in rest[0][1]
+
+
+def test_the_statistics_pass_holds_one_linear_layer_at_a_time(llama_dir, calib, tmp_path, monkeypatch):
+    """Through each block's statistics pass, a linear layer has its weight only for its own call;
+    down_proj, whose input is the pass's last statistic, is never read (the pass stops at it).
+    The same holds while the blocks' calls are captured (block 0 runs once on one token)."""
+    from contextlib import contextmanager
+
+    from prunellm.walker.statistics import StatisticsCollector
+
+    models = watch_streamed_model(monkeypatch)
+    in_pass = []
+    run = StatisticsCollector.run
+
+    def pass_run(self, forward) -> None:
+        in_pass.append(True)
+        try:
+            run(self, forward)
+        finally:
+            in_pass.pop()
+
+    monkeypatch.setattr(StatisticsCollector, "run", pass_run)
+    capturing = streaming_host.StreamingHost.capturing
+
+    @contextmanager
+    def flagged(self):
+        with capturing(self):
+            in_pass.append(True)
+            try:
+                yield
+            finally:
+                in_pass.pop()
+
+    monkeypatch.setattr(streaming_host.StreamingHost, "capturing", flagged)
+    calls: list[tuple[str, list[str]]] = []  # (layer called, block layers holding weights then)
+    linear_forward = torch.nn.Linear.forward
+
+    def recorded(self, x):
+        if in_pass:
+            name = next(name for name, module in models[-1].named_modules() if module is self)
+            calls.append((name, loaded_block_layers(models[-1])))
+        return linear_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recorded)
+    prune_streaming(llama_dir, tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
+    capture = [name for name, _ in calls if name.endswith("down_proj")]  # only the capture runs a whole block
+    assert set(capture) == {"model.layers.0.mlp.down_proj"}
+    assert {name.rsplit(".", 1)[-1] for name, _ in calls} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"}
+    assert {name.split(".")[2] for name, _ in calls} == {"0", "1", "2"}
+    for name, held in calls:
+        assert held == [name]
+
+
+def test_each_hessian_is_lent_to_its_last_solve_and_the_errors_are_as_in_memory(llama_dir, calib, tmp_path,
+                                                                               monkeypatch):
+    """The last layer solved on a Hessian may overwrite it (its inverse factor in the same storage)
+    while a copy waits on disk; the copy refills it for the layer's error, which comes out as in memory."""
+    method = build_method("sparsegpt", sparsity=0.5)
+    model, tokenizer = load_model(llama_dir)
+    in_memory = prune(model, tokenizer, method, calib, QUIET)
+
+    lent: dict[str, bool] = {}
+    compress = type(method).compress
+
+    def recorded(self, weight, hessian, **options):
+        lent[f"{weight.shape}#{len(lent)}"] = options.get("restore_hessian") is not None
+        return compress(self, weight, hessian, **options)
+
+    monkeypatch.setattr(type(method), "compress", recorded)
+    run = prune_streaming(llama_dir, tmp_path / "out", method, calib, QUIET)
+    # Widest first, then the model's order: down; q, k, v (one Hessian); o; gate, up (one Hessian)
+    assert list(lent.values()) == 3 * [True, False, False, True, True, False, True]
+    assert [(r.name, r.relative_error) for r in run.result.layers] == \
+        [(r.name, r.relative_error) for r in in_memory.layers]
+    assert all(r.relative_error > 0 for r in run.result.layers)
+    assert not list((tmp_path).glob(".*"))  # no scratch file left behind

@@ -9,7 +9,7 @@ later blocks learn to correct earlier errors), move it back.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -86,10 +86,22 @@ class BlockHost:
             self._homes[index] = _device_of(block)
         block.to(device)  # a no-op after a finished prefetch
 
+    def statistics_pass(self, index: int, layers: dict[str, nn.Module]) -> AbstractContextManager:
+        """Held while block `index`'s statistics are collected, before any of `layers` is solved.
+        A host may park the layers for the pass and give each its weight for its own calls only;
+        they leave it parked. Here they stay in memory."""
+        return nullcontext()
+
     def park(self, index: int, layers: dict[str, nn.Module], *, after_statistics: bool = False) -> None:
         """These layers wait, unchanged, for their solves (after_statistics: the block's statistics
         pass has just ended) or during one: a host may take their weights out of memory until
         `unpark`. Here they stay."""
+
+    def backed_up(self, hessian: torch.Tensor) -> AbstractContextManager[Callable[[torch.Tensor], None] | None]:
+        """Held through the solve that is `hessian`'s last use. A host that can keep a copy of it
+        outside memory yields a function that fills a tensor with its values: the solve may then
+        overwrite it (its inverse computed in the same storage). Here: None, nothing is lent."""
+        return nullcontext()
 
     def unpark(self, index: int, name: str, layer: nn.Module) -> None:
         """Layer `name` (parked) is about to be solved, or to receive another process's solution."""

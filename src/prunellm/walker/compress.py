@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +21,8 @@ from ..solvers import relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
 from ..solvers.quant import QuantGrid
 from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
-from .discovery import Blocks, find_blocks, find_linear_layers, in_features, read_weight, write_weight
+from .discovery import (Blocks, find_blocks, find_linear_layers, in_features, read_weight, weight_view,
+                        write_weight)
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 
 log = logging.getLogger(__name__)
@@ -162,22 +165,25 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
     stages: list[list[InputGroup]] = [[g] for g in groups] if config.true_sequential else [groups]
     needs = "hessian" if config.layer_errors else method.statistics
     seconds = 0.0
+    # With one stage, nothing runs the block again before its outputs, and every statistic is
+    # taken on unsolved layers: they can wait outside memory (a streaming host parks them in the
+    # checkpoint), during the statistics pass too.
+    parked = len(stages) == 1
     for stage in stages:
         hessians: dict[str, torch.Tensor | None] = {name: None for group in stage for name in group.names}
         if needs != "none":
-            collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag")
-            for batch in range(step.num_batches):
-                collector.run(lambda: step.run(batch))
-            collector.remove()
+            # The layers leave memory before the Hessians arrive: the two never add up.
+            with host.statistics_pass(step.index, layers) if parked else nullcontext():
+                collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag")
+                for batch in range(step.num_batches):
+                    collector.run(lambda: step.run(batch))
+                collector.remove()
             if dist is not None:
                 dist.reduce_statistics(collector.accumulators)
             hessians = collector.hessians()
             del collector  # its accumulators hold the Hessians too
         names = list(hessians)
         owners = dict(zip(names, _owners(names, layers, dist)))
-        # With one stage, nothing runs the block again before its outputs: the unsolved layers
-        # can wait outside memory (a streaming host parks them in the checkpoint).
-        parked = len(stages) == 1
         if parked:
             host.park(step.index, {name: layers[name] for name in names}, after_statistics=True)
         by_name: dict[str, tuple[LayerRecord, GGUFBlocks | QuantGrid | None]] = {}
@@ -190,8 +196,10 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
                 continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
-            by_name[name] = _compress_layer(name, layers[name], hessian, layer_method, step, config, bar,
-                                            host if parked else None)
+            last_use = hessian is not None and hessian.dim() == 2 and all(h is not hessian for h in hessians.values())
+            with host.backed_up(hessian) if last_use else nullcontext() as restore:
+                by_name[name] = _compress_layer(name, layers[name], hessian, layer_method, step, config, bar,
+                                                host if parked else None, restore)
             del hessian
             seconds += by_name[name][0].seconds
         if parked:
@@ -232,18 +240,22 @@ def _share_solutions(names: list[str], owners: list[int | None], layers: dict[st
 
 
 def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
-                    config: WalkConfig, bar: tqdm, parked_in: BlockHost | None = None
+                    config: WalkConfig, bar: tqdm, parked_in: BlockHost | None = None,
+                    restore_hessian: Callable[[torch.Tensor], None] | None = None
                     ) -> tuple[LayerRecord, GGUFBlocks | QuantGrid | None]:
     """Solve one layer and write its new weight; returns its record and GGUF grid (if any).
     parked_in: the host the layer waits in; it comes back for the read, leaves again during the
-    solve (the solver works on a copy) and comes back for the write."""
+    solve (the solver works on a copy) and comes back for the write. restore_hessian: the solve
+    may overwrite `hessian` (its last use); this refills it (host.backed_up)."""
     started = time.perf_counter()
     if parked_in is not None:
         parked_in.unpark(step.index, name, layer)
-    weight = read_weight(layer).to(step.device)  # (out, in)
+    weight = read_weight(layer).to(step.device)  # (out, in): a float32 copy, the solver's to work in
+    shape = tuple(weight.shape)
     if parked_in is not None:
         parked_in.park(step.index, {name: layer})
-    solved = method.compress(weight, hessian)
+    solved = method.compress(weight, hessian, consume_weight=True, restore_hessian=restore_hessian)
+    del weight
     if parked_in is not None:
         parked_in.unpark(step.index, name, layer)
     if solved.damp_frac is not None and solved.damp_frac > getattr(method.config, "damp_frac", 0) * 1.0001:
@@ -251,7 +263,10 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
                     name, solved.damp_frac)
     error = None
     if config.layer_errors and hessian is not None and hessian.dim() == 2:
-        error = relative_layer_error(weight, solved.weight, hessian)
+        if restore_hessian is not None:
+            restore_hessian(hessian)  # the solve may have left its inverse factor there
+        # The layer still holds its dense weight (unchanged in memory, read again when parked)
+        error = relative_layer_error(weight_view(layer), solved.weight, hessian)
     write_weight(layer, solved.weight)
     grid = None
     if isinstance(solved.grid, GGUFBlocks):  # what a GGUF export packs, bit for bit
@@ -261,7 +276,7 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
     zeros = 1.0 - torch.count_nonzero(solved.weight).item() / solved.weight.numel()  # no (R, C) temporary
-    record = LayerRecord(name, step.index, tuple(weight.shape), zeros, error, seconds, solved.damp_frac)
+    record = LayerRecord(name, step.index, shape, zeros, error, seconds, solved.damp_frac)
     bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
     log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
     return record, grid

@@ -81,12 +81,15 @@ def in_features(layer: nn.Module) -> int:
     return layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.weight.shape[1]
 
 
+def weight_view(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as (out_features, in_features), in its own dtype: a view, no copy."""
+    weight = layer.weight.detach()
+    return weight.t() if isinstance(layer, Conv1D) else weight  # Conv1D stores (in, out)
+
+
 def read_weight(layer: nn.Module) -> torch.Tensor:
     """(out_features, in_features) float32 copy, whatever the layer's storage layout."""
-    weight = layer.weight.detach()
-    if isinstance(layer, Conv1D):  # Conv1D stores (in, out)
-        weight = weight.t()
-    return weight.to(torch.float32).clone()
+    return weight_view(layer).to(torch.float32, copy=True)
 
 
 def write_weight(layer: nn.Module, weight: torch.Tensor) -> None:

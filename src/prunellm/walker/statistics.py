@@ -79,8 +79,11 @@ class StatisticsCollector:
         self.accumulators = [HessianAccumulator(g.columns, device=device, diag_only=diag_only) for g in groups]
         self.stop_early = stop_early
         self._pending: dict[int, int] = {}  # group -> calls still to come in this pass
+        # Before any other pre-hook: a pass cut short here runs nothing more of the layer (a host
+        # that loads each layer's weight for its call then loads none for it).
         self._handles = [
-            layers[group.names[0]].register_forward_pre_hook(self._hook(index)) for index, group in enumerate(groups)
+            layers[group.names[0]].register_forward_pre_hook(self._hook(index), prepend=True)
+            for index, group in enumerate(groups)
         ]
 
     def _hook(self, index: int) -> Callable:
