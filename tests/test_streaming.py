@@ -339,3 +339,23 @@ def test_each_hessian_is_lent_to_its_last_solve_and_the_errors_are_as_in_memory(
         [(r.name, r.relative_error) for r in in_memory.layers]
     assert all(r.relative_error > 0 for r in run.result.layers)
     assert not list((tmp_path).glob(".*"))  # no scratch file left behind
+
+
+@pytest.mark.parametrize("method", [dict(name="sparsegpt", sparsity=0.5, refine="lsq"), dict(name="gptq", bits=4)],
+                         ids=["refined", "gptq"])
+def test_a_method_that_needs_its_hessian_again_is_lent_none(method, llama_dir, calib, tmp_path, monkeypatch):
+    """A refinement solves on the Hessian after the prune, and GPTQ does not take a lent one: no
+    copy is written for them."""
+    backups = []
+    backed_up = streaming_host.StreamingHost.backed_up
+
+    def counted(self, hessian):
+        backups.append(hessian.shape)
+        return backed_up(self, hessian)
+
+    monkeypatch.setattr(streaming_host.StreamingHost, "backed_up", counted)
+    options = dict(method)
+    prune_streaming(llama_dir, tmp_path / "out", build_method(options.pop("name"), **options), calib, QUIET)
+    assert backups == []
+    prune_streaming(llama_dir, tmp_path / "plain", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
+    assert len(backups) == 3 * 4  # down, v (q/k/v's last), o, up (gate/up's last) in each block

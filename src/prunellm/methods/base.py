@@ -71,6 +71,11 @@ class Method(ABC):
         overwritten too, and `restore_hessian(t)` fills t with its original values (one (in, in)
         float32 less, 462 MiB for a LLaMA-7B down_proj); after the call it holds no meaning."""
 
+    @property
+    def overwrites_lent_hessian(self) -> bool:
+        """Whether `compress` uses a lent Hessian (`restore_hessian`): a host backs one up only then."""
+        return False
+
     def with_sparsity(self, sparsity: float) -> "Method":
         """The same method with another unstructured sparsity (per-layer targets of an allocation)."""
         if not hasattr(self.config, "sparsity") or getattr(self.config, "nm", None) is not None:

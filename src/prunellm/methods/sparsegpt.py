@@ -30,6 +30,13 @@ class SparseGPT(Method):
     config_class = SparseGPTMethodConfig
     statistics = "hessian"
 
+    @property
+    def overwrites_lent_hessian(self) -> bool:
+        # A refinement needs the Hessian after the prune; without pruning, GPTQ's path takes over.
+        config = self.config
+        quantize_only = config.nm is None and config.sparsity == 0 and (config.bits < 16 or config.gguf is not None)
+        return not config.refines and not quantize_only
+
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
                  restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         config = self.config

@@ -196,8 +196,9 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
                 continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
-            last_use = hessian is not None and hessian.dim() == 2 and all(h is not hessian for h in hessians.values())
-            with host.backed_up(hessian) if last_use else nullcontext() as restore:
+            lend = (layer_method.overwrites_lent_hessian and hessian is not None and hessian.dim() == 2
+                    and all(h is not hessian for h in hessians.values()))  # its last use
+            with host.backed_up(hessian) if lend else nullcontext() as restore:
                 by_name[name] = _compress_layer(name, layers[name], hessian, layer_method, step, config, bar,
                                                 host if parked else None, restore)
             del hessian
