@@ -359,3 +359,28 @@ def test_a_method_that_needs_its_hessian_again_is_lent_none(method, llama_dir, c
     assert backups == []
     prune_streaming(llama_dir, tmp_path / "plain", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
     assert len(backups) == 3 * 4  # down, v (q/k/v's last), o, up (gate/up's last) in each block
+
+
+def test_a_layer_never_called_is_written_unchanged(llama_dir, calib, tmp_path, monkeypatch, caplog):
+    """A layer the calibration pass never calls is warned about and left as it is: it is not parked
+    with the others, and its checkpoint values reach the output."""
+    from prunellm.walker import compress as walker_compress
+
+    discover = walker_compress.discover_input_groups
+
+    def without_o_proj(block, layers, run):
+        groups = discover(block, layers, run)
+        for group in groups:
+            group.names = [name for name in group.names if not name.endswith("o_proj")]
+        return [group for group in groups if group.names]
+
+    monkeypatch.setattr(walker_compress, "discover_input_groups", without_o_proj)
+    with caplog.at_level("WARNING", logger="prunellm.walker.compress"):
+        run = prune_streaming(llama_dir, tmp_path / "out", build_method("sparsegpt", sparsity=0.5), calib, QUIET)
+    assert sum("was never called" in r.getMessage() for r in caplog.records) == 3
+    source, out = weights(llama_dir), weights(run.out)
+    for name, tensor in out.items():
+        if "o_proj" in name:
+            assert torch.equal(tensor, source[name].to(tensor.dtype)), name
+        elif "q_proj" in name:
+            assert not torch.equal(tensor, source[name].to(tensor.dtype)), name

@@ -172,8 +172,10 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
     for stage in stages:
         hessians: dict[str, torch.Tensor | None] = {name: None for group in stage for name in group.names}
         if needs != "none":
-            # The layers leave memory before the Hessians arrive: the two never add up.
-            with host.statistics_pass(step.index, layers) if parked else nullcontext():
+            # The layers leave memory before the Hessians arrive: the two never add up. (Only
+            # layers the pass calls: one never called is left as it is, in memory.)
+            called = {name: layers[name] for group in stage for name in group.names}
+            with host.statistics_pass(step.index, called) if parked else nullcontext():
                 collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag")
                 for batch in range(step.num_batches):
                     collector.run(lambda: step.run(batch))
