@@ -78,9 +78,10 @@ class StreamingHost(BlockHost):
         """On a CPU, the block's linear layers are parked for the pass and each is read from the
         checkpoint for its own call only: the pass then holds the Hessians, the activations and one
         layer's weight (172 MiB in float32 for a LLaMA-7B MLP projection) where it held the whole
-        block (808 MB). Each read costs about a tenth of the layer's product on 512 tokens
-        (page cache, float16 to float32: 0.26 s of a LLaMA-7B block's ~2.5 s pass per batch on 2
-        cores, bench/README.md). On a GPU the block sits in device memory: nothing changes."""
+        block (808 MB). The reads (page cache, float16 to float32) cost 0.31 s for all seven layers
+        of a LLaMA-7B block on 2 cores, measured alone, against an estimated 2.5 s of pass per
+        batch of 512 tokens (bench/README.md). On a GPU the block sits in device memory: nothing
+        changes."""
         if self._device.type != "cpu":
             yield
             return
@@ -124,7 +125,7 @@ class StreamingHost(BlockHost):
         cache, not this process's memory) and the solve may overwrite the Hessian itself: a
         LLaMA-7B down_proj's solve then holds its Hessian and the inverse factor in one 462 MiB
         matrix, not two. The copy refills it for the layer's error (and a retry with more
-        damping); writing and reading it back takes about a second."""
+        damping): one write and one read of the Hessian's size per lent solve."""
         if self._device.type != "cpu" or hessian.dtype != torch.float32 or not hessian.is_contiguous():
             yield None
             return
