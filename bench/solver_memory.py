@@ -1,13 +1,15 @@
 """Peak host memory of one layer's solve, step by step: what a streamed prune holds above its floor.
 
 A seeded layer problem (W: rows x cols, H from random inputs) is solved by each step in turn:
-SparseGPT, ALPS's ADMM search, the least-squares refinement, the whole ALPS refinement, and the
-layer error. For each, prints the peak of anonymous resident memory above what was resident
+SparseGPT, SparseGPT in lent storage (the weight and the Hessian its to overwrite, as a streamed
+prune lends them), ALPS's ADMM search, the least-squares refinement, the whole ALPS refinement,
+the layer error, and the two finite checks of a Hessian (torch.isfinite(H).all() and the solvers'
+all_finite). For each, prints the peak of anonymous resident memory above what was resident
 before it (sampled every 5 ms from /proc, after returning freed heap pages to the system), in
 MiB and in units of the layer's (C, C) and (R, C) float32 matrices. Linux only; CPU.
 
     python bench/solver_memory.py                                 # SmolLM2-like down_proj, 1024 x 2816
-    python bench/solver_memory.py --rows 4096 --cols 11008 --steps sparsegpt   # LLaMA-7B down_proj
+    python bench/solver_memory.py --rows 4096 --cols 11008 --steps sparsegpt,sparsegpt-lent,isfinite,all_finite
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from streaming import status  # bench/streaming.py, beside this file
 from prunellm.io.heap import release_free_memory
 from prunellm.solvers import SparseGPTConfig, relative_layer_error, sparsegpt
 from prunellm.solvers.alps import admm_search, alps_refine
+from prunellm.solvers.hessian import all_finite
 from prunellm.solvers.refine import refine_on_mask
 
-STEPS = ("sparsegpt", "admm", "refine", "alps", "error")
+STEPS = ("sparsegpt", "sparsegpt-lent", "admm", "refine", "alps", "error", "isfinite", "all_finite")
 
 
 def main() -> None:
@@ -52,12 +55,17 @@ def main() -> None:
     print(f"layer {rows} x {cols}: (C, C) float32 = {mib(cols * cols * 4):.0f} MiB, "
           f"(R, C) = {mib(rows * cols * 4):.0f} MiB; torch {torch.__version__}, {torch.get_num_threads()} threads")
     pruned = sparsegpt(W, H, SparseGPTConfig(sparsity=args.sparsity))  # the start every later step needs
+    lent_W, lent_H = (W.clone(), H.clone()) if "sparsegpt-lent" in steps else (None, None)  # before the floor
     actions: dict[str, Callable[[], object]] = {
         "sparsegpt": lambda: sparsegpt(W, H, SparseGPTConfig(sparsity=args.sparsity)),
+        "sparsegpt-lent": lambda: sparsegpt(lent_W, lent_H, SparseGPTConfig(sparsity=args.sparsity),
+                                            consume_weight=True, restore_hessian=lambda t: t.copy_(H)),
         "admm": lambda: admm_search(W, H, pruned.weight, pruned.mask),
         "refine": lambda: refine_on_mask(W, H, pruned.weight, pruned.mask),
         "alps": lambda: alps_refine(W, H, pruned.weight, pruned.mask),
         "error": lambda: relative_layer_error(W, pruned.weight, H),
+        "isfinite": lambda: bool(torch.isfinite(H).all()),
+        "all_finite": lambda: all_finite(H),
     }
     for step in steps:
         extra, seconds = sampler.peak_of(actions[step])

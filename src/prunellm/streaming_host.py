@@ -79,7 +79,7 @@ class StreamingHost(BlockHost):
         checkpoint for its own call only: the pass then holds the Hessians, the activations and one
         layer's weight (172 MiB in float32 for a LLaMA-7B MLP projection) where it held the whole
         block (808 MB). The reads (page cache, float16 to float32) cost 0.31 s for all seven layers
-        of a LLaMA-7B block on 2 cores, measured alone, against an estimated 2.5 s of pass per
+        of a LLaMA-7B block on 2 cores (bench/checkpoint_reads.py), against an estimated 2.5 s of pass per
         batch of 512 tokens (bench/README.md). On a GPU the block sits in device memory: nothing
         changes."""
         if self._device.type != "cpu":

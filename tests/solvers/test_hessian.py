@@ -78,6 +78,7 @@ def test_in_place_steps_give_the_same_factor_and_error_in_panels_of_any_size(mon
     assert hessian.all_finite(torch.ones(10, 200)) and not hessian.all_finite(not_finite)
     assert hessian.all_finite(torch.ones(200)) and not hessian.all_finite(not_finite[9])
     assert not hessian.all_finite(torch.tensor(float("inf")))
+    assert hessian.all_finite(torch.full((4, 300), 3e38))  # finite entries whose sum overflows
 
 
 def test_layer_error_is_output_error():

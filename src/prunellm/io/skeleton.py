@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunellm.errors import PrunellmError
+from prunellm.io.checks import check_weight_finite
 from prunellm.io.lazy import LazyCheckpoint
 
 if TYPE_CHECKING:
@@ -62,12 +63,9 @@ class Skeleton:
             # As load_model: a NaN poisons every Hessian downstream, far from its cause. Checked on
             # the first read only: a parked layer is read again, once per calibration batch in a
             # statistics pass, and the check costs as much as the read.
-            if key not in self._checked and tensor.is_floating_point():
-                if not torch.isfinite(tensor.sum(dtype=torch.float32)):
-                    bad = int((~torch.isfinite(tensor)).sum())
-                    if bad:
-                        raise PrunellmError(f"model weight '{key}' contains {bad} NaN or infinite value(s)")
-            self._checked.add(key)
+            if key not in self._checked:
+                check_weight_finite(key, tensor)
+                self._checked.add(key)
             dtype = self._slot(self.model_name[key]).dtype if tensor.is_floating_point() else tensor.dtype
             out[key] = tensor.to(device=device, dtype=dtype)
         return out

@@ -33,9 +33,7 @@ class SparseGPT(Method):
     @property
     def overwrites_lent_hessian(self) -> bool:
         # A refinement needs the Hessian after the prune; without pruning, GPTQ's path takes over.
-        config = self.config
-        quantize_only = config.nm is None and config.sparsity == 0 and (config.bits < 16 or config.gguf is not None)
-        return not config.refines and not quantize_only
+        return not self.config.refines and not self.config.quantizes_only
 
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
                  restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:

@@ -48,6 +48,11 @@ class SparseGPTConfig:
         check_positive("block_size", self.block_size)
         check_positive("damp_frac", self.damp_frac, allow_zero=True)
 
+    @property
+    def quantizes_only(self) -> bool:
+        """Nothing to prune, only to quantize: `sparsegpt` hands the layer to GPTQ."""
+        return self.nm is None and self.sparsity == 0 and (self.bits < 16 or self.gguf is not None)
+
 
 def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None = None, *,
               sweep: str = "fast", consume_weight: bool = False,
@@ -69,8 +74,7 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig | None =
     config = config or SparseGPTConfig()
     nm = config.nm
     check_problem(W, H, nm=nm, group_size=config.group_size)
-    quantized = config.bits < 16 or config.gguf is not None
-    if nm is None and config.sparsity == 0 and quantized:
+    if config.quantizes_only:
         # Nothing to prune: the column order is then free, and GPTQ's activation order
         # (largest diag(H) first) gives a clearly lower layer error than the left-to-right sweep.
         return gptq(W, H, GPTQConfig(bits=config.bits if config.bits < 16 else 4, group_size=config.group_size, sym=config.sym,
