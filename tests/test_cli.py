@@ -52,6 +52,26 @@ def test_prune_saves_a_loadable_model_and_report(workspace, tmp_path, capsys):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
 
 
+def test_the_perplexity_reported_is_that_of_the_file_saved_in_the_sources_dtype(workspace, tmp_path, capsys):
+    # The prune computes in float32 on CPU and saves in the source's bfloat16: the weights are
+    # rounded before the evaluation, so report.json scores what `prunellm eval` reads back.
+    source = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(workspace["model"]).to(torch.bfloat16).save_pretrained(source)
+    word_tokenizer(WORDS).save_pretrained(source)
+    out = tmp_path / "pruned"
+    args = prune_args({**workspace, "model": str(source)}, out, "--sparsity", "0.5", "--refine", "none",
+                      "--eval", workspace["text"], "--no-dense-eval")
+    assert main(args) == 0
+    assert "(bfloat16)" in capsys.readouterr().out
+    # the same tensors in the same dtype as the source: its size, not twice it
+    assert (out / "model.safetensors").stat().st_size <= 1.01 * (source / "model.safetensors").stat().st_size
+    reported = json.loads((out / "report.json").read_text())["perplexity"]["compressed"][workspace["text"]]
+    assert main(["eval", str(out), "--datasets", workspace["text"], "--seqlen", "32", "--quiet",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    measured = json.loads((tmp_path / "eval.json").read_text())["perplexity"]["values"][workspace["text"]]
+    assert measured == pytest.approx(reported, rel=1e-6)
+
+
 @pytest.mark.parametrize("target", [["--sparsity", "0.7"], ["--nm", "2:4"]])
 def test_prune_without_refine_or_allocation_takes_the_tables_choice(workspace, tmp_path, capsys, target):
     out = tmp_path / "pruned"

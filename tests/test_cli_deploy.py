@@ -62,7 +62,11 @@ def test_generate_and_bench_infer(compressed, capsys):
 
 
 REFUSED = {
-    "save dtype with hf": (["--save-dtype", "float16"], "--save-dtype only applies with --format compressed"),
+    "save dtype with compressed-tensors": (["--method", "gptq", "--bits", "4", "--format", "compressed-tensors",
+                                            "--save-dtype", "float16"],
+                                           "--save-dtype only applies with --format hf or compressed"),
+    "quantized weights saved narrower": (["--bits", "4", "--save-dtype", "bfloat16"],
+                                         "--save-dtype bfloat16 would move the quantized weights off their grid"),
     "gguf grid in compressed": (["--method", "gptq", "--gguf-type", "q4_0", "--format", "compressed"],
                                 "use --format gguf"),
     "stream to compressed": (["--stream", "--format", "compressed"], "no --format compressed"),

@@ -146,6 +146,8 @@ BAD = {
                                    "block range 5..2 is outside the model's 3 blocks"),
     "batch size of zero": (["MODEL", "--stream", "--out", "OUT", "--batch-size", "0"], "batch_size must be positive"),
     "unknown device": (["MODEL", "--stream", "--out", "OUT", "--device", "gpu"], "unknown device 'gpu'"),
+    "quantized weights saved narrower": (["MODEL", "--stream", "--out", "OUT", "--bits", "4", "--save-dtype",
+                                          "float16"], "--save-dtype float16 would move the quantized weights off"),
 }
 
 
@@ -215,6 +217,34 @@ def test_on_a_gpu_auto_dtype_is_the_same_streamed_and_in_memory(root, calib, tmp
     for name, tensor in memory.items():
         assert tensor.dtype == stream[name].dtype == torch.bfloat16, name
         assert torch.equal(tensor, stream[name]), name
+
+
+@pytest.mark.parametrize("arch, extra, saved", [("llama", [], torch.bfloat16), ("gpt2", [], torch.bfloat16),
+                                                 ("llama", ["--bits", "4"], torch.float32),
+                                                 ("llama", ["--save-dtype", "float32"], torch.float32)],
+                         ids=["sparse", "sparse-tied-head", "quantized", "asked"])
+def test_on_cpu_a_bfloat16_checkpoint_is_saved_in_its_dtype_unless_quantized(arch, extra, saved, root, calib,
+                                                                             tmp_path):
+    # On CPU both paths compute in float32; --save-dtype auto writes a sparse result back in the
+    # source's dtype (half the size) and keeps a quantized one in float32, where its grid is exact.
+    source = root / f"{arch}-bf16-cpu"
+    if not source.exists():
+        tiny_model(arch).to(torch.bfloat16).save_pretrained(source)
+        word_tokenizer(WORDS).save_pretrained(source)
+    common = ["--calib", calib.source, "--num-samples", "4", "--seqlen", "32", "--method", "sparsegpt",
+              "--sparsity", "0.5", "--refine", "none", "--device", "cpu", "--quiet", *extra]
+    assert main(["prune", str(source), *common, "--out", str(tmp_path / "memory")]) == 0
+    assert main(["prune", str(source), "--stream", *common, "--out", str(tmp_path / "stream")]) == 0
+    memory, stream = weights(tmp_path / "memory"), weights(tmp_path / "stream")
+    assert memory.keys() == stream.keys()
+    for name, tensor in memory.items():
+        assert tensor.dtype == stream[name].dtype == saved, name
+        assert torch.equal(tensor, stream[name]), name
+    for out in ("memory", "stream"):
+        assert json.loads((tmp_path / out / "config.json").read_text())["dtype"] == str(saved).split(".")[1]
+        assert json.loads((tmp_path / out / "report.json").read_text())["saved_dtype"] == str(saved).split(".")[1]
+    embedding = next(name for name in memory if "wte" in name or "embed_tokens" in name)
+    assert torch.equal(memory[embedding].to(torch.bfloat16), weights(source)[embedding])  # untouched, exactly
 
 
 def watch_streamed_model(monkeypatch) -> list:

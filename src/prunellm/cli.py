@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "compressed: prunellm's smaller format, served by `prunellm.load` (docs/format.md); "
                             "compressed-tensors: quantization-only results, for vLLM")
     prune.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
-                       help="compressed: dtype of stored values (auto: float16 for a float32 model, else its own)")
+                       help="dtype of the saved weights. hf (auto): the source's for a sparse result, the compute "
+                            "dtype for a quantized one; compressed (auto): float16 for a float32 model, else its own")
     prune.add_argument("--gguf-other-type", default="keep",
                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
     prune.add_argument("--out", default=None,
@@ -276,7 +277,9 @@ def run_prune(args: argparse.Namespace) -> None:
     from .devices import resolve_device
     from .distributed import init_from_env
     from .io import check_output_dir, load_model, save_model
-    from .io.default_model import gguf_file, model_label
+    from .io.default_model import default_model_path, gguf_file, model_label
+    from .io.dtypes import dtype_name, hf_save_dtype, method_quantizes, round_weights, stored_dtype
+    from .io.load import resolve_dtype
     from .methods import build_method
     from .methods.recommended import with_recommended
     from .walker import AllocationConfig, WalkConfig
@@ -289,8 +292,8 @@ def run_prune(args: argparse.Namespace) -> None:
     if note is not None:
         print(note)
     gguf_output = _gguf_output(args)
-    if args.save_dtype != "auto" and args.format != "compressed":
-        raise PrunellmError(f"--save-dtype only applies with --format compressed, not --format {args.format}")
+    if args.save_dtype != "auto" and args.format not in ("hf", "compressed"):
+        raise PrunellmError(f"--save-dtype only applies with --format hf or compressed, not --format {args.format}")
     if args.format in SERVING_FORMATS:
         from .deploy import check_serving_output
 
@@ -312,6 +315,11 @@ def run_prune(args: argparse.Namespace) -> None:
     for name in evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=args.data_dir)
     device = group.device if group is not None else resolve_device(args.device)
+    save_dtype = None
+    if args.format == "hf":  # decided before loading: a refused --save-dtype fails at once
+        save_dtype = hf_save_dtype(args.save_dtype, stored=stored_dtype(args.model or default_model_path()),
+                                   compute=resolve_dtype(args.dtype, device),
+                                   quantizes=method_quantizes(method.describe()))
     model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=device)
     if gguf_output is not None:
         pipeline.check_gguf_output(model, method, walk, *gguf_output)
@@ -322,6 +330,8 @@ def run_prune(args: argparse.Namespace) -> None:
     result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation, dist=group)
     if not is_main:
         return  # every process holds the same compressed model: the first evaluates and saves it
+    if save_dtype is not None and args.out is not None:
+        round_weights(model, save_dtype)  # the figures below are then those of the saved weights
     compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
     report = pipeline.build_report(model_source=model_label(args.model), model=model, method=method,
                                    calibration=calibration, walk=walk, result=result, eval_config=evaluation,
@@ -344,9 +354,10 @@ def run_prune(args: argparse.Namespace) -> None:
                                       dtype=args.save_dtype, overwrite=args.overwrite)
         print(f"saved to {path}: {summary}")
     elif args.out is not None:
-        path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite,
+        report["saved_dtype"] = dtype_name(save_dtype)
+        path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite, dtype=save_dtype,
                           gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
-        print(f"saved to {path}")
+        print(f"saved to {path} ({dtype_name(save_dtype)})")
 
 
 def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, walk: Any, allocation: Any,
@@ -360,12 +371,12 @@ def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, wa
         raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
                             "`prunellm eval OUT` afterwards")
     run = prune_streaming(args.model, args.out, method, calibration, walk, dtype=args.dtype, overwrite=args.overwrite,
-                          allocation=allocation, group=group, model_label=str(args.model))
+                          save_dtype=args.save_dtype, allocation=allocation, group=group, model_label=str(args.model))
     if group is None or group.is_main:
         resumed = f", resumed at block {run.resumed_from}" if run.resumed_from is not None else ""
         print(f"{method.name}: {len(run.result.layers)} layers, sparsity "
               f"{run.report['sparsity']['compressed_layers']:.2%}, {run.result.seconds['total']:.1f} s{resumed}")
-        print(f"saved to {run.out}")
+        print(f"saved to {run.out} ({run.report['saved_dtype']})")
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -29,6 +29,7 @@ from .io import check_output_dir, load_tokenizer, write_json_atomic
 from .io.gguf_blocks_file import save_gguf_blocks
 from .io.quant_grids_file import save_quant_grids
 from .io.lazy import LazyCheckpoint
+from .io.dtypes import dtype_name, hf_save_dtype, method_quantizes, stored_dtype
 from .io.load import resolve_dtype
 from .io.resume import RunState, kill_point
 from .io.save import REPORT_FILE
@@ -52,15 +53,17 @@ class StreamedRun:
 
 
 def prune_streaming(source: str | Path, out: str | Path, method: Method, calibration: CalibrationConfig | None = None,
-                    walk: WalkConfig | None = None, *, dtype: str = "auto", overwrite: bool = False,
-                    allocation: AllocationConfig | None = None, group: Group | None = None,
+                    walk: WalkConfig | None = None, *, dtype: str = "auto", save_dtype: str = "auto",
+                    overwrite: bool = False, allocation: AllocationConfig | None = None, group: Group | None = None,
                     model_label: str | None = None) -> StreamedRun:
     """Compress the model of the safetensors directory `source` into the directory `out`.
 
     The output is a sharded Hugging Face checkpoint (one shard per block, one for the
     embeddings, one for an untied head) with its index, config, tokenizer and report.json,
-    equal in weights to `pipeline.prune` + `save_model` on the whole model. group: one of
-    several processes; all must call this with the same arguments.
+    equal in weights to `pipeline.prune` + `save_model` on the whole model. save_dtype: what the
+    shards store, as `--save-dtype` (io/dtypes.py: "auto" is the source's dtype for a sparse
+    result, the compute dtype for a quantized one). group: one of several processes; all must
+    call this with the same arguments.
     """
     calibration = calibration or CalibrationConfig()
     walk = walk or WalkConfig()
@@ -72,6 +75,8 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     # (half-precision matmuls are slow there), else the checkpoint's dtype.
     skeleton = build_skeleton(LazyCheckpoint(source), resolve_dtype(dtype, device))
     model = skeleton.model
+    saved = hf_save_dtype(save_dtype, stored=stored_dtype(source), compute=model.dtype,
+                          quantizes=method_quantizes(method.describe()))
     blocks = find_blocks(model)
     last = check_walk_range(blocks, walk)[-1]  # before any state: a bad range leaves nothing behind
     check_layer_shapes(model, method, walk)
@@ -84,7 +89,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
         state.clear_finished()
     _barrier(group)  # every process sees the same work directory
     check_output_dir(out, overwrite)
-    resumed = state.load(_settings(skeleton, method, calibration, walk, allocation, device, group))
+    resumed = state.load(_settings(skeleton, method, calibration, walk, allocation, device, group, saved))
     _barrier(group)  # all have read the state before the first process writes one
     windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
                                seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
@@ -98,7 +103,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
         log.warning("resuming the interrupted run in %s at block %d", state.root, state.next_block)
 
     result = WalkResult(layers=[LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in state.data["layers"]])
-    host = StreamingHost(skeleton, blocks, plan, state, result, group)
+    host = StreamingHost(skeleton, blocks, plan, state, result, group, save_dtype=saved)
     gguf_grids, quant_grids = host.load_grids()
     result.gguf_blocks.update(gguf_grids)
     result.quant_grids.update(quant_grids)
@@ -126,9 +131,10 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
                           dense_ppl={}, compressed_ppl={}, allocation=allocation)
     report["streaming"] = {"shards": len(plan), "resumed_from_block": resumed_from,
                            "processes": group.world if group is not None else 1}
+    report["saved_dtype"] = dtype_name(saved)
     path = Path(out).expanduser()
     if main:
-        _finish_directory(state, skeleton, plan, tokenizer, source, report, result)
+        _finish_directory(state, skeleton, plan, tokenizer, source, report, result, saved)
         path = state.finish(overwrite)
     _barrier(group)
     return StreamedRun(result, report, path, resumed_from)
@@ -150,22 +156,23 @@ def _shard_plan(skeleton: Skeleton, blocks: Blocks) -> ShardPlan:
 
 
 def _settings(skeleton: Skeleton, method: Method, calibration: CalibrationConfig, walk: WalkConfig,
-              allocation: AllocationConfig, device: torch.device, group: Group | None) -> dict[str, Any]:
+              allocation: AllocationConfig, device: torch.device, group: Group | None,
+              saved: torch.dtype) -> dict[str, Any]:
     """Everything the output depends on: a resumed run must match it exactly."""
     walk_settings = {k: v for k, v in dataclasses.asdict(walk).items() if k not in ("device", "progress")}
     return {"model": str(skeleton.checkpoint.directory.resolve()), "files": skeleton.checkpoint.fingerprint(),
-            "dtype": str(skeleton.model.dtype), "device": device.type, "method": method.describe(),
+            "dtype": str(skeleton.model.dtype), "saved_dtype": str(saved), "device": device.type, "method": method.describe(),
             "calibration": dataclasses.asdict(calibration), "walk": walk_settings,
             "allocation": dataclasses.asdict(allocation), "processes": group.world if group is not None else 1}
 
 
 def _finish_directory(state: RunState, skeleton: Skeleton, plan: ShardPlan, tokenizer: Any, source: str | Path,
-                      report: dict[str, Any], result: WalkResult) -> None:
+                      report: dict[str, Any], result: WalkResult, saved: torch.dtype) -> None:
     """Index, config, generation config, tokenizer, report (and GGUF grids) beside the shards."""
     staging, model = state.staging, skeleton.model
     write_index(staging, plan, sum(state.written.values()), model.num_parameters())
     config = copy.deepcopy(model.config)  # what save_pretrained writes
-    config.dtype = str(model.dtype).split(".")[1]
+    config.dtype = dtype_name(saved)
     config.architectures = [type(model).__name__]
     config.save_pretrained(staging)
     generation = _generation_config(model, source)

@@ -36,8 +36,9 @@ class StreamingHost(BlockHost):
     """Blocks read from `skeleton`'s checkpoint on entry, written to `plan`'s shards on exit."""
 
     def __init__(self, skeleton: Skeleton, blocks: Blocks, plan: ShardPlan, state: RunState,
-                 result: WalkResult, group: Group | None = None) -> None:
+                 result: WalkResult, group: Group | None = None, save_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.save_dtype = save_dtype  # what the shards store (None: the model's dtype)
         self.skeleton = skeleton
         self.blocks = blocks
         self.plan = plan
@@ -153,6 +154,8 @@ class StreamingHost(BlockHost):
         unit = block_unit(index)
         main = self.rank == 0
         if main:
+            if self.save_dtype is not None:
+                self.skeleton.cast(self.plan.keys[unit], self.save_dtype)  # in place: no second copy of the block
             size = write_shard(self.state.staging, self.plan.file(unit), self._tensors(unit))
             self._save_grids(index)
             kill_point(f"shard:{index}")
@@ -173,8 +176,9 @@ class StreamingHost(BlockHost):
 
     def copy_unit(self, unit: str) -> None:
         """Write a unit the run does not change (embeddings, head, blocks outside the range) straight
-        from the checkpoint, in the model's dtype, and commit it."""
-        size = write_shard(self.state.staging, self.plan.file(unit), self.skeleton.read(self.plan.keys[unit]))
+        from the checkpoint, in the save dtype, and commit it."""
+        tensors = self.skeleton.read(self.plan.keys[unit], dtype=self.save_dtype)
+        size = write_shard(self.state.staging, self.plan.file(unit), tensors)
         self.state.commit(written={**self.state.written, unit: size})
 
     def _tensors(self, unit: str) -> dict[str, torch.Tensor]:

@@ -324,7 +324,8 @@ def export_directory_to_compressed_tensors(directory: str | Path, out: str | Pat
     (see the module docstring for what bfloat16 costs). Without report.json, the grids file
     alone says which layers were compressed, and sparsity is judged from the weights.
     """
-    from prunellm.io.load import load_model, saved_dtype
+    from prunellm.io.dtypes import dtype_name, stored_dtype
+    from prunellm.io.load import load_model
 
     directory = Path(directory).expanduser()
     if not directory.is_dir():
@@ -339,5 +340,5 @@ def export_directory_to_compressed_tensors(directory: str | Path, out: str | Pat
         raise PrunellmError(f"{directory} has no quantization grids (quant_grids.safetensors): only a prune that "
                             "quantized (bits 4 or 8) can be written as compressed-tensors")
     _require_package()
-    model, tokenizer = load_model(directory, dtype=saved_dtype(directory))
+    model, tokenizer = load_model(directory, dtype=dtype_name(stored_dtype(directory)))
     return save_compressed_tensors(model, tokenizer, grids, out, report=report, overwrite=overwrite)

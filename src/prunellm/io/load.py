@@ -15,6 +15,7 @@ from prunellm.errors import PrunellmError
 from prunellm.io import gguf_cache
 from prunellm.io.checks import check_finite
 from prunellm.io.compressed.checkpoint import is_compressed_dir
+from prunellm.io.dtypes import DTYPES
 from prunellm.io.default_model import default_model_path
 from prunellm.io.gguf import clear_gguf_marks, gguf_model_kwargs
 from prunellm.io.source import ModelSource, resolve_source
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load_model(
@@ -172,14 +172,3 @@ def _first_line(error: BaseException) -> str:
     # transformers' messages span several lines; PrunellmError messages are one line.
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def saved_dtype(directory: str | Path) -> str:
-    """The dtype config.json records for a saved directory's weights ("float32" when it says
-    none): what to load it in where `load_model` would pick float32 on a CPU."""
-    try:
-        config = json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, ValueError):
-        return "float32"  # load_model reports the missing or broken config itself
-    dtype = config.get("dtype") or config.get("torch_dtype")
-    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"

@@ -8,8 +8,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, sibling_name, write_json_atomic
+from prunellm.io.dtypes import cast_weights
 from prunellm.io.gguf import clear_gguf_marks
 from prunellm.io.gguf_blocks_file import save_gguf_blocks
 from prunellm.io.quant_grids_file import save_quant_grids
@@ -49,6 +52,7 @@ def save_model(
     overwrite: bool = False,
     gguf_blocks: dict | None = None,
     quant_grids: dict | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write safetensors weights, config, tokenizer and `report.json` (when given) to `out_dir`.
 
@@ -56,13 +60,17 @@ def save_model(
     crash never leaves a half-written `out_dir`. With `overwrite`, an existing `out_dir` is
     replaced only once the new one is complete. A GGUF-loaded model has its quantizer marks
     cleared in place (see `clear_gguf_marks`). The grids quantized layers ended on are kept
-    beside the weights (gguf_blocks, quant_grids files) for a lossless export later. Returns
+    beside the weights (gguf_blocks, quant_grids files) for a lossless export later. `dtype`:
+    write the weights in this dtype (`io.dtypes.hf_save_dtype` chooses it); the model's
+    parameters are converted in place first, as a save is a run's last use of them. Returns
     the output path.
     """
     out = Path(out_dir).expanduser()
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     clear_gguf_marks(model)
+    if dtype is not None:
+        cast_weights(model, dtype)
 
     staging = make_sibling_dir(out, "tmp")
     try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from prunellm.errors import PrunellmError
 from prunellm.io.checks import check_weight_finite
+from prunellm.io.dtypes import check_representable, declared_dtype, first_tensor_dtype
 from prunellm.io.lazy import LazyCheckpoint
 
 if TYPE_CHECKING:
@@ -52,8 +53,10 @@ class Skeleton:
         start = prefix + "." if prefix else ""
         return [stored for stored, name in self.model_name.items() if name.startswith(start)]
 
-    def read(self, stored: Iterable[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Checkpoint tensors by stored name, on `device`, each in the model's dtype for it."""
+    def read(self, stored: Iterable[str], device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors by stored name, on `device`, each in the model's dtype for it (the
+        floating ones in `dtype` when given: a value it cannot hold is an error)."""
         out = {}
         for key in stored:
             # One at a time: a tensor read maps its file, and the mapped pages count in the process's
@@ -66,9 +69,27 @@ class Skeleton:
             if key not in self._checked:
                 check_weight_finite(key, tensor)
                 self._checked.add(key)
-            dtype = self._slot(self.model_name[key]).dtype if tensor.is_floating_point() else tensor.dtype
-            out[key] = tensor.to(device=device, dtype=dtype)
+            if not tensor.is_floating_point():
+                out[key] = tensor.to(device)
+            elif dtype is None or not self._is_parameter(key):  # buffers keep theirs, as in save_model
+                out[key] = tensor.to(device=device, dtype=self._slot(self.model_name[key]).dtype)
+            else:
+                out[key] = tensor.to(device=device, dtype=dtype)
+                check_representable(key, out[key], dtype)
         return out
+
+    def cast(self, stored: Iterable[str], dtype: torch.dtype) -> None:
+        """Convert these floating parameters to `dtype` in place, one at a time (each one's old
+        storage is freed as the next is made): a finished block before it is written. Buffers
+        keep their dtype, as `io.dtypes.cast_weights` leaves them in the in-memory path."""
+        for key in stored:
+            if not self._is_parameter(key):
+                continue
+            current = self.tensor(key)
+            if current.is_floating_point() and current.dtype != dtype:
+                converted = current.to(dtype)
+                check_representable(key, converted, dtype)
+                self._assign(self.model_name[key], converted)
 
     def materialize(self, stored: Iterable[str], device: torch.device | str) -> None:
         """Give these parameters and buffers their checkpoint values, on `device`."""
@@ -86,6 +107,10 @@ class Skeleton:
     def tensor(self, stored: str) -> torch.Tensor:
         """The model's current value of a stored tensor."""
         return self._slot(self.model_name[stored]).detach()
+
+    def _is_parameter(self, stored: str) -> bool:
+        parent, _, leaf = self.model_name[stored].rpartition(".")
+        return leaf in self.model.get_submodule(parent)._parameters
 
     def _slot(self, name: str) -> torch.Tensor:
         parent, _, leaf = name.rpartition(".")
@@ -124,14 +149,8 @@ def build_skeleton(checkpoint: LazyCheckpoint, dtype: torch.dtype | str) -> Skel
     return Skeleton(model, checkpoint)
 
 
-def _auto_dtype(config: object, checkpoint: LazyCheckpoint) -> torch.dtype:
-    declared = getattr(config, "dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    if isinstance(declared, torch.dtype):
-        return declared
-    stored = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-    return next((stored[t.dtype] for t in checkpoint.tensors.values() if t.dtype in stored), torch.float32)
+def _auto_dtype(config: Any, checkpoint: LazyCheckpoint) -> torch.dtype:
+    return declared_dtype(config.to_dict()) or first_tensor_dtype(checkpoint.tensors.values()) or torch.float32
 
 
 def _match_names(model: PreTrainedModel, checkpoint: LazyCheckpoint) -> dict[str, str]:

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from prunellm.io.dtypes import DTYPES, dtype_name
 from prunellm.solvers.quant import QuantGrid
 
 from .packing import container_bits, index_bits, pack_bits, unpack_bits
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LAYOUTS = ("quant", "nm", "bitmask")
 
 
@@ -61,10 +61,6 @@ class CompressedWeight:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
