@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--dtype", default="auto", help="compute dtype (auto: float32 on CPU, as prunellm prune)")
+    parser.add_argument("--save-dtype", default="auto",
+                        help="dtype written (auto: the source's float16 for a sparse result, as prunellm prune)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", default="/tmp/prunellm-bench-streaming")
     parser.add_argument("--skip-memory", action="store_true", help="skip the in-memory run (models above RAM)")
@@ -152,7 +154,8 @@ def child(args: argparse.Namespace) -> None:
     out = workdir / f"pruned-{args.child}"
     argv = ["prune", str(model_dir), "--calib", str(workdir / "calib.txt"), "--num-samples", str(args.num_samples),
             "--seqlen", str(args.seqlen), "--method", args.method, "--sparsity", args.sparsity,
-            "--dtype", args.dtype, "--device", args.device, "--out", str(out), "--overwrite", "--quiet"]
+            "--dtype", args.dtype, "--save-dtype", args.save_dtype, "--device", args.device, "--out", str(out),
+            "--overwrite", "--quiet"]
     if args.refine is not None:
         argv += ["--refine", args.refine]
     if args.child == "stream":
