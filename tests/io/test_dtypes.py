@@ -99,3 +99,15 @@ def test_a_value_beyond_float16_is_an_error_naming_the_weight():
         round_weights(model, F16)
     round_weights(model, BF16)  # bfloat16 holds it
     assert model.model.layers[0].mlp.down_proj.weight[0, 0] == 99840.0
+
+
+@pytest.mark.parametrize("where", ["model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight"])
+def test_the_compressed_format_refuses_a_value_its_float16_cannot_hold(where, tmp_path):
+    from prunellm.io.compressed.checkpoint import save_compressed
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.get_parameter(where)[0, 0] = -1e5
+    with pytest.raises(PrunellmError, match=rf"{where} has values beyond float16's range"):
+        save_compressed(model, None, tmp_path / "out", ["model.layers.0.mlp.down_proj"])  # auto: float16
+    assert not list(tmp_path.iterdir())

@@ -124,11 +124,17 @@ def cast_weights(model: nn.Module, dtype: torch.dtype) -> None:
 
 def _rounded_parameters(model: nn.Module, dtype: torch.dtype) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
     for name, param in model.named_parameters():  # a tied parameter comes once
-        if not param.is_floating_point() or param.dtype == dtype or param.is_meta:
-            continue
-        rounded = param.detach().to(dtype)
-        check_representable(name, rounded, dtype)
-        yield param, rounded
+        if param.is_floating_point() and param.dtype != dtype and not param.is_meta:
+            yield param, cast_checked(name, param.detach(), dtype)
+
+
+def cast_checked(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A floating `tensor` in `dtype` (others as they are); a value it cannot hold is an error."""
+    if not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    cast = tensor.to(dtype)
+    check_representable(name, cast, dtype)
+    return cast
 
 
 def check_representable(name: str, rounded: torch.Tensor, dtype: torch.dtype) -> None:

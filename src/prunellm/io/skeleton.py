@@ -18,7 +18,7 @@ from torch import nn
 
 from prunellm.errors import PrunellmError
 from prunellm.io.checks import check_weight_finite
-from prunellm.io.dtypes import check_representable, declared_dtype, first_tensor_dtype
+from prunellm.io.dtypes import cast_checked, declared_dtype, first_tensor_dtype
 from prunellm.io.lazy import LazyCheckpoint
 
 if TYPE_CHECKING:
@@ -74,8 +74,7 @@ class Skeleton:
             elif dtype is None or not self._is_parameter(key):  # buffers keep theirs, as in save_model
                 out[key] = tensor.to(device=device, dtype=self._slot(self.model_name[key]).dtype)
             else:
-                out[key] = tensor.to(device=device, dtype=dtype)
-                check_representable(key, out[key], dtype)
+                out[key] = cast_checked(key, tensor, dtype).to(device)
         return out
 
     def cast(self, stored: Iterable[str], dtype: torch.dtype) -> None:
@@ -87,9 +86,7 @@ class Skeleton:
                 continue
             current = self.tensor(key)
             if current.is_floating_point() and current.dtype != dtype:
-                converted = current.to(dtype)
-                check_representable(key, converted, dtype)
-                self._assign(self.model_name[key], converted)
+                self._assign(self.model_name[key], cast_checked(key, current, dtype))
 
     def materialize(self, stored: Iterable[str], device: torch.device | str) -> None:
         """Give these parameters and buffers their checkpoint values, on `device`."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, write_json_atomic
+from prunellm.io.dtypes import cast_checked
 from prunellm.io.save import REPORT_FILE, check_output_dir, move_into_place
 from prunellm.solvers.quant import QuantGrid
 
@@ -87,7 +88,7 @@ def compress_layers(model: nn.Module, layer_names: list[str], grids: dict[str, Q
 
     packed: dict[str, CompressedWeight] = {}
     for name in layer_names:
-        weight = read_weight(model.get_submodule(name)).to(dtype)  # (out, in)
+        weight = cast_checked(f"{name}.weight", read_weight(model.get_submodule(name)), dtype)  # (out, in)
         grid = grids.get(name)
         try:
             compressed = compress_weight(weight, grid, nm)
@@ -173,8 +174,7 @@ def _dense_tensors(model: nn.Module, packed: dict[str, CompressedWeight], dtype:
         if key in seen and tensor.numel():
             continue
         seen.add(key)
-        tensor = tensor.detach().cpu()
-        tensors[name] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
+        tensors[name] = cast_checked(name, tensor.detach().cpu(), dtype).contiguous()
     return tensors
 
 

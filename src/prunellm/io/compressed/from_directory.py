@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from prunellm.io.dtypes import cast_checked
 from prunellm.io.lazy import LazyCheckpoint
 from prunellm.io.save import check_output_dir
 from prunellm.io.skeleton import build_skeleton
@@ -49,8 +50,7 @@ def export_compressed_lazily(directory: str | Path, out: str | Path, layer_names
     for stored, name in skeleton.model_name.items():  # a tied tensor once, under its first name
         if name in compressed:
             continue
-        tensor = skeleton.read([stored])[stored]
-        tensors[name] = (tensor.to(target) if tensor.is_floating_point() else tensor).contiguous()
+        tensors[name] = cast_checked(name, skeleton.read([stored])[stored], target).contiguous()
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory)
     return write_compressed_dir(out, model, load_tokenizer(directory), packed, tensors, target, report=report,
