@@ -51,8 +51,8 @@ CASES = {
     ("auto", BF16, "auto", True): BF16,
     ("float32", BF16, BF16, True): F32,  # widening is exact
     ("bfloat16", BF16, BF16, True): BF16,
-    ("bfloat16", BF16, F32, True): "--save-dtype bfloat16 would move the quantized weights off their grid",
-    ("float16", BF16, BF16, True): "--save-dtype float16 would move the quantized weights off their grid",
+    ("bfloat16", BF16, F32, True): r"off their grid \(computed in float32\): save in float32, or use --format",
+    ("float16", BF16, BF16, True): r"off their grid \(computed in bfloat16\): save in bfloat16 or float32, or",
     ("int8", F32, F32, False): "unknown save dtype 'int8'",
 }
 

@@ -95,9 +95,10 @@ def hf_save_dtype(choice: str, *, stored: torch.dtype, compute: torch.dtype | st
         return compute
     wanted = DTYPES[choice]
     if wanted not in (compute, torch.float32):
+        exact = " or ".join(dict.fromkeys([dtype_name(compute), "float32"]))
         raise PrunellmError(f"--save-dtype {choice} would move the quantized weights off their grid (computed in "
-                            f"{dtype_name(compute)}): save in {dtype_name(compute)} or float32, or use "
-                            "--format compressed (integers and scales)")
+                            f"{dtype_name(compute)}): save in {exact}, or use --format compressed (integers and "
+                            "scales)")
     return wanted
 
 
