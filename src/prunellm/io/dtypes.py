@@ -13,8 +13,8 @@ stores such layers as integers and scales instead).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch

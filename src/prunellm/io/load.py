@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +13,8 @@ from prunellm.errors import PrunellmError
 from prunellm.io import gguf_cache
 from prunellm.io.checks import check_finite
 from prunellm.io.compressed.checkpoint import is_compressed_dir
-from prunellm.io.dtypes import DTYPES
 from prunellm.io.default_model import default_model_path
+from prunellm.io.dtypes import DTYPES
 from prunellm.io.gguf import clear_gguf_marks, gguf_model_kwargs
 from prunellm.io.source import ModelSource, resolve_source
 
@@ -24,7 +22,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
 
 
 def load_model(
