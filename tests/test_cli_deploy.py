@@ -130,6 +130,21 @@ def test_eval_reads_a_compressed_directory(workspace, compressed, capsys):
     assert "perplexity:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("extra", [["--sparsity", "0.5", "--refine", "none"], QUANT_24], ids=["sparse", "2:4+4-bit"])
+def test_the_perplexity_reported_is_that_of_the_compressed_file(extra, workspace, tmp_path, capsys):
+    # The file stores float16 values of a model computed in float32: the weights are rounded to
+    # them before the evaluation, so report.json scores what `prunellm eval` reads back.
+    out = tmp_path / "c"
+    text = workspace["text"]
+    assert main(prune_args(workspace, out, *extra, "--format", "compressed", "--eval", text, "--eval-tokens", "512",
+                           "--no-dense-eval")) == 0
+    reported = json.loads((out / "report.json").read_text())["perplexity"]["compressed"][text]
+    assert main(["eval", str(out), "--datasets", text, "--seqlen", "32", "--eval-tokens", "512", "--quiet",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    measured = json.loads((tmp_path / "eval.json").read_text())["perplexity"]["values"][text]
+    assert measured == pytest.approx(reported, rel=1e-6)
+
+
 def test_a_streamed_prune_exports_to_compressed(workspace, tmp_path, capsys):
     streamed = tmp_path / "streamed"
     assert main(prune_args(workspace, streamed, *QUANT_24, "--stream")) == 0

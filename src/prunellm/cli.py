@@ -330,8 +330,9 @@ def run_prune(args: argparse.Namespace) -> None:
     result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation, dist=group)
     if not is_main:
         return  # every process holds the same compressed model: the first evaluates and saves it
-    if save_dtype is not None and args.out is not None:
-        round_weights(model, save_dtype)  # the figures below are then those of the saved weights
+    written = _written_dtype(args, model, save_dtype)
+    if written is not None:
+        round_weights(model, written)  # the figures below are then those of the saved weights
     compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
     report = pipeline.build_report(model_source=model_label(args.model), model=model, method=method,
                                    calibration=calibration, walk=walk, result=result, eval_config=evaluation,
@@ -358,6 +359,18 @@ def run_prune(args: argparse.Namespace) -> None:
         path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite, dtype=save_dtype,
                           gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
         print(f"saved to {path} ({dtype_name(save_dtype)})")
+
+
+def _written_dtype(args: argparse.Namespace, model: Any, hf_dtype: Any) -> Any:
+    """The dtype the output stores dense and sparse weights in, when the run writes one in a
+    dtype of prunellm's choosing (hf, compressed); else None."""
+    if args.out is None or args.format not in ("hf", "compressed"):
+        return None
+    if args.format == "hf":
+        return hf_dtype
+    from .io.compressed.checkpoint import save_dtype
+
+    return save_dtype(model, args.save_dtype)
 
 
 def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, walk: Any, allocation: Any,
