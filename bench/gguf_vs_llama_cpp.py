@@ -49,6 +49,12 @@ VARIANTS = {
     "llama.cpp Q4_K_M + imatrix": ("llama", ("Q4_K_M", True)),
     "prunellm GPTQ → Q4_K_M (plain H)": ("prunellm", ("gptq", {"gguf": "q4_k_m"})),
     "prunellm GPTQ → Q4_K_M": ("prunellm", ("gptq", {"gguf": "q4_k_m", "shrink": True})),
+    # Q4_K itself: every block layer q4_k (Q4_K_S with --pure), less one shared with q6_k than
+    # Q4_K_M's mixture; widths that do not tile 256 fall back to q5_0 in both tools.
+    "llama.cpp Q4_K": ("llama", ("Q4_K_S", False)),
+    "llama.cpp Q4_K + imatrix": ("llama", ("Q4_K_S", True)),
+    "prunellm GPTQ → Q4_K (plain H)": ("prunellm", ("gptq", {"gguf": "q4_k"})),
+    "prunellm GPTQ → Q4_K": ("prunellm", ("gptq", {"gguf": "q4_k", "shrink": True})),
 }
 
 
