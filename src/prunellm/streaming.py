@@ -161,7 +161,8 @@ def _settings(skeleton: Skeleton, method: Method, calibration: CalibrationConfig
     """Everything the output depends on: a resumed run must match it exactly."""
     walk_settings = {k: v for k, v in dataclasses.asdict(walk).items() if k not in ("device", "progress")}
     return {"model": str(skeleton.checkpoint.directory.resolve()), "files": skeleton.checkpoint.fingerprint(),
-            "dtype": str(skeleton.model.dtype), "saved_dtype": str(saved), "device": device.type, "method": method.describe(),
+            "dtype": str(skeleton.model.dtype), "saved_dtype": str(saved), "device": device.type,
+            "method": method.describe(),
             "calibration": dataclasses.asdict(calibration), "walk": walk_settings,
             "allocation": dataclasses.asdict(allocation), "processes": group.world if group is not None else 1}
 
