@@ -18,7 +18,7 @@ export PRUNELLM_LLAMA_BIN ?= $(LLAMA_BIN)
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile setup.py $(wildcard src/prunellm/runtime/native/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: this disk holds the CPU build; an unpinned torch pulls CUDA.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0

@@ -1,0 +1,179 @@
+"""y = x @ Wᵀ on a CPU for a few tokens (decode), reading W in prunellm's compressed layouts.
+
+At decode a layer's product is bound by the bytes of its weight, and a compressed layer has
+fewer of them: 50% bitmask + bfloat16 values reads 1.13 bytes a weight against dense
+bfloat16's 2, 2:4 + 4-bit 0.41. The native library (runtime/native/csrc, built at install)
+streams those bytes and expands them in registers, one pass over the weight for all tokens:
+
+    native = prepare(spec, tensors)   # checks the parts and repacks them once (cpu_layout.py)
+    y = matmul(x, native)             # x (T, C) float32 or bfloat16 -> y (T, R), same dtype
+
+Products are summed in float32. The instruction set is chosen by the CPU's features (avx512:
+F/BW/VL/DQ/VBMI2, avx2: AVX2/FMA/F16C, else portable C++), or forced by the environment
+variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512; a forced level this CPU lacks is refused.
+Rows are split over torch.get_num_threads() threads of the library's own pool.
+
+When the library was not built (no compiler at install), `available()` is False, with one
+warning, and callers multiply through torch instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunellm.errors import PrunellmError
+
+from .cpu_layout import KernelLayout, build, container_bits
+
+log = logging.getLogger(__name__)
+
+LEVELS = {"portable": 0, "avx2": 1, "avx512": 2}
+ENV = "PRUNELLM_CPU_KERNEL"
+NATIVE_DIR = Path(__file__).resolve().parent / "native"
+LIBRARY = "_prunellm_cpu"
+
+
+class _PnlWeight(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("cols_pad", ctypes.c_int64),
+                ("value_kind", ctypes.c_int32), ("code_bits", ctypes.c_int32), ("weight_dtype", ctypes.c_int32),
+                ("has_mask", ctypes.c_int32), ("group_size", ctypes.c_int64), ("groups", ctypes.c_int64),
+                ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p), ("values", ctypes.c_void_p),
+                ("scales", ctypes.c_void_p), ("zeros", ctypes.c_void_p)]
+
+
+@dataclass
+class NativeWeight:
+    """A layer repacked for the kernels; holds its buffers alive for the pointers in `struct`."""
+
+    shape: tuple[int, int]  # (R, C)
+    layout: KernelLayout
+    struct: _PnlWeight
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one product reads from the weight."""
+        return self.layout.nbytes
+
+
+_library: ctypes.CDLL | None = None
+_load_error: str | None = None
+_warned = False
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _load_error
+    if _library is not None or _load_error is not None:
+        return _library
+    if sys.byteorder != "little":
+        _load_error = "the kernels read 64-bit mask words as little-endian"
+        return None
+    found = [NATIVE_DIR / f"{LIBRARY}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    found = [path for path in found if path.exists()]
+    if not found:
+        _load_error = f"no {LIBRARY} library under {NATIVE_DIR} (not built at install: no C++ compiler?)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(found[0]))
+        lib.pnl_matmul.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                                   ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.pnl_level_supported.argtypes = [ctypes.c_int]
+        if lib.pnl_abi_version() != 1:
+            raise OSError("library built from other sources: reinstall prunellm")
+    except (OSError, AttributeError) as error:
+        _load_error = f"cannot load {found[0].name}: {error}"
+        return None
+    _library = lib
+    return lib
+
+
+def available() -> bool:
+    """Whether the native library is built and loads (else one warning, and the torch path)."""
+    global _warned
+    if _load() is None and not _warned:
+        _warned = True
+        log.warning("native CPU kernels unavailable (%s); compressed layers multiply through torch", _load_error)
+    return _library is not None
+
+
+def _require() -> ctypes.CDLL:
+    if not available():
+        raise RuntimeError(f"native CPU kernels unavailable: {_load_error}")
+    return _library
+
+
+def supported_levels() -> list[str]:
+    """The instruction-set levels this CPU runs, lowest first."""
+    lib = _require()
+    return [name for name, level in LEVELS.items() if lib.pnl_level_supported(level)]
+
+
+def isa() -> str:
+    """The level in use: PRUNELLM_CPU_KERNEL when set, else the best this CPU runs."""
+    lib = _require()
+    forced = os.environ.get(ENV, "").strip().lower()
+    if not forced:
+        return [name for name, level in LEVELS.items() if level == lib.pnl_best_level()][0]
+    if forced not in LEVELS:
+        raise PrunellmError(f"{ENV}={forced!r} is not one of {', '.join(LEVELS)}")
+    if not lib.pnl_level_supported(LEVELS[forced]):
+        raise PrunellmError(f"{ENV}={forced} but this CPU lacks its instructions (runs: "
+                            f"{', '.join(supported_levels())})")
+    return forced
+
+
+def supports(spec: Any) -> bool:
+    """Whether `prepare` takes a layer of this spec (any layout, float dtype, codes of 1 to 8 bits)."""
+    if spec.layout not in ("bitmask", "nm", "quant") or spec.dtype not in ("float32", "float16", "bfloat16"):
+        return False
+    if spec.bits is not None and not (isinstance(spec.bits, int) and 1 <= spec.bits <= 8):
+        return False
+    if spec.layout == "quant":
+        return spec.bits is not None
+    if spec.layout == "nm":
+        return isinstance(spec.m, int) and isinstance(spec.n, int) and 0 <= spec.n < spec.m <= 256
+    return True
+
+
+def prepare(spec: Any, tensors: dict[str, torch.Tensor]) -> NativeWeight:
+    """Check a compressed layer's parts and repack them for the kernels (cpu_layout.py).
+
+    spec: anything with the attributes of the format's LayerSpec; tensors: its parts by name.
+    """
+    if not supports(spec):
+        raise PrunellmError(f"the native CPU kernels do not read a {spec.layout!r} layer of {spec.dtype} "
+                            f"(bits {spec.bits}, n:m {spec.n}:{spec.m})")
+    if spec.bits is not None:
+        container_bits(spec.bits)
+    layout = build(spec, tensors)
+    pointer = (lambda t: t.data_ptr() if t is not None else None)
+    struct = _PnlWeight(layout.rows, layout.cols, layout.cols_pad, layout.value_kind, layout.code_bits,
+                        layout.weight_dtype, int(layout.mask is not None), layout.group_size, layout.groups,
+                        pointer(layout.mask), pointer(layout.row_start), pointer(layout.values),
+                        pointer(layout.scales), pointer(layout.zeros))
+    return NativeWeight((layout.rows, layout.cols), layout, struct)
+
+
+def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
+    """x (T, C) float32 or bfloat16 -> y (T, R) = x @ Wᵀ in x's dtype, summed in float32."""
+    lib = _require()
+    rows, cols = weight.shape
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        raise PrunellmError("x must be a CPU tensor of float32 or bfloat16")
+    if x.dim() != 2 or x.shape[1] != cols or x.shape[0] < 1:
+        raise PrunellmError(f"x has shape {tuple(x.shape)}, expected (tokens, {cols})")
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    done = lib.pnl_matmul(ctypes.byref(weight.struct), x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[0],
+                          y.data_ptr(), torch.get_num_threads(), LEVELS[isa()])
+    if done != 0:
+        raise RuntimeError(f"native CPU kernel failed (code {done})")
+    return y if x.dtype == torch.float32 else y.to(torch.bfloat16)

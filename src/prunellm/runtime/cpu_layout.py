@@ -1,0 +1,228 @@
+"""A compressed layer's parts, checked and repacked at load into the one layout the native CPU
+kernels walk (runtime/native/csrc/kernels.h).
+
+Every layout becomes rows of `cols_pad` columns (C rounded up to 64) with
+
+- a mask, one bit per weight in 64-bit words, where a value is stored (none for "quant": every
+  column is). An n:m layer's kept slots become mask bits: 2:4 costs 4 bits per 4 weights as
+  positions or as a mask, and a mask needs no position decoding, so one kernel reads both;
+- the stored values row after row, as stored (float32, float16, bfloat16), or their codes
+  packed in their container, every row starting on a whole byte (the file packs the codes of
+  a bitmask layer across rows; a byte-aligned row start lets a thread begin at any row);
+- scales float32 (R, G) and zero points as float32 (R, G) for codes.
+
+Buffers the kernels load 16 values at a time from carry 64 bytes of tail padding, so that the
+last row's last load stays inside the buffer. Nothing here imports the format's own modules:
+the spec is read by attribute (layout, shape, dtype, n, m, bits, group_size) and the parts
+from a dict, so this keeps working wherever the format's code lives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prunellm.errors import PrunellmError
+
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+KIND = {"float32": 0, "float16": 1, "bfloat16": 2}  # PnlValueKind of stored floats; also the rounding dtype
+CODES = 3
+TAIL = 64  # bytes of padding after every buffer a kernel loads from
+
+
+@dataclass
+class KernelLayout:
+    """The repacked parts, with the fields of PnlWeight."""
+
+    rows: int
+    cols: int
+    cols_pad: int
+    value_kind: int
+    code_bits: int
+    weight_dtype: int
+    group_size: int
+    groups: int
+    mask: torch.Tensor | None  # int64 (R, cols_pad / 64) or None
+    row_start: torch.Tensor  # int64 (R + 1)
+    values: torch.Tensor  # stored values or packed codes, flat, with TAIL bytes after
+    scales: torch.Tensor | None  # float32 (R, G)
+    zeros: torch.Tensor | None  # float32 (R, G)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a product reads: the parts, not the padding."""
+        parts = [self.mask, self.row_start, self.scales, self.zeros]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None) + self.value_bytes
+
+    value_bytes: int = 0
+
+
+def container_bits(bits: int) -> int:
+    for size in (1, 2, 4, 8):
+        if bits <= size:
+            return size
+    raise PrunellmError(f"no container holds {bits}-bit codes (8 at most)")
+
+
+def index_bits(m: int) -> int:
+    return container_bits(max(1, math.ceil(math.log2(m))))
+
+
+def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """uint8 (..., bytes) of `bits`-bit values, first in the lowest bits -> uint8 (..., n)."""
+    if bits == 8:
+        return packed[..., :n]
+    per_byte = 8 // bits
+    fields = [(packed >> (j * bits)) & ((1 << bits) - 1) for j in range(per_byte)]
+    return torch.stack(fields, dim=-1).reshape(*packed.shape[:-1], -1)[..., :n]
+
+
+def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 (N,) with N a multiple of 8 // bits -> uint8 (N * bits / 8,)."""
+    if bits == 8:
+        return values
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    return (values.reshape(-1, per_byte).to(torch.int32) << shifts).sum(dim=1).to(torch.uint8)
+
+
+def build(spec: Any, tensors: dict[str, torch.Tensor]) -> KernelLayout:
+    """Check a layer's parts against its spec (one-line PrunellmError naming the problem) and
+    repack them for the kernels."""
+    rows, cols = _shape(spec)
+    if spec.dtype not in FLOAT_DTYPES:
+        raise PrunellmError(f"weight dtype {spec.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+            raise PrunellmError(f"part {name!r} is not a CPU tensor")
+    quantized = spec.bits is not None
+    cols_pad = -(-cols // 64) * 64
+    if spec.layout == "bitmask":
+        mask, counts, stored = _bitmask(spec, tensors, rows, cols, quantized)
+    elif spec.layout == "nm":
+        mask, counts, stored = _nm(spec, tensors, rows, cols, quantized)
+    elif spec.layout == "quant":
+        if not quantized:
+            raise PrunellmError("a 'quant' layer needs bits")
+        bits = container_bits(spec.bits)
+        qweight = _part(tensors, "qweight", torch.uint8, (rows, -(-cols * bits // 8)))
+        codes = torch.nn.functional.pad(unpack(qweight, bits, cols), (0, cols_pad - cols))  # (R, cols_pad)
+        mask, counts, stored = None, torch.full((rows,), cols_pad, dtype=torch.int64), codes.reshape(-1)
+    else:
+        raise PrunellmError(f"unknown layout {spec.layout!r}")
+    layout = KernelLayout(rows, cols, cols_pad, KIND[spec.dtype], 0, KIND[spec.dtype], cols, 1,
+                          None if mask is None else _mask_words(mask, cols_pad), torch.empty(0), torch.empty(0),
+                          None, None)
+    if quantized:
+        _codes(layout, spec, tensors, counts, stored)
+    else:
+        layout.row_start = _starts(counts)
+        layout.values = _with_tail(stored)
+        layout.value_bytes = stored.numel() * stored.element_size()
+    return layout
+
+
+def _shape(spec: Any) -> tuple[int, int]:
+    shape = tuple(spec.shape)
+    if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise PrunellmError(f"layer shape {shape} is not (out_features, in_features) of positive sizes")
+    return shape
+
+
+def _part(tensors: dict[str, torch.Tensor], name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if name not in tensors:
+        raise PrunellmError(f"part {name!r} is missing")
+    tensor = tensors[name]
+    if tensor.dtype != dtype:
+        raise PrunellmError(f"part {name!r} is {tensor.dtype}, expected {dtype}")
+    if tuple(tensor.shape) != shape:
+        raise PrunellmError(f"part {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
+                            "(truncated or mismatched)")
+    return tensor.contiguous()
+
+
+def _bitmask(spec: Any, t: dict[str, torch.Tensor], rows: int, cols: int,
+             quantized: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mask = unpack(_part(t, "mask", torch.uint8, (rows, -(-cols // 8))), 1, cols).bool()  # (R, C)
+    offsets = _part(t, "row_offsets", torch.int64, (rows + 1,))
+    counts = mask.sum(dim=1)
+    if int(offsets[0]) != 0 or not torch.equal(offsets[1:] - offsets[:-1], counts):
+        raise PrunellmError("part 'row_offsets' does not match the mask's count of stored values per row")
+    nnz = int(offsets[-1])
+    if quantized:
+        bits = container_bits(spec.bits)
+        stored = unpack(_part(t, "qvalues", torch.uint8, (-(-nnz * bits // 8),)), bits, nnz)
+    else:
+        stored = _part(t, "values", FLOAT_DTYPES[spec.dtype], (nnz,))
+    return mask, counts, stored
+
+
+def _nm(spec: Any, t: dict[str, torch.Tensor], rows: int, cols: int,
+        quantized: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, m = spec.n, spec.m
+    if not (isinstance(n, int) and isinstance(m, int) and 0 <= n < m <= 256) or cols % m:
+        raise PrunellmError(f"n:m {n}:{m} does not fit a layer of {cols} inputs")
+    kept = m - n
+    slots = cols // m * kept
+    ib = index_bits(m)
+    position = unpack(_part(t, "indices", torch.uint8, (rows, -(-slots * ib // 8))), ib, slots)
+    position = position.to(torch.int64).reshape(rows, cols // m, kept)
+    if bool((position >= m).any()) or bool((position[..., 1:] <= position[..., :-1]).any()):
+        raise PrunellmError(f"part 'indices' holds positions that are not increasing within 0..{m - 1}")
+    mask = torch.zeros(rows, cols // m, m, dtype=torch.bool).scatter_(2, position, True).reshape(rows, cols)
+    if quantized:
+        bits = container_bits(spec.bits)
+        stored = unpack(_part(t, "qvalues", torch.uint8, (rows, -(-slots * bits // 8))), bits, slots)
+    else:
+        stored = _part(t, "values", FLOAT_DTYPES[spec.dtype], (rows, slots))
+    return mask, torch.full((rows,), slots, dtype=torch.int64), stored.reshape(-1)
+
+
+def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: torch.Tensor,
+           codes: torch.Tensor) -> None:
+    """Codes (N,) of rows of `counts` codes, repacked with each row starting on a whole byte."""
+    rows, cols = layout.rows, layout.cols
+    if not isinstance(spec.bits, int) or not 1 <= spec.bits <= 8:
+        raise PrunellmError(f"bits {spec.bits!r} is not in 1..8")
+    group_size = spec.group_size or cols
+    if cols % group_size:
+        raise PrunellmError(f"group size {group_size} does not divide the layer's {cols} inputs")
+    groups = cols // group_size
+    scales = _part(t, "scales", torch.float32, (rows, groups))
+    zeros = _part(t, "zeros", torch.uint8, (rows, groups))
+    bits = container_bits(spec.bits)
+    per_byte = 8 // bits
+    padded = -(-counts // per_byte) * per_byte
+    starts = _starts(padded)
+    row = torch.repeat_interleave(torch.arange(rows), counts)
+    within = torch.arange(codes.numel()) - _starts(counts)[:-1].repeat_interleave(counts)
+    placed = torch.zeros(int(starts[-1]), dtype=torch.uint8)
+    placed[starts[:-1][row] + within] = codes
+    packed = pack(placed, bits)
+    layout.value_kind, layout.code_bits = CODES, bits
+    layout.group_size, layout.groups = group_size, groups
+    layout.row_start, layout.values, layout.value_bytes = starts, _with_tail(packed), packed.numel()
+    layout.scales, layout.zeros = scales, zeros.to(torch.float32)
+
+
+def _starts(counts: torch.Tensor) -> torch.Tensor:
+    starts = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    starts[1:] = counts.cumsum(0)
+    return starts
+
+
+def _mask_words(mask: torch.Tensor, cols_pad: int) -> torch.Tensor:
+    """bool (R, C) -> int64 (R, cols_pad / 64): bit c % 64 of word c // 64 (little-endian bytes)."""
+    padded = torch.nn.functional.pad(mask, (0, cols_pad - mask.shape[1])).to(torch.uint8)
+    return pack(padded.reshape(-1), 1).reshape(mask.shape[0], -1).view(torch.int64).contiguous()
+
+
+def _with_tail(flat: torch.Tensor) -> torch.Tensor:
+    """A flat copy of `flat` with TAIL bytes of zeros after it (the kernels' loads run past the end)."""
+    extra = -(-TAIL // flat.element_size())
+    out = torch.zeros(flat.numel() + extra, dtype=flat.dtype)
+    out[:flat.numel()] = flat.reshape(-1)
+    return out

@@ -1,0 +1,188 @@
+// The library's C entry points (called through ctypes): which ISA levels this CPU runs, and
+// y = x @ W^T over a thread pool of our own.
+//
+// Why our own threads and not OpenMP: torch brings its own OpenMP runtime, and a second one
+// in the process (the system's libgomp) would keep its own spinning workers beside torch's.
+// These threads spin briefly after a call (decode calls come back-to-back), then sleep on a
+// condition variable, so they cost nothing while torch computes.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "kernels.h"
+
+// The library is built with hidden symbols: only these entry points are visible to ctypes.
+#define PNL_API __attribute__((visibility("default")))
+
+namespace {
+
+bool cpu_has(int level) {
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    if (level == PNL_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("popcnt");
+    if (level == PNL_AVX512)
+        return cpu_has(PNL_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vbmi2");
+#endif
+    return level == PNL_PORTABLE;
+}
+
+PnlKernel kernel_for(int level) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (level == PNL_AVX512) return pnl_rows_avx512;
+    if (level == PNL_AVX2) return pnl_rows_avx2;
+#endif
+    return pnl_rows_portable;
+}
+
+struct Job {
+    PnlKernel kernel;
+    const PnlWeight* w;
+    const float* xp;
+    int tokens;
+    float* y;
+    int parts;
+    size_t scratch_bytes;
+};
+
+// A part's rows: contiguous, balanced by count, in multiples of 8 (whole cache lines of y).
+void run_part(const Job& job, int part, uint8_t* scratch) {
+    const int64_t R = job.w->rows, unit = 8, units = (R + unit - 1) / unit;
+    int64_t begin = units * part / job.parts * unit, end = units * (part + 1) / job.parts * unit;
+    if (end > R) end = R;
+    if (begin < end) job.kernel(job.w, job.xp, job.tokens, job.y, begin, end, scratch);
+}
+
+uint8_t* grow(std::vector<uint8_t>& buffer, size_t bytes) {
+    if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+    uintptr_t p = (uintptr_t)buffer.data();
+    return (uint8_t*)((p + 63) & ~(uintptr_t)63);  // 64-byte aligned
+}
+
+class Pool {
+  public:
+    // Runs job's parts 1.. on workers and part 0 on the caller; returns when all are done.
+    void run(const Job& job, uint8_t* caller_scratch) {
+        std::lock_guard<std::mutex> one_call(call_);
+        while ((int)workers_.size() < job.parts - 1) {
+            workers_.emplace_back([this, id = (int)workers_.size() + 1] { work(id); });
+            workers_.back().detach();
+        }
+        job_ = job;
+        // Every worker checks in, also those without a part: none may still be reading job_
+        // when the next call overwrites it.
+        remaining_.store((int)workers_.size(), std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            generation_.fetch_add(1, std::memory_order_release);
+        }
+        wake_.notify_all();
+        run_part(job, 0, caller_scratch);
+        for (int spin = 0; remaining_.load(std::memory_order_acquire) > 0; ++spin)
+            if (spin > 64) std::this_thread::yield();
+    }
+
+  private:
+    void work(int id) {
+        std::vector<uint8_t> scratch;
+        uint64_t seen = 0;
+        for (;;) {
+            uint64_t now = generation_.load(std::memory_order_acquire);
+            for (int spin = 0; now == seen && spin < 2000; ++spin) {  // about a millisecond
+                std::this_thread::yield();
+                now = generation_.load(std::memory_order_acquire);
+            }
+            if (now == seen) {
+                std::unique_lock<std::mutex> lock(mu_);
+                wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+                now = generation_.load(std::memory_order_acquire);
+            }
+            seen = now;
+            Job job = job_;
+            if (id < job.parts) run_part(job, id, grow(scratch, job.scratch_bytes));
+            remaining_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+    }
+
+    std::mutex call_, mu_;
+    std::condition_variable wake_;
+    std::vector<std::thread> workers_;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> remaining_{0};
+    Job job_{};
+};
+
+Pool& pool() {
+    static Pool* p = new Pool();  // never destroyed: its detached threads outlive main
+    return *p;
+}
+
+float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+}  // namespace
+
+extern "C" {
+
+PNL_API int pnl_abi_version(void) { return 1; }
+
+PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
+
+PNL_API int pnl_best_level(void) {
+    for (int level = PNL_AVX512; level > PNL_PORTABLE; --level)
+        if (cpu_has(level)) return level;
+    return PNL_PORTABLE;
+}
+
+// y (T, R) float32 = x (T, C) @ W^T; x float32 (x_bf16 = 0) or bfloat16 (1), rows contiguous.
+// Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
+PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t tokens, float* y, int threads,
+                       int level) {
+    if (level < PNL_PORTABLE || level > PNL_AVX512 || !cpu_has(level)) return -1;
+    if (!w || !x || !y || tokens < 1 || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
+    if (threads < 1) threads = 1;
+    const int64_t cp = w->cols_pad, C = w->cols;
+    // No more parts than blocks of 64 rows: a part must be worth waking a thread for.
+    int parts = (int)((w->rows + 63) / 64);
+    if (parts > threads) parts = threads;
+    if (parts < 1) parts = 1;
+    thread_local std::vector<uint8_t> xbuf, scratch;
+    for (int64_t t0 = 0; t0 < tokens; t0 += 16) {  // kernels take up to 16 tokens a pass
+        int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
+        float* xp = (float*)grow(xbuf, (size_t)nt * cp * sizeof(float));
+        for (int t = 0; t < nt; ++t) {
+            float* dst = xp + t * cp;
+            if (x_bf16) {
+                const uint16_t* src = (const uint16_t*)x + (t0 + t) * C;
+                for (int64_t c = 0; c < C; ++c) dst[c] = bf16_to_float(src[c]);
+            } else {
+                memcpy(dst, (const float*)x + (t0 + t) * C, C * sizeof(float));
+            }
+            memset(dst + C, 0, (cp - C) * sizeof(float));
+        }
+        // scratch: a pass's activations re-laid out (up to 16 tokens), then a row's codes as bytes
+        Job job{kernel_for(level), w, xp, nt, y + t0 * w->rows, parts, (size_t)(16 * 4 + 1) * cp + 256};
+        uint8_t* mine = grow(scratch, job.scratch_bytes);
+        if (parts == 1) run_part(job, 0, mine);
+        else pool().run(job, mine);
+    }
+    return 0;
+}
+
+// Windows links a Python extension only with this symbol; ctypes never calls it.
+PNL_API void* PyInit__prunellm_cpu(void) { return 0; }
+
+}  // extern "C"

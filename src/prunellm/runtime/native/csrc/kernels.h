@@ -1,0 +1,64 @@
+// The one weight descriptor every kernel reads, and the entry points of each ISA file.
+//
+// Every compressed layout is repacked at load (runtime/cpu_kernels.py) into one shape the
+// kernels walk: rows of `cols_pad` columns (a multiple of 64), an optional bit per weight
+// saying which columns hold a stored value, and the stored values row after row. A dense
+// quantized layer has no mask; an n:m layer becomes a mask with its kept slots set (2:4
+// takes 4 bits per 4 weights either way). Keeping one shape keeps one kernel per value kind.
+//
+// This header holds plain data only (no inline functions): it is included by files built
+// with different ISA flags, and an inline function emitted in an AVX-512 file could be the
+// copy the linker keeps for the portable one.
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum PnlValueKind {
+    PNL_F32 = 0,  // stored float32 values
+    PNL_F16 = 1,  // stored float16 values
+    PNL_BF16 = 2, // stored bfloat16 values
+    PNL_CODES = 3 // integer codes of `code_bits` bits, value = scale * (code - zero)
+};
+
+enum PnlLevel { PNL_PORTABLE = 0, PNL_AVX2 = 1, PNL_AVX512 = 2 };
+
+typedef struct PnlWeight {
+    int64_t rows;        // R
+    int64_t cols;        // C
+    int64_t cols_pad;    // C rounded up to 64: the mask's width, the padded activations' width
+    int32_t value_kind;  // PnlValueKind
+    int32_t code_bits;   // 1, 2, 4 or 8 (PNL_CODES only)
+    int32_t weight_dtype;// PNL_F32/F16/BF16: the dtype a dequantized value is rounded to
+    int32_t has_mask;    // 0: every column of a row is stored (dense codes, cols_pad of them)
+    int64_t group_size;  // columns per (scale, zero); cols when one per row
+    int64_t groups;      // per row
+    const uint64_t* mask;      // (R, cols_pad / 64), bit c % 64 of word c / 64, or null
+    const int64_t* row_start;  // (R + 1) index of each row's first stored value; codes: a whole byte
+    const void* values;        // stored values or packed codes (first code in the lowest bits)
+    const float* scales;       // (R, groups) or null
+    const float* zeros;        // (R, groups) zero points as float32, or null
+} PnlWeight;
+
+// One ISA's kernel: rows [row_begin, row_end) of y (T, R) float32 = xp (T, cols_pad) @ W^T.
+// xp is the activations in float32, zero past `cols`. scratch holds cols_pad + 64 bytes.
+typedef void (*PnlKernel)(const PnlWeight* w, const float* xp, int tokens, float* y,
+                          int64_t row_begin, int64_t row_end, uint8_t* scratch);
+
+void pnl_rows_portable(const PnlWeight* w, const float* xp, int tokens, float* y,
+                       int64_t row_begin, int64_t row_end, uint8_t* scratch);
+// Whether the vector kernels read this weight (else the portable one does, for any ISA).
+int pnl_vector_reads(const PnlWeight* w, int lanes);
+#if defined(__x86_64__) || defined(_M_X64)
+void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
+                   int64_t row_begin, int64_t row_end, uint8_t* scratch);
+void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
+                     int64_t row_begin, int64_t row_end, uint8_t* scratch);
+#endif
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,113 @@
+// The scalar reference kernel: any value kind, code width and group size, on any CPU.
+// The vector kernels must agree with it; it is also their fallback for what they do not read
+// (2-bit codes, groups that are not a multiple of their lane count).
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+namespace {
+
+float bits_to_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint32_t float_to_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return bits;
+}
+
+float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    if (exp == 0x1f) return bits_to_float(sign | 0x7f800000 | (mant << 13));
+    if (exp != 0) return bits_to_float(sign | ((exp + 112) << 23) | (mant << 13));
+    float tiny = (float)mant * (1.0f / 16777216.0f);  // subnormal: mant * 2^-24, exact
+    return sign ? -tiny : tiny;
+}
+
+// float32 -> float16 -> float32, rounding to nearest even as torch's .to(float16) does.
+float round_to_half(float f) {
+    uint32_t x = float_to_bits(f), sign = x & 0x80000000u, a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) return f;             // inf, nan
+    if (a >= 0x477ff000u) return bits_to_float(sign | 0x7f800000u);  // rounds past 65504
+    uint16_t h;
+    if (a < 0x38800000u) {  // below float16's normal range: a multiple of 2^-24
+        float scaled = bits_to_float(a) * 16777216.0f;  // exact: a power-of-two scaling
+        // nearest even integer: float32 rounding of scaled + 2^23 does it for scaled < 2^23
+        float r = (scaled + 8388608.0f) - 8388608.0f;
+        h = (uint16_t)r;
+    } else {
+        uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
+        uint32_t half = (exp << 10) | (mant >> 13), rest = mant & 0x1fff;
+        if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half += 1;
+        h = (uint16_t)half;
+    }
+    float back = half_to_float(h);
+    return sign ? -back : back;
+}
+
+float round_to_bf16(float f) {
+    uint32_t x = float_to_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return f;  // nan
+    x = (x + 0x7fffu + ((x >> 16) & 1)) & 0xffff0000u;
+    return bits_to_float(x);
+}
+
+float round_to(float v, int dtype) {
+    if (dtype == PNL_F16) return round_to_half(v);
+    if (dtype == PNL_BF16) return round_to_bf16(v);
+    return v;
+}
+
+// Stored value j of the layer (j counts values, or codes), before any scale.
+float stored(const PnlWeight* w, int64_t j) {
+    switch (w->value_kind) {
+        case PNL_F32: return ((const float*)w->values)[j];
+        case PNL_F16: return half_to_float(((const uint16_t*)w->values)[j]);
+        case PNL_BF16: return bits_to_float((uint32_t)((const uint16_t*)w->values)[j] << 16);
+        default: {
+            int bits = w->code_bits;
+            int64_t bit = j * bits;
+            uint32_t code = (((const uint8_t*)w->values)[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1);
+            return (float)code;
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" int pnl_vector_reads(const PnlWeight* w, int lanes) {
+    if (w->value_kind != PNL_CODES) return 1;
+    if (w->code_bits != 4 && w->code_bits != 8) return 0;
+    return w->groups == 1 || w->group_size % lanes == 0;
+}
+
+extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int tokens, float* y,
+                                  int64_t row_begin, int64_t row_end, uint8_t* scratch) {
+    (void)scratch;
+    const int64_t cp = w->cols_pad, words = cp / 64;
+    const bool codes = w->value_kind == PNL_CODES;
+    float acc[16];
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        for (int t = 0; t < tokens; ++t) acc[t] = 0.0f;
+        int64_t j = w->row_start[r];
+        for (int64_t word = 0; word < words; ++word) {
+            uint64_t bits = w->has_mask ? w->mask[r * words + word] : ~(uint64_t)0;
+            while (bits) {
+                int64_t col = word * 64 + __builtin_ctzll(bits);
+                bits &= bits - 1;
+                float v = stored(w, j++);
+                if (col >= w->cols) continue;  // a dense row's padding
+                if (codes) {
+                    int64_t g = r * w->groups + col / w->group_size;
+                    v = round_to(w->scales[g] * (v - w->zeros[g]), w->weight_dtype);
+                }
+                for (int t = 0; t < tokens; ++t) acc[t] += v * xp[t * cp + col];
+            }
+        }
+        for (int t = 0; t < tokens; ++t) y[t * w->rows + r] = acc[t];
+    }
+}

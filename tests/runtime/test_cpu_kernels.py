@@ -1,0 +1,207 @@
+"""The native CPU kernels (runtime/cpu_kernels.py) against expand-then-multiply.
+
+For every layout, value kind and instruction-set level this CPU runs (forced through
+PRUNELLM_CPU_KERNEL, the portable one always among them), x @ Wᵀ from the packed layer equals
+x.float() @ decompress_weight(packed).float().T up to float32 rounding of the sum: within 1e-4
+of the row's magnitude, sum |x| |w|. Shapes are odd on purpose (C not a multiple of 64, R not
+of 16) and groups of inputs are per row, 32, 128, a size the AVX-512 kernel leaves to the
+portable one (40), and one that cuts n:m groups.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+try:
+    from prunellm.formats.compressed.layer import CompressedWeight, compress_weight, decompress_weight
+except ImportError:
+    from prunellm.io.compressed.layer import CompressedWeight, compress_weight, decompress_weight
+
+from prunellm.runtime import cpu_kernels
+from prunellm.solvers.quant import QuantGrid, fit_minmax
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
+                                reason="native CPU kernels not built (no C++ compiler at install)")
+
+ROWS = 37
+
+
+def _pruned(cols: int, *, sparsity: float = 0.0, nm: tuple[int, int] | None = None, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(ROWS, cols, generator=gen)
+    if nm is not None:  # the n smallest of every m inputs set to zero
+        n, m = nm
+        groups = weight.reshape(ROWS, cols // m, m)
+        drop = groups.abs().argsort(dim=-1)[..., :n]
+        weight = groups.scatter(-1, drop, 0.0).reshape(ROWS, cols)
+    elif sparsity:
+        weight[torch.rand(ROWS, cols, generator=gen) < sparsity] = 0.0
+    return weight
+
+
+def _on_grid(weight: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, QuantGrid]:
+    """weight moved onto a min-max grid of `bits` (zeros stay zero: zero is on the grid)."""
+    rows, cols = weight.shape
+    groups = 1 if group_size is None else cols // group_size
+    scale, zero = fit_minmax(weight.reshape(rows * groups, -1), bits, sym=False)
+    grid = QuantGrid(bits, False, group_size, scale.reshape(rows, groups), zero.reshape(rows, groups))
+    s, z = grid.expand(cols)
+    codes = torch.clamp(torch.round(weight / s) + z, 0, 2**bits - 1)
+    return s * (codes - z), grid
+
+
+def _layer(case: str) -> CompressedWeight:
+    """A packed layer for a case name: layout, values, sparsity, group size."""
+    kind, _, detail = case.partition(":")
+    if kind == "bitmask":  # bitmask:<dtype>:<sparsity>
+        dtype, sparsity = detail.split(":")
+        weight = _pruned(200, sparsity=float(sparsity)).to(getattr(torch, dtype))
+        packed = compress_weight(weight)
+    elif kind == "nm":  # nm:<n>:<m>:<dtype>
+        n, m, dtype = detail.split(":")
+        weight = _pruned(208, nm=(int(n), int(m))).to(getattr(torch, dtype))
+        packed = compress_weight(weight, nm=(int(n), int(m)))
+    else:  # q<layout>:<bits>:<group or row>:<cols>[:<dtype>], layout bitmask / nm n-m / quant
+        bits, group, cols, *dtype = detail.split(":")
+        group_size = None if group == "row" else int(group)
+        nm = None
+        if kind.startswith("qnm"):
+            nm = tuple(int(v) for v in kind[3:].split("-"))
+        sparsity = (0.8 if bits == "2" else 0.5) if kind == "qbitmask" else 0.0
+        weight, grid = _on_grid(_pruned(int(cols), sparsity=sparsity, nm=nm), int(bits), group_size)
+        if dtype:  # stored in a half dtype: codes recovered from the rounded weights
+            weight = weight.to(getattr(torch, dtype[0]))
+        packed = compress_weight(weight, grid, nm=nm)
+    expected = {"bitmask": "bitmask", "nm": "nm", "qbitmask": "bitmask", "qquant": "quant"}.get(kind, "nm")
+    assert packed is not None and packed.spec.layout == expected, case
+    return packed
+
+
+CASES = [
+    "bitmask:float32:0.5", "bitmask:float16:0.5", "bitmask:bfloat16:0.5", "bitmask:bfloat16:0.7",
+    "nm:2:4:bfloat16", "nm:2:4:float16", "nm:2:4:float32", "nm:4:8:bfloat16", "nm:1:4:float32", "nm:6:16:bfloat16",
+    "qbitmask:4:row:200", "qbitmask:4:32:160", "qbitmask:4:128:384", "qbitmask:8:row:200", "qbitmask:8:32:160",
+    "qbitmask:4:40:200", "qbitmask:2:32:160", "qbitmask:4:32:160:float16", "qbitmask:4:32:160:bfloat16",
+    "qnm2-4:4:row:200", "qnm2-4:4:128:384", "qnm2-4:8:32:160", "qnm2-4:4:32:160:bfloat16", "qnm4-8:4:4:200",
+    "qnm2-4:4:2:200",
+    "qquant:4:row:200", "qquant:4:128:384", "qquant:8:32:160", "qquant:8:row:200", "qquant:2:32:160",
+    "qquant:4:40:200", "qquant:4:32:160:float16",
+]
+
+
+@pytest.fixture(scope="module")
+def layers() -> dict[str, tuple[CompressedWeight, torch.Tensor, cpu_kernels.NativeWeight]]:
+    built = {}
+    for case in CASES:
+        packed = _layer(case)
+        built[case] = (packed, decompress_weight(packed).float(), cpu_kernels.prepare(packed.spec, packed.tensors))
+    return built
+
+
+@pytest.fixture(params=cpu_kernels.supported_levels() if cpu_kernels.available() else ["portable"])
+def level(request, monkeypatch) -> str:
+    monkeypatch.setenv(cpu_kernels.ENV, request.param)
+    assert cpu_kernels.isa() == request.param
+    return request.param
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _close(y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor, rel: float = 1e-4) -> None:
+    reference = x.float() @ dense.T  # (T, R)
+    magnitude = x.float().abs() @ dense.abs().T  # the row's size: what float32 rounding scales with
+    error = (y.float() - reference).abs()
+    assert bool((error <= rel * magnitude + 1e-6).all()), f"max error {float((error - rel * magnitude).max()):.3g}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_equals_expand_then_multiply(layers, level, threads, case) -> None:
+    packed, dense, native = layers[case]
+    for tokens in (1, 3, 16):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens))
+        y = cpu_kernels.matmul(x, native)
+        assert y.shape == (tokens, ROWS) and y.dtype == torch.float32
+        _close(y, x, dense)
+
+
+@pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qnm2-4:4:128:384", "qquant:8:32:160"])
+def test_bfloat16_activations_give_bfloat16(layers, level, case) -> None:
+    packed, dense, native = layers[case]
+    x = torch.randn(5, dense.shape[1]).to(torch.bfloat16)
+    y = cpu_kernels.matmul(x, native)
+    assert y.dtype == torch.bfloat16
+    reference = x.float() @ dense.T
+    assert torch.equal(y, cpu_kernels.matmul(x.float(), native).to(torch.bfloat16))
+    assert bool(((y.float() - reference).abs() <= 2**-8 * reference.abs() + 1e-4 * (x.float().abs() @ dense.abs().T)
+                 + 1e-6).all())
+
+
+def test_more_than_sixteen_tokens(layers) -> None:
+    packed, dense, native = layers["qbitmask:4:32:160"]
+    x = torch.randn(21, dense.shape[1])
+    _close(cpu_kernels.matmul(x, native), x, dense)
+
+
+def test_levels_agree_on_every_row(layers, monkeypatch) -> None:
+    """Each level's rows match the portable kernel's (no row left out by a thread's share)."""
+    packed, dense, native = layers["bitmask:bfloat16:0.7"]
+    x = torch.randn(4, dense.shape[1])
+    outputs = {}
+    for name in cpu_kernels.supported_levels():
+        monkeypatch.setenv(cpu_kernels.ENV, name)
+        outputs[name] = cpu_kernels.matmul(x, native)
+    for name, y in outputs.items():
+        torch.testing.assert_close(y, outputs["portable"], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _replaced(packed: CompressedWeight, **parts: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {**packed.tensors, **parts}
+
+
+def test_bad_parts_refused(layers) -> None:
+    bitmask = layers["bitmask:bfloat16:0.5"][0]
+    t = bitmask.tensors
+    bad = {
+        "values": _replaced(bitmask, values=t["values"][:-1]),
+        "row_offsets": _replaced(bitmask, row_offsets=t["row_offsets"] + torch.arange(ROWS + 1)),
+        "is torch.float16": _replaced(bitmask, values=t["values"].to(torch.float16)),
+        "'mask' is missing": {k: v for k, v in t.items() if k != "mask"},
+    }
+    for problem, tensors in bad.items():
+        with pytest.raises(ValueError, match=problem):
+            cpu_kernels.prepare(bitmask.spec, tensors)
+    quant = layers["qquant:4:128:384"][0]
+    with pytest.raises(ValueError, match="scales"):
+        cpu_kernels.prepare(quant.spec, _replaced(quant, scales=quant.tensors["scales"][:, :1]))
+    with pytest.raises(ValueError, match="qweight"):
+        cpu_kernels.prepare(quant.spec, _replaced(quant, qweight=quant.tensors["qweight"][:-1]))
+    nm = layers["nm:2:4:bfloat16"][0]
+    with pytest.raises(ValueError, match="indices"):  # positions 3, 0: not increasing
+        cpu_kernels.prepare(nm.spec, _replaced(nm, indices=torch.full_like(nm.tensors["indices"], 0b00110011)))
+
+
+def test_bad_activations_and_levels_refused(layers, monkeypatch) -> None:
+    native = layers["nm:2:4:bfloat16"][2]
+    for x, problem in [(torch.randn(2, 207), "shape"), (torch.randn(2, 208).half(), "float32 or bfloat16"),
+                       (torch.randn(208), "shape")]:
+        with pytest.raises(ValueError, match=problem):
+            cpu_kernels.matmul(x, native)
+    monkeypatch.setenv(cpu_kernels.ENV, "sse9")
+    with pytest.raises(ValueError, match="PRUNELLM_CPU_KERNEL"):
+        cpu_kernels.matmul(torch.randn(1, 208), native)
+
+
+def test_unsupported_forced_level_refused(layers, monkeypatch) -> None:
+    missing = [name for name in cpu_kernels.LEVELS if name not in cpu_kernels.supported_levels()]
+    if not missing:
+        pytest.skip("this CPU runs every level")
+    monkeypatch.setenv(cpu_kernels.ENV, missing[0])
+    with pytest.raises(ValueError, match="lacks"):
+        cpu_kernels.matmul(torch.randn(1, 208), layers["nm:2:4:bfloat16"][2])
