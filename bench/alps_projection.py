@@ -1,11 +1,11 @@
 """ALPS's projection step against the plain selections it replaced, at real layer shapes.
 
-Every ADMM iteration multiplies two (R, C) @ (C, C) products and projects the iterate onto the
+Every ADMM iteration runs one (R, C) @ (C, C) product and projects the iterate onto the
 sparsity budget. The projection used a full selection (kthvalue over the layer's R*C
 magnitudes, unstructured) or topk within groups of 4 (2:4); `prunellm.solvers.alps` now brackets
 the threshold on a strided sample and ranks 2:4 groups with a sorting network. This prints, per
-shape, the milliseconds of each, the ratio, and one of the iteration's products for scale, and
-checks that the masks are identical.
+shape, the milliseconds of each, the ratio, and the iteration's product for scale, and checks
+that the masks are identical. Figures: bench/README.md, section "ALPS's projection step".
 
     python bench/alps_projection.py                      # SmolLM2-135M and LLaMA-7B shapes
     python bench/alps_projection.py --shapes 576x1536 --repeats 50

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from prunellm.io.compressed.layer import compress_weight, decompress_weight
+from prunellm.formats.compressed.layer import compress_weight, decompress_weight
 from prunellm.runtime.linear import CompressedLinear
 
 from alps_projection import median_ms  # noqa: E402  (bench/ is first on sys.path)

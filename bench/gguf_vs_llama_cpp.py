@@ -4,7 +4,7 @@ For one model (a GGUF file, as the real models here are): writes the dense model
 GGUF, quantizes it with llama.cpp's `llama-quantize` (with and without an importance matrix
 from `llama-imatrix` on the same calibration text prunellm uses), exports prunellm's GPTQ and
 SparseGPT results onto the same GGUF types, and scores every file with llama.cpp (its Python
-bindings, the papers' windows: see prunellm.eval.llama_cpp). Prunellm rows also give prunellm's
+bindings, the papers' windows: see prunellm.formats.gguf.llama_cpp). Prunellm rows also give prunellm's
 own perplexity of the same weights, to check the export. In every file the token embedding
 (also the output head: both models tie them) is Q8_0, so rows differ only in the block layers;
 llama.cpp's uniform types use `--pure` for the same reason, its Q4_K_M keeps its mixture.
@@ -28,12 +28,14 @@ from pathlib import Path
 
 from prunellm.data import load_eval_text, resolve_data_dir
 from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
-from prunellm.eval.llama_cpp import llama_cpp_perplexity
+from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
 from prunellm.io import default_model_path, library_versions, load_model
-from prunellm.io.gguf_export import GGUFExportConfig, export_gguf
+from prunellm.formats.gguf.export import GGUFExportConfig, export_gguf
 from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, bos_for, prune
 from prunellm.walker import WalkConfig
+
+from smollm2_table import data_relative  # noqa: E402  (bench/ is first on sys.path)
 
 # name: (kind, options). llama.cpp rows: (ftype, imatrix?); prunellm rows: (method, options),
 # "shrink" rows quantize against the Hessian shrunk toward its diagonal (--hessian-shrink).
@@ -95,8 +97,9 @@ def main() -> None:
 
     out = Path(args.out or f"bench/results/gguf_{tag}.json")
     versions = {**library_versions(), "llama_cpp_python": _llama_cpp_version()}
-    header = {"model": str(source), "hessian_shrink": args.hessian_shrink, "versions": versions,
-              "calibration": vars(calibration), "eval_tokens": test_ids.numel(), "seqlen": args.seqlen}
+    header = {"model": source.name, "hessian_shrink": args.hessian_shrink, "versions": versions,
+              "calibration": {**vars(calibration), "source": data_relative(calib_text, data_dir)},
+              "eval_tokens": test_ids.numel(), "seqlen": args.seqlen}
     dense = work / "dense-f32.gguf"
     export_gguf(model, {}, source, dense, GGUFExportConfig("q8_0", other_type="f32"))
     rows = [_row("dense (F32 GGUF)", dense, windows, bos, 0.0,

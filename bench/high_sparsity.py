@@ -25,6 +25,8 @@ from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, bos_for, prune
 from prunellm.walker import AllocationConfig, WalkConfig
 
+from smollm2_table import data_relative  # noqa: E402  (bench/ is first on sys.path)
+
 VARIANTS = {
     "SparseGPT": ({}, "uniform"),
     "+ OWL": ({}, "owl"),
@@ -74,9 +76,10 @@ def main() -> None:
     rows = [{"setting": "dense", "variant": "-", "ppl": perplexity(model, test_ids, seqlen=args.seqlen, batch_size=4,
                                                                  bos_token_id=bos, progress=False), "seconds": 0.0}]
     print(f"dense: {rows[0]['ppl']:.2f}", flush=True)
-    header = {"model": args.model, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit],
-              "admm_settled": args.admm_settled,
-              "versions": library_versions(), "calibration": vars(calibration), "eval_tokens": test_ids.numel()}
+    header = {"model": Path(args.model).name, "owl": [args.owl_lambda, args.owl_threshold, args.allocation_unit],
+              "admm_settled": args.admm_settled, "versions": library_versions(),
+              "calibration": {**vars(calibration), "source": data_relative(calibration.source, data_dir)},
+              "eval_tokens": test_ids.numel()}
     for kind, value in settings:
         for variant in args.variants.split(","):
             options, allocation = VARIANTS[variant]

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from prunellm.devices import resolve_device
-from prunellm.io.compressed.checkpoint import save_compressed
+from prunellm.formats.compressed.checkpoint import save_compressed
 from prunellm.runtime.bench_infer import InferConfig, compare, format_rows
 from prunellm.walker import WalkConfig, target_layers
-from prunellm.walker.discovery import read_weight, write_weight
+from prunellm.layers import read_weight, write_weight
 
 from pipeline import add_shape_options, build_model  # noqa: E402  (bench/ is first on sys.path)
 from sizes import SETTINGS, compress_like  # noqa: E402

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from prunellm.io.compressed.layer import CompressedWeight, compress_weight, decompress_weight
+from prunellm.formats.compressed.layer import CompressedWeight, compress_weight, decompress_weight
 from prunellm.solvers.quant import QuantGrid, fit_minmax, quantize
 
 from smollm2_table import machine as cpu_machine  # noqa: E402  (bench/ is first on sys.path)

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from prunellm.io import default_model_path, load_model
-from prunellm.io.compressed.checkpoint import save_compressed
-from prunellm.io.compressed.layer import compress_weight, decompress_weight
+from prunellm.formats.compressed.checkpoint import save_compressed
+from prunellm.formats.compressed.layer import compress_weight, decompress_weight
 from prunellm.solvers.quant import QuantGrid, fit_minmax, quantize
 from prunellm.walker import WalkConfig, target_layers
-from prunellm.walker.discovery import read_weight, write_weight
+from prunellm.layers import read_weight, write_weight
 
 from smollm2_table import machine  # noqa: E402  (bench/ is first on sys.path)
 

@@ -52,6 +52,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def data_relative(path: str | Path, data_dir: Path) -> str:
+    """A data file as committed results name it: relative to the data directory ($PRUNELLM_DATA_DIR),
+    never by this machine's absolute path. A file outside the data directory keeps its name as given."""
+    try:
+        return Path(path).resolve().relative_to(data_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M GGUF")
@@ -97,9 +106,10 @@ def main() -> None:
         print(f"| {row['setting']} | {row['wikitext2_ppl']:.2f} | {row['prune_seconds']:.1f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    calibration_json = {**vars(calibration), "source": data_relative(calibration.source, data_dir)}
     out.write_text(json.dumps({"machine": machine(), "versions": library_versions(), "eval_tokens": test_ids.numel(),
-                               "forward_dtype": args.forward_dtype,
-                               "calibration": vars(calibration), "rows": rows}, indent=2))
+                               "forward_dtype": args.forward_dtype, "calibration": calibration_json, "rows": rows},
+                              indent=2))
 
 
 if __name__ == "__main__":

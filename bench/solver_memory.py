@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from streaming import status  # bench/streaming.py, beside this file
 
-from prunellm.io.heap import release_free_memory
+from prunellm.streaming.heap import release_free_memory
 from prunellm.solvers import SparseGPTConfig, relative_layer_error, sparsegpt
 from prunellm.solvers.alps import admm_search, alps_refine
 from prunellm.solvers.hessian import all_finite

@@ -75,7 +75,7 @@ def build_model(args: argparse.Namespace, workdir: Path) -> Path:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from prunellm.io.shards import ShardPlan, write_index, write_shard
+    from prunellm.streaming.shards import ShardPlan, write_index, write_shard
 
     shape = (args.hidden, args.intermediate, args.heads, args.vocab, args.blocks)
     model_dir = workdir / ("model-" + "-".join(map(str, shape)))

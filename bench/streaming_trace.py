@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--sparsity", default="0.5")
     args, extra = parser.parse_known_args()  # anything else goes to prunellm prune as it is
 
-    import prunellm.streaming_host as streaming_host
+    import prunellm.streaming.host as streaming_host
     import prunellm.walker.compress as compress
     from prunellm.cli import main as prunellm
 

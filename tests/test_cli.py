@@ -77,7 +77,7 @@ def test_prune_without_refine_or_allocation_takes_the_tables_choice(workspace, t
     out = tmp_path / "pruned"
     assert main(prune_args(workspace, out, *target)) == 0
     choice = recommended("sparsegpt", {"sparsity": 0.7} if target[0] == "--sparsity" else {"nm": "2:4"})
-    assert "defaults from bench/README.md's high-sparsity table" in capsys.readouterr().out
+    assert "recommended defaults: --refine alps" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["refine"] == choice.refine and report["allocation"]["kind"] == choice.allocation
     # OWL moves sparsity between blocks, never the budget: 70% of the compressed weights overall.

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from prunellm.cli import main
-from prunellm.io.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE
+from prunellm.formats.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE
 from tests.model_dirs import make_workspace
 
 QUANT_24 = ["--method", "sparsegpt", "--nm", "2:4", "--bits", "4", "--group-size", "16", "--refine", "none"]

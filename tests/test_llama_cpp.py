@@ -17,9 +17,9 @@ import torch
 
 from prunellm.data import load_eval_text
 from prunellm.eval import eval_windows, perplexity, tokenize_eval_text
-from prunellm.eval.llama_cpp import llama_cpp_logits, llama_cpp_perplexity, open_llama
+from prunellm.formats.gguf.llama_cpp import llama_cpp_logits, llama_cpp_perplexity, open_llama
 from prunellm.io import default_model_path, load_model
-from prunellm.io.gguf_export import GGUFExportConfig, export_gguf
+from prunellm.formats.gguf.export import GGUFExportConfig, export_gguf
 from prunellm.methods import build_method
 from prunellm.pipeline import CalibrationConfig, bos_for, prune
 from prunellm.walker import WalkConfig

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
-from prunellm import streaming_host
+from prunellm.streaming import host as streaming_host
 from prunellm.errors import PrunellmError
 from prunellm.io import load_model, save_model
-from prunellm.io.heap import release_free_memory
+from prunellm.streaming.heap import release_free_memory
 from prunellm.io.lazy import LazyCheckpoint
 from prunellm.io.skeleton import Skeleton, build_skeleton
 from prunellm.methods import build_method
@@ -188,7 +188,7 @@ def test_checkpoints_that_need_merging_are_refused(tmp_path):
 
 def test_gguf_grids_are_kept_as_in_memory(llama_dir, calib, tmp_path):
     # A prune onto a GGUF grid keeps the grids beside the weights, for a lossless export later.
-    from prunellm.io.gguf_blocks_file import load_gguf_blocks
+    from prunellm.io.grids import load_gguf_blocks
 
     method = build_method("gptq", gguf="q4_0")
     model, tokenizer = load_model(llama_dir)

@@ -1,4 +1,5 @@
-"""`prunellm`: parse arguments, build configs, call the public API. No logic here."""
+"""`prunellm`: parse arguments into settings and call the public API (pipeline, formats). No policy here:
+what the defaults are and which format writes what is decided below the CLI."""
 
 from __future__ import annotations
 
@@ -28,7 +29,89 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration")
+    group.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
+    group.add_argument("--num-samples", type=int, default=128)
+    group.add_argument("--seqlen", type=int, default=2048)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
+
+
+def _add_walk_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("walk")
+    group.add_argument("--true-sequential", action="store_true", help="compress a block's layers stage by stage")
+    group.add_argument("--include", type=_csv, default=(), help="comma-separated layer name patterns to compress")
+    group.add_argument("--exclude", type=_csv, default=(), help="comma-separated layer name patterns to skip")
+    group.add_argument("--first-block", type=int, default=0)
+    group.add_argument("--last-block", type=int, default=None)
+    group.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
+    group.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
+                       help="run the calibration forwards' products in this dtype (bfloat16: faster forwards on "
+                            "CPUs with bf16 instructions); weights and solves keep the model's")
+    group.add_argument("--no-layer-errors", action="store_true", help="skip per-layer error (and its Hessian)")
+
+
+def walk_config(args: argparse.Namespace) -> Any:
+    """The walker's options from the walk group's flags (and --device, --quiet)."""
+    from .walker import WalkConfig
+
+    return WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
+                      exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
+                      batch_size=args.batch_size, offload_activations=args.offload_activations,
+                      layer_errors=not args.no_layer_errors, progress=not args.quiet, forward_dtype=args.forward_dtype)
+
+
+def calibration_config(args: argparse.Namespace) -> Any:
+    from .compression import CalibrationConfig
+
+    return CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir)
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """--method and every method's options, built from the methods' configs: a new method's
+    options need no edit here."""
+    from .methods import method_names, option_specs
+
+    group = parser.add_argument_group("method")
+    group.add_argument("--method", default="sparsegpt", help=", ".join(method_names()))
+    for spec in option_specs().values():
+        if spec.flag is None:
+            continue  # fed by another flag (gguf: --gguf-type) or for the Python API only
+        takes = f" [{', '.join(spec.methods)}]"
+        if spec.type is bool and True in spec.defaults.values():
+            group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help + takes)
+        elif spec.type is bool:
+            group.add_argument(spec.flag, action="store_true", default=None, help=spec.help + takes)
+        else:
+            group.add_argument(spec.flag, type=spec.type, default=None, choices=spec.choices, help=spec.help + takes)
+    group.add_argument("--defaults", default="recommended", choices=("recommended", "paper"),
+                       help="recommended: options left unset come from methods/recommended.py (SparseGPT without "
+                            "quantization: --refine alps); paper: the methods as published")
+    group.add_argument("--allocation", default=None,
+                       help="uniform or owl: sparsity per block by outliers (default: uniform)")
+    group.add_argument("--owl-lambda", type=float, default=None,
+                       help="OWL: spread of the per-unit sparsities (default 0.08)")
+    group.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outliers are scores above M x mean")
+    group.add_argument("--allocation-unit", default="block", help="block or layer: the unit OWL allocates to")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options the user gave: each method refuses those it does not take."""
+    from .formats.gguf.export import FLOAT_TYPES
+    from .methods import option_specs
+
+    options = {name: getattr(args, name) for name, spec in option_specs().items()
+               if spec.flag is not None and getattr(args, name) is not None}
+    gguf_type = getattr(args, "gguf_type", None)
+    if gguf_type is not None and gguf_type.lower() not in FLOAT_TYPES:
+        options["gguf"] = gguf_type.lower()  # quantized in the solver, onto the type's exact grid
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .formats import format_names, get_format
+
     parser = argparse.ArgumentParser(prog="prunellm", description="One-shot pruning and quantization of causal LMs.",
                                      epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,73 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="compress a model", epilog=EPILOG)
     prune.add_argument("model", nargs="?", default=None,
                        help="hub id, local HF directory or .gguf file (default: the bundled SmolLM2-135M)")
-    prune.add_argument("--method", default="sparsegpt", help="sparsegpt, gptq, wanda, magnitude, noop")
-    prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5)")
-    prune.add_argument("--nm", default=None, help="n:m pattern, e.g. 2:4 (n zeros in every m inputs)")
-    prune.add_argument("--bits", type=int, default=None, help="quantize to 2-8 bits (GPTQ grid)")
-    prune.add_argument("--group-size", type=int, default=None, help="inputs per quantization scale (default: per row)")
-    prune.add_argument("--sym", action="store_true", default=None, help="symmetric quantization grid")
-    prune.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
-                       help="GPTQ: quantize columns by decreasing Hessian diagonal (default on)")
-    prune.add_argument("--per-row", action="store_true", default=None, help="magnitude: compare within rows")
-    prune.add_argument("--hessian-shrink", type=float, default=None,
-                       help="GPTQ: quantize with (1-a)*H + a*diag(H), a in [0, 1] (default 0; 0.5 wins with small "
-                            "calibration sets, see bench/README.md)")
-    prune.add_argument("--block-size", type=int, default=None, help="columns per lazy-update block (default 128)")
-    prune.add_argument("--damp-frac", type=float, default=None, help="Hessian damping, fraction of mean diagonal")
-    prune.add_argument("--refine", default=None,
-                       help="none, lsq (re-solve the weights exactly on the mask) or alps (search a better mask by "
-                            "ADMM, then lsq); default for sparsegpt: the best of bench/README.md's high-sparsity "
-                            "table at the target sparsity, else none")
-    prune.add_argument("--refine-iters", type=int, default=None, help="conjugate-gradient iterations (default 50)")
-    prune.add_argument("--allocation", default=None,
-                       help="uniform or owl: sparsity per block by outliers (default as --refine: from the table)")
-    prune.add_argument("--owl-lambda", type=float, default=None,
-                       help="OWL: spread of the per-unit sparsities (default: the table's, else 0.08)")
-    prune.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outliers are scores above M x mean")
-    prune.add_argument("--allocation-unit", default="block", help="block or layer: the unit OWL allocates to")
-    prune.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
-    prune.add_argument("--num-samples", type=int, default=128)
-    prune.add_argument("--seqlen", type=int, default=2048)
-    prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
-    prune.add_argument("--true-sequential", action="store_true", help="compress a block's layers stage by stage")
-    prune.add_argument("--include", type=_csv, default=(), help="comma-separated layer name patterns to compress")
-    prune.add_argument("--exclude", type=_csv, default=(), help="comma-separated layer name patterns to skip")
-    prune.add_argument("--first-block", type=int, default=0)
-    prune.add_argument("--last-block", type=int, default=None)
-    prune.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
-    prune.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                       help="run the calibration forwards' products in this dtype (bfloat16: forwards ~1.5x "
-                            "faster on CPUs with bf16 instructions); weights and solves keep the model's")
-    prune.add_argument("--no-layer-errors", action="store_true", help="skip per-layer error (and its Hessian)")
-    prune.add_argument("--eval", type=_csv, default=(), help="perplexity texts, e.g. wikitext2,ptb")
-    prune.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
-    prune.add_argument("--no-dense-eval", action="store_true", help="do not evaluate the model before compression")
-    prune.add_argument("--gguf-type", default=None,
-                       help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
-                            "(with --format gguf also f16, bf16, f32: unquantized)")
-    prune.add_argument("--format", default="hf", choices=("hf", "gguf", "compressed", "compressed-tensors"),
-                       help="hf: a Hugging Face directory; gguf: one .gguf file for llama.cpp (needs a .gguf model); "
-                            "compressed: prunellm's smaller format, served by `prunellm.load` (docs/format.md); "
-                            "compressed-tensors: quantization-only results, for vLLM")
-    prune.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
-                       help="dtype of the saved weights. hf (auto): the source's for a sparse result, the compute "
-                            "dtype for a quantized one; compressed (auto): float16 for a float32 model, else its own")
-    prune.add_argument("--gguf-other-type", default="keep",
-                       help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
-    prune.add_argument("--out", default=None,
-                       help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
-    prune.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    prune.add_argument("--stream", action="store_true",
-                       help="hold one block in memory at a time: read it from the safetensors directory MODEL, "
-                            "compress it, write it to --out; a killed run resumes (docs/scale.md)")
+    _add_method_options(prune)
+    _add_calibration_options(prune)
+    _add_walk_options(prune)
+    evaluation = prune.add_argument_group("evaluation")
+    evaluation.add_argument("--eval", type=_csv, default=(), help="perplexity texts, e.g. wikitext2,ptb")
+    evaluation.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
+    evaluation.add_argument("--no-dense-eval", action="store_true", help="do not evaluate the model before compression")
+    output = prune.add_argument_group("output")
+    output.add_argument("--format", default="hf", choices=format_names(),
+                        help="; ".join(f"{name}: {get_format(name).summary}" for name in format_names()))
+    output.add_argument("--gguf-type", default=None,
+                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
+                             "(with --format gguf also f16, bf16, f32: unquantized)")
+    output.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                        help="dtype of the saved weights. hf (auto): the source's for a sparse result, the compute "
+                             "dtype for a quantized one; compressed (auto): float16 for a float32 model, else its own")
+    output.add_argument("--gguf-other-type", default="keep",
+                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
+    output.add_argument("--out", default=None,
+                        help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    output.add_argument("--stream", action="store_true",
+                        help="hold one block in memory at a time: read it from the safetensors directory MODEL, "
+                             "compress it, write it to --out; a killed run resumes (docs/scale.md)")
     _add_model_options(prune)
 
     export = commands.add_parser("export", help="convert a pruned model directory to GGUF or a serving format",
                                  epilog=EPILOG)
     export.add_argument("directory", help="a directory written by `prunellm prune --out`")
-    export.add_argument("--to", default="gguf", choices=("gguf", "compressed", "compressed-tensors"),
+    export.add_argument("--to", default="gguf", choices=tuple(name for name in format_names() if name != "hf"),
                         help="target format")
     export.add_argument("--type", default=None,
                         help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
@@ -143,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--debug", action="store_true", help="show tracebacks")
 
     ev = commands.add_parser("eval", help="perplexity and zero-shot accuracy of a model", epilog=EPILOG)
-    ev.add_argument("model", nargs="?", default=None, help="hub id, local directory or .gguf (default: SmolLM2-135M)")
+    ev.add_argument("model", nargs="?", default=None,
+                    help="hub id, .gguf file, or a directory in any format prunellm writes (default: SmolLM2-135M)")
     ev.add_argument("--datasets", type=_csv, default=None,
                     help="perplexity texts, e.g. wikitext2,ptb (default: wikitext2 unless --tasks is given)")
     ev.add_argument("--seqlen", type=int, default=2048)
@@ -156,34 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG)
     sweep.add_argument("model", nargs="?", default=None,
                        help="hub id, local HF directory or .gguf file (default: the bundled SmolLM2-135M)")
-    sweep.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated methods")
-    sweep.add_argument("--sparsities", default=None,
-                       help="unstructured sparsities in (0, 1) (default 0.3,...,0.8 unless --nm is given)")
-    sweep.add_argument("--nm", default=None, help="n:m patterns, e.g. 2:4,4:8")
-    sweep.add_argument("--bits", default=None, help="quantize every setting: 4, or a list such as none,4")
-    sweep.add_argument("--group-size", type=int, default=None, help="inputs per quantization scale (with --bits)")
-    sweep.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
-    sweep.add_argument("--num-samples", type=int, default=128)
-    sweep.add_argument("--seqlen", type=int, default=2048)
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
-    sweep.add_argument("--eval", type=_csv, default=("wikitext2",), help="perplexity texts, e.g. wikitext2,ptb")
-    sweep.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
+    grid = sweep.add_argument_group("grid")
+    grid.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated methods")
+    grid.add_argument("--sparsities", default=None,
+                      help="unstructured sparsities in (0, 1) (default 0.3,...,0.8 unless --nm is given)")
+    grid.add_argument("--nm", default=None, help="n:m patterns, e.g. 2:4,4:8")
+    grid.add_argument("--bits", default=None, help="quantize every setting: 4, or a list such as none,4")
+    grid.add_argument("--group-size", type=int, default=None, help="inputs per quantization scale (with --bits)")
+    grid.add_argument("--defaults", default="recommended", choices=("recommended", "paper"),
+                      help="as for prune: recommended fills unset options from methods/recommended.py; paper runs "
+                           "the methods as published")
+    _add_calibration_options(sweep)
+    evaluation = sweep.add_argument_group("evaluation")
+    evaluation.add_argument("--eval", type=_csv, default=("wikitext2",), help="perplexity texts, e.g. wikitext2,ptb")
+    evaluation.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
     _add_task_options(sweep)
-    sweep.add_argument("--true-sequential", action="store_true", help="compress a block's layers stage by stage")
-    sweep.add_argument("--include", type=_csv, default=(), help="comma-separated layer name patterns to compress")
-    sweep.add_argument("--exclude", type=_csv, default=(), help="comma-separated layer name patterns to skip")
-    sweep.add_argument("--first-block", type=int, default=0)
-    sweep.add_argument("--last-block", type=int, default=None)
-    sweep.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
-    sweep.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                       help="run the calibration forwards' products in this dtype (bfloat16: forwards ~1.5x "
-                            "faster on CPUs with bf16 instructions); weights and solves keep the model's")
-    sweep.add_argument("--no-layer-errors", action="store_true", help="skip per-layer errors (and the heatmap)")
-    sweep.add_argument("--save-models", action="store_true", help="also save every compressed model under models/")
-    sweep.add_argument("--out", required=True, help="directory for results.csv, results.json, plots/, report")
-    sweep.add_argument("--resume", action="store_true", help="finish a sweep cut short: keep its rows, run the rest")
-    sweep.add_argument("--overwrite", action="store_true", help="replace a previous sweep in --out")
+    _add_walk_options(sweep)
+    output = sweep.add_argument_group("output")
+    output.add_argument("--save-models", action="store_true", help="also save every compressed model under models/")
+    output.add_argument("--out", required=True, help="directory for results.csv, results.json, plots/, report")
+    output.add_argument("--resume", action="store_true", help="finish a sweep cut short: keep its rows, run the rest")
+    output.add_argument("--overwrite", action="store_true", help="replace a previous sweep in --out")
     _add_model_options(sweep)
 
     report = commands.add_parser("report", help="render a sweep or prune run as HTML and Markdown", epilog=EPILOG)
@@ -218,202 +258,66 @@ def _budget_bytes(args: argparse.Namespace) -> int | None:
 
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", type=_csv, default=(),
-                        help="lm-eval zero-shot tasks, e.g. prunellm_basics (offline) or arc_easy,piqa (online)")
-    parser.add_argument("--task-dir", action="append", default=[],
-                        help="directory of lm-eval YAML task files (local JSON/JSONL data); repeatable")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N items per task (checks only)")
-    parser.add_argument("--task-batch-size", type=int, default=16, help="lm-eval requests per forward")
+    group = parser.add_argument_group("zero-shot tasks")
+    group.add_argument("--tasks", type=_csv, default=(),
+                       help="lm-eval zero-shot tasks, e.g. prunellm_basics (offline) or arc_easy,piqa (online)")
+    group.add_argument("--task-dir", action="append", default=[],
+                       help="directory of lm-eval YAML task files (local JSON/JSONL data); repeatable")
+    group.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    group.add_argument("--limit", type=int, default=None, help="score only the first N items per task (checks only)")
+    group.add_argument("--task-batch-size", type=int, default=16, help="lm-eval requests per forward")
 
 
-METHOD_OPTIONS = ("sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "block_size", "damp_frac",
-                  "refine", "refine_iters", "hessian_shrink")
-FLOAT_GGUF_TYPES = ("f32", "f16", "bf16")
-SERVING_FORMATS = ("compressed", "compressed-tensors")
+def prune_settings(args: argparse.Namespace) -> Any:
+    """The prune command's flags as pipeline settings."""
+    from .compression import EvalConfig
+    from .formats import OutputSpec
+    from .pipeline import Settings
 
-
-def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the options the user gave: each method refuses those it does not take."""
-    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
-    gguf_type = getattr(args, "gguf_type", None)
-    if gguf_type is not None and gguf_type.lower() not in FLOAT_GGUF_TYPES:
-        options["gguf"] = gguf_type.lower()  # quantized in the solver, onto the type's exact grid
-    return options
-
-
-def _gguf_output(args: argparse.Namespace) -> tuple[Any, Any] | None:
-    """For --format gguf: (source .gguf path, export config), refusing what cannot be exported."""
-    from .io import default_model_path
-    from .io.gguf_export import GGUFExportConfig
-    from .io.source import resolve_source
-
-    if args.format != "gguf":
-        if args.gguf_type is not None and args.gguf_type.lower() in FLOAT_GGUF_TYPES:
-            raise PrunellmError(f"--gguf-type {args.gguf_type} only applies with --format gguf")
-        return None
-    if args.gguf_type is None:
-        raise PrunellmError("--format gguf needs --gguf-type (q4_0, q8_0, q4_k_m, ... or f16 for no quantization)")
-    source = resolve_source(default_model_path() if args.model is None else args.model)
-    if source.kind != "gguf":
-        raise PrunellmError("--format gguf needs a .gguf model: its metadata and tokenizer are reused "
-                            "(for a Hugging Face model, use llama.cpp's convert_hf_to_gguf.py first)")
-    if args.out is not None and not str(args.out).endswith(".gguf"):
-        raise PrunellmError(f"--out must name a .gguf file with --format gguf, got {args.out}")
-    return source.location, GGUFExportConfig(args.gguf_type, args.gguf_other_type)
-
-
-def _check_output_file(path: str, overwrite: bool) -> None:
-    out = Path(path).expanduser()
-    if out.exists() and not overwrite:
-        raise PrunellmError(f"output file already exists: {out} (use --overwrite to replace it)")
-    if out.is_dir():
-        raise PrunellmError(f"output path is a directory: {out}")
+    return Settings(
+        model=args.model, method=args.method, options=method_options(args), defaults=args.defaults,
+        allocation=args.allocation, owl_lambda=args.owl_lambda, owl_threshold=args.owl_threshold,
+        allocation_unit=args.allocation_unit, calibration=calibration_config(args), walk=walk_config(args),
+        evaluation=EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size,
+                              dense=not args.no_dense_eval),
+        output=OutputSpec(args.format, args.out, args.overwrite, args.save_dtype, args.gguf_type,
+                          args.gguf_other_type),
+        dtype=args.dtype, stream=args.stream)
 
 
 def run_prune(args: argparse.Namespace) -> None:
     from . import pipeline
-    from .data import load_eval_text
-    from .devices import resolve_device
     from .distributed import init_from_env
-    from .io import check_output_dir, load_model, save_model
-    from .io.default_model import default_model_path, gguf_file, model_label
-    from .io.dtypes import dtype_name, hf_save_dtype, method_quantizes, round_weights, stored_dtype
-    from .io.load import resolve_dtype
-    from .methods import build_method
-    from .methods.recommended import with_recommended
-    from .walker import AllocationConfig, WalkConfig
 
-    options, allocation_kind, owl_lambda, note = with_recommended(args.method, method_options(args), args.allocation,
-                                                                  args.owl_lambda, can_allocate=not args.stream)
-    method = build_method(args.method, **options)  # bad options fail before any loading
-    allocation = AllocationConfig(allocation_kind, *([] if owl_lambda is None else [owl_lambda]),
-                                  owl_threshold=args.owl_threshold, unit=args.allocation_unit)
-    if note is not None:
-        print(note)
-    gguf_output = _gguf_output(args)
-    if args.save_dtype != "auto" and args.format not in ("hf", "compressed"):
-        raise PrunellmError(f"--save-dtype only applies with --format hf or compressed, not --format {args.format}")
-    if args.format in SERVING_FORMATS:
-        from .deploy import check_serving_output
-
-        check_serving_output(method, args.format)
-    if args.out is not None and gguf_output is not None:
-        _check_output_file(args.out, args.overwrite)
-    elif args.out is not None:
-        check_output_dir(args.out, args.overwrite)
-    calibration = pipeline.CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir)
-    walk = WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
-                      exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
-                      batch_size=args.batch_size, offload_activations=args.offload_activations,
-                      layer_errors=not args.no_layer_errors, progress=not args.quiet, forward_dtype=args.forward_dtype)
-    evaluation = pipeline.EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size,
-                                     dense=not args.no_dense_eval)
     group = init_from_env(args.device)  # one of several processes under torchrun, else None
-    if args.stream:
-        return _prune_streaming(args, method, calibration, walk, allocation, evaluation, group)
-    for name in evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
-        load_eval_text(name, data_dir=args.data_dir)
-    device = group.device if group is not None else resolve_device(args.device)
-    save_dtype = None
-    if args.format == "hf":  # decided before loading: a refused --save-dtype fails at once
-        save_dtype = hf_save_dtype(args.save_dtype, stored=stored_dtype(args.model or default_model_path()),
-                                   compute=resolve_dtype(args.dtype, device),
-                                   quantizes=method_quantizes(method.describe()))
-    model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=device)
-    if gguf_output is not None:
-        pipeline.check_gguf_output(model, method, walk, *gguf_output)
-    eval_kwargs = dict(default_seqlen=args.seqlen, data_dir=args.data_dir, device=device, progress=not args.quiet)
-
-    is_main = group is None or group.is_main
-    dense = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs) if evaluation.dense and is_main else {}
-    result = pipeline.prune(model, tokenizer, method, calibration, walk, allocation, dist=group)
-    if not is_main:
-        return  # every process holds the same compressed model: the first evaluates and saves it
-    written = _written_dtype(args, model, save_dtype)
-    if written is not None:
-        round_weights(model, written)  # the figures below are then those of the saved weights
-    compressed = pipeline.perplexities(model, tokenizer, evaluation, **eval_kwargs)
-    report = pipeline.build_report(model_source=model_label(args.model), model=model, method=method,
-                                   calibration=calibration, walk=walk, result=result, eval_config=evaluation,
-                                   dense_ppl=dense, compressed_ppl=compressed, allocation=allocation)
-    source_file = gguf_file(args.model)
-    if source_file is not None:
-        report["model"]["gguf_file"] = source_file
-    print(f"{method.name}: {len(result.layers)} layers, sparsity {report['sparsity']['compressed_layers']:.2%}, "
-          f"{result.seconds['total']:.1f} s (solver {result.seconds['solve']:.1f} s)")
-    for name in evaluation.datasets:
-        before = f"dense {dense[name]:.3f} -> " if name in dense else ""
-        print(f"{name} perplexity: {before}{method.name} {compressed[name]:.3f}")
-    if args.out is not None and gguf_output is not None:
-        path = pipeline.write_gguf(model, result, *gguf_output, args.out, method=method, report=report)
-        print(f"saved to {path} (report: {path}.report.json)")
-    elif args.out is not None and args.format in SERVING_FORMATS:
-        from .deploy import write_serving
-
-        path, summary = write_serving(model, tokenizer, result, method, args.format, args.out, report=report,
-                                      dtype=args.save_dtype, overwrite=args.overwrite)
-        print(f"saved to {path}: {summary}")
-    elif args.out is not None:
-        report["saved_dtype"] = dtype_name(save_dtype)
-        path = save_model(model, tokenizer, args.out, report=report, overwrite=args.overwrite, dtype=save_dtype,
-                          gguf_blocks=result.gguf_blocks, quant_grids=result.quant_grids)
-        print(f"saved to {path} ({dtype_name(save_dtype)})")
-
-
-def _written_dtype(args: argparse.Namespace, model: Any, hf_dtype: Any) -> Any:
-    """The dtype the output stores dense and sparse weights in, when the run writes one in a
-    dtype of prunellm's choosing (hf, compressed); else None."""
-    if args.out is None or args.format not in ("hf", "compressed"):
-        return None
-    if args.format == "hf":
-        return hf_dtype
-    from .io.compressed.checkpoint import save_dtype
-
-    return save_dtype(model, args.save_dtype)
-
-
-def _prune_streaming(args: argparse.Namespace, method: Any, calibration: Any, walk: Any, allocation: Any,
-                     evaluation: Any, group: Any) -> None:
-    from .streaming import prune_streaming
-
-    if args.model is None or args.out is None or args.format != "hf":
-        raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
-                            f"(no --format {args.format}: convert the result with `prunellm export OUT --to ...`)")
-    if evaluation.datasets:
-        raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
-                            "`prunellm eval OUT` afterwards")
-    run = prune_streaming(args.model, args.out, method, calibration, walk, dtype=args.dtype, overwrite=args.overwrite,
-                          save_dtype=args.save_dtype, allocation=allocation, group=group, model_label=str(args.model))
-    if group is None or group.is_main:
-        resumed = f", resumed at block {run.resumed_from}" if run.resumed_from is not None else ""
-        print(f"{method.name}: {len(run.result.layers)} layers, sparsity "
-              f"{run.report['sparsity']['compressed_layers']:.2%}, {run.result.seconds['total']:.1f} s{resumed}")
-        print(f"saved to {run.out} ({run.report['saved_dtype']})")
+    job = pipeline.prepare(prune_settings(args), group)
+    if job.note is not None:
+        print(job.note)
+    outcome = pipeline.run(job)
+    if outcome is None:
+        return  # not the first process: it evaluates and saves
+    result, name = outcome.result, job.method.name
+    sparsity = f"sparsity {outcome.report['sparsity']['compressed_layers']:.2%}"
+    if job.settings.stream:
+        resumed = f", resumed at block {outcome.resumed_from}" if outcome.resumed_from is not None else ""
+        print(f"{name}: {len(result.layers)} layers, {sparsity}, {result.seconds['total']:.1f} s{resumed}")
+    else:
+        print(f"{name}: {len(result.layers)} layers, {sparsity}, {result.seconds['total']:.1f} s "
+              f"(solver {result.seconds['solve']:.1f} s)")
+    for text in job.settings.evaluation.datasets:
+        before = f"dense {outcome.dense[text]:.3f} -> " if text in outcome.dense else ""
+        print(f"{text} perplexity: {before}{name} {outcome.compressed[text]:.3f}")
+    if outcome.message is not None:
+        print(outcome.message)
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from . import pipeline
+    from .formats import OutputSpec
+    from .pipeline import export
 
-    if args.to in SERVING_FORMATS:
-        from .deploy import export_directory
-
-        if args.type is not None:
-            raise PrunellmError(f"--type only applies with --to gguf, not --to {args.to}")
-        if args.save_dtype != "auto" and args.to != "compressed":
-            raise PrunellmError(f"--save-dtype only applies with --to compressed, not --to {args.to}")
-        out = args.out or f"{str(args.directory).rstrip('/')}-{args.to}"
-        path, summary = export_directory(args.directory, args.to, out, dtype=args.save_dtype, overwrite=args.overwrite)
-        print(f"saved to {path}: {summary}")
-        return
-    if args.type is None:
-        raise PrunellmError("--to gguf needs --type (q4_0, q8_0, q4_k_m, ... or f16 for no quantization)")
-    out = args.out or f"{str(args.directory).rstrip('/')}-{args.type.lower()}.gguf"
-    if not out.endswith(".gguf"):
-        raise PrunellmError(f"--out must name a .gguf file, got {out}")
-    _check_output_file(out, args.overwrite)
-    path = pipeline.export_directory_to_gguf(args.directory, out, args.type, args.other_type, args.source)
-    print(f"saved to {path}")
+    output = OutputSpec(args.to, args.out, args.overwrite, args.save_dtype, args.type, args.other_type, args.source)
+    _, message = export(args.directory, output)
+    print(message)
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -432,11 +336,13 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_bench_infer(args: argparse.Namespace) -> None:
     from .devices import resolve_device
+    from .formats import detect_format
     from .io import write_json_atomic
-    from .io.compressed.checkpoint import is_compressed_dir
+    from .pipeline import check_output_file
     from .runtime.bench_infer import InferConfig, compare, format_rows, machine_description
 
-    if not is_compressed_dir(args.model):
+    fmt = detect_format(args.model)
+    if fmt is None or fmt.name != "compressed":
         raise PrunellmError(f"{args.model} is not a compressed directory (write one with --format compressed)")
     for name in ("prompt_tokens", "new_tokens", "batch_size", "repeats"):
         if getattr(args, name) < 1:
@@ -444,7 +350,7 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     if args.cuda_graph and resolve_device(args.device).type != "cuda":
         raise PrunellmError("--cuda-graph needs a CUDA device")
     if args.out is not None:
-        _check_output_file(args.out, args.overwrite)
+        check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
                          dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph)
     rows = compare(args.model, config)
@@ -466,29 +372,31 @@ def _task_suite(args: argparse.Namespace) -> Any:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from . import pipeline
+    from .compression import EvalConfig, bos_for, perplexities
     from .data import load_eval_text
     from .devices import resolve_device
     from .eval.table import eval_record, format_scores
-    from .io import load_model, write_json_atomic
+    from .formats import load_model
+    from .io import write_json_atomic
     from .io.default_model import model_label
+    from .pipeline import check_output_file
 
     datasets = args.datasets if args.datasets is not None else (() if args.tasks else ("wikitext2",))
     for name in datasets:
         load_eval_text(name, data_dir=args.data_dir)
     suite = _task_suite(args)
     if args.out is not None:
-        _check_output_file(args.out, args.overwrite)
+        check_output_file(args.out, args.overwrite)
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=device)
-    evaluation = pipeline.EvalConfig(datasets, args.seqlen, args.eval_tokens, args.eval_batch_size)
-    results = pipeline.perplexities(model, tokenizer, evaluation, default_seqlen=args.seqlen, data_dir=args.data_dir,
-                                    device=device, progress=not args.quiet)
+    evaluation = EvalConfig(datasets, args.seqlen, args.eval_tokens, args.eval_batch_size)
+    results = perplexities(model, tokenizer, evaluation, default_seqlen=args.seqlen, data_dir=args.data_dir,
+                           device=device, progress=not args.quiet)
     for name, value in results.items():
         print(f"{name} perplexity: {value:.3f}")
     scores = {}
     if suite is not None:
-        scores = suite.evaluate(model, tokenizer, device=device, bos_token_id=pipeline.bos_for(model, tokenizer))
+        scores = suite.evaluate(model, tokenizer, device=device, bos_token_id=bos_for(model, tokenizer))
         print(format_scores(scores))
     if args.out is not None:
         write_json_atomic(args.out, eval_record(model_label(args.model), evaluation, results, suite, scores))
@@ -496,27 +404,21 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    from . import pipeline
+    from .compression import EvalConfig
     from .data import load_eval_text
     from .devices import resolve_device
     from .eval.zero_shot import ZeroShotConfig
-    from .io import load_model
+    from .formats import load_model
     from .io.default_model import gguf_file, model_label
     from .sweep import Sweep, SweepConfig, describe_row, parse_grid, prepare_output
-    from .walker import WalkConfig
 
     settings = parse_grid(args.methods, args.sparsities, args.nm, args.bits, args.group_size)
     config = SweepConfig(
-        calibration=pipeline.CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir),
-        evaluation=pipeline.EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size),
+        calibration=calibration_config(args),
+        evaluation=EvalConfig(args.eval, args.eval_seqlen, args.eval_tokens, args.eval_batch_size),
         zero_shot=ZeroShotConfig(tuple(args.tasks), tuple(args.task_dir), args.num_fewshot, args.limit,
                                  args.task_batch_size) if args.tasks else None,
-        walk=WalkConfig(device=args.device, true_sequential=args.true_sequential, include=args.include,
-                        exclude=args.exclude, first_block=args.first_block, last_block=args.last_block,
-                        batch_size=args.batch_size, offload_activations=args.offload_activations,
-                        layer_errors=not args.no_layer_errors, progress=not args.quiet,
-                        forward_dtype=args.forward_dtype),
-        save_models=args.save_models)
+        walk=walk_config(args), save_models=args.save_models, defaults=args.defaults)
     prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
     for name in config.evaluation.datasets:
         load_eval_text(name, data_dir=args.data_dir)

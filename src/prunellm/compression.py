@@ -1,14 +1,14 @@
-"""The public API: calibrate, compress, evaluate, report. What the CLI calls."""
+"""One compression run's parts, in memory: calibrate, compress, evaluate, and the report that
+records it. `pipeline.prepare` and `pipeline.run` assemble them (with streaming and the output
+formats); this module is what they, the sweep and the streamed run share."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,11 +19,7 @@ from .devices import on_device, resolve_device
 from .distributed import Group
 from .errors import PrunellmError
 from .eval import evaluate
-from .io import library_versions, load_model, write_json_atomic
-from .io.gguf_blocks_file import load_gguf_blocks
-from .io.gguf_export import FLOAT_TYPES as FLOAT_GGUF_TYPES
-from .io.gguf_export import GGUFExportConfig, check_gguf_export, export_gguf
-from .io.save import REPORT_FILE
+from .io import library_versions
 from .methods import Method
 from .solvers.gguf_grids import check_gguf_problem
 from .walker import (AllocationConfig, WalkConfig, WalkResult, collect_input_norms, compress_model, in_features,
@@ -166,55 +162,3 @@ def build_report(*, model_source: str, model: nn.Module, method: Method, calibra
         "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl,
                        "seqlen": eval_config.seqlen or calibration.seqlen, "max_tokens": eval_config.max_tokens},
     }
-
-
-def check_gguf_output(model: nn.Module, method: Method, walk: WalkConfig, source: str | Path,
-                      config: GGUFExportConfig) -> None:
-    """Before pruning: refuse a GGUF output that could not be written (type, architecture, shapes)."""
-    solver_type = getattr(method.config, "gguf", None)
-    if config.type not in FLOAT_GGUF_TYPES and solver_type is None:
-        raise PrunellmError(f"method {method.name!r} cannot quantize onto {config.type}")
-    check_gguf_export(model, list(target_layers(model, walk)), source, config)
-
-
-def write_gguf(model: nn.Module, result: WalkResult, source: str | Path, config: GGUFExportConfig, out: str | Path,
-               *, method: Method, report: dict[str, Any]) -> Path:
-    """The compressed model as one GGUF file at `out`, its report beside it (`out`.report.json)."""
-    layers = {record.name: result.gguf_blocks.get(record.name) for record in result.layers}
-    path = export_gguf(model, layers, source, out, config, _gguf_metadata(method))
-    write_json_atomic(f"{path}.report.json", report)
-    return path
-
-
-def export_directory_to_gguf(directory: str | Path, out: str | Path, type_name: str, other_type: str = "keep",
-                             source: str | Path | None = None) -> Path:
-    """Convert a directory written by `prunellm prune --out` into a GGUF file.
-
-    Layers the prune left on a GGUF grid of this type are packed exactly; others (a pruned
-    float model) are rounded onto the type here. The metadata and untouched tensors come from
-    the GGUF the model was loaded from (named in report.json, or `source`).
-    """
-    config = GGUFExportConfig(type_name, other_type)
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise PrunellmError(f"not a directory: {directory}")
-    report_path = directory / REPORT_FILE
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    if source is None and report is not None:
-        source = report.get("model", {}).get("gguf_file")
-    if source is None:
-        raise PrunellmError(f"{directory} does not say which GGUF file its model came from: pass --source FILE.gguf")
-    model, _ = load_model(directory)
-    if report is not None:
-        names = [layer["name"] for layer in report["layers"]]
-    else:
-        names = list(target_layers(model, WalkConfig()))
-    check_gguf_export(model, names, source, config)
-    blocks = load_gguf_blocks(directory)
-    method = report.get("method", {}) if report is not None else {}
-    extra = {"general.quantized_by": "prunellm", "prunellm.method": json.dumps(method)}
-    return export_gguf(model, {name: blocks.get(name) for name in names}, source, out, config, extra)
-
-
-def _gguf_metadata(method: Method) -> dict[str, str]:
-    return {"general.quantized_by": "prunellm", "prunellm.method": json.dumps(method.describe())}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.compressed_tensors_export import (check_compressed_tensors, check_compressed_tensors_method,
+from prunellm.formats.compressed_tensors.export import (check_compressed_tensors, check_compressed_tensors_method,
                                                    export_directory_to_compressed_tensors, layer_codes,
                                                    save_compressed_tensors)
 from prunellm.io.save import save_model

@@ -103,7 +103,7 @@ def test_a_value_beyond_float16_is_an_error_naming_the_weight():
 
 @pytest.mark.parametrize("where", ["model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight"])
 def test_the_compressed_format_refuses_a_value_its_float16_cannot_hold(where, tmp_path):
-    from prunellm.io.compressed.checkpoint import save_compressed
+    from prunellm.formats.compressed.checkpoint import save_compressed
 
     model = tiny_model("llama")
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 from prunellm.errors import PrunellmError
 from prunellm.io import default_model_path, load_model
-from prunellm.io.gguf_export import GGUFExportConfig, check_gguf_export, export_gguf
+from prunellm.formats.gguf.export import GGUFExportConfig, check_gguf_export, export_gguf
 from prunellm.solvers.gguf_grids import fit_gguf_blocks
 from prunellm.walker import find_blocks, find_linear_layers, read_weight, write_weight
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from prunellm.cli import main
-from prunellm.io.resume import KILL_AT
+from prunellm.streaming.resume import KILL_AT
 from tests.conftest import REPO
 from tests.model_dirs import calibration_text, model_dir, report_without_timings
 

@@ -14,7 +14,7 @@ def test_every_unstructured_sparsity_gets_the_nearest_measured_row(sparsity):
     options, allocation, owl_lambda, note = with_recommended("sparsegpt", {"sparsity": sparsity}, None, None)
     build_method("sparsegpt", **options)
     AllocationConfig(allocation, *([] if owl_lambda is None else [owl_lambda]))
-    assert note is None or "--refine none --allocation uniform" in note
+    assert note is None or "--defaults paper" in note
 
 
 def test_nm_is_never_allocated():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import prunellm
-from prunellm.io.compressed.checkpoint import save_compressed
+from prunellm.formats.compressed.checkpoint import save_compressed
 from prunellm.methods import build_method
 from prunellm.runtime.bench_infer import InferConfig, measure_variant
 from prunellm.runtime.linear import CompressedLinear

@@ -7,7 +7,7 @@ TRITON_INTERPRET=1), which executes the same kernel code; with one, compiled, on
 import pytest
 import torch
 
-from prunellm.io.compressed.layer import CompressedWeight, LayerSpec, compress_weight, decompress_weight
+from prunellm.formats.compressed.layer import CompressedWeight, LayerSpec, compress_weight, decompress_weight
 from prunellm.runtime.kernels import CONFIGS, available, compressed_matmul, launch, supports
 from prunellm.solvers.quant import QuantGrid, fit_minmax, quantize
 

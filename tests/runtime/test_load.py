@@ -11,8 +11,8 @@ from torch.nn import functional as F
 import prunellm
 from prunellm.errors import PrunellmError
 from prunellm.io import save_model
-from prunellm.io.compressed.checkpoint import save_compressed
-from prunellm.io.compressed.layer import compress_weight, decompress_weight
+from prunellm.formats.compressed.checkpoint import save_compressed
+from prunellm.formats.compressed.layer import compress_weight, decompress_weight
 from prunellm.methods import build_method
 from prunellm.runtime.bench_infer import InferConfig, format_rows, measure_variant, weight_bytes
 from prunellm.runtime.generate import generate_text

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.gguf_pack import pack_gguf_blocks
+from prunellm.formats.gguf.pack import pack_gguf_blocks
 from prunellm.solvers import GPTQConfig, SparseGPTConfig, gptq, relative_layer_error, sparsegpt
 from prunellm.solvers.gguf_grids import (GGUF_GRIDS, GGUFBlocks, fit_gguf_blocks, gguf_grid, layer_gguf_type,
                                          mixed_layer_type)

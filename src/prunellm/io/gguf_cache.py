@@ -1,10 +1,9 @@
 """A GGUF file's dequantized model, converted once and kept as a Hugging Face directory.
 
 transformers converts a GGUF on every load: it parses the file's metadata three times (for the
-config, the weights and the tokenizer; the gguf package takes ~6 s to parse a 49k-token
-vocabulary on this project's 2-core machines) and dequantizes every tensor: about 35 s for
-SmolLM2-135M. prunellm saves the result once, in float32 (the dequantized values exactly), and
-loads that directory afterwards in about 6 s (`bench/gguf_load.py`). An entry is keyed by the file's resolved
+config, the weights and the tokenizer) and dequantizes every tensor, slowly even for a small
+model. prunellm saves the result once, in float32 (the dequantized values exactly), and loads
+that directory afterwards several times faster (bench/README.md, "Loading a GGUF model"). An entry is keyed by the file's resolved
 path, size and modification time, transformers' version (it does the conversion) and this
 module's format version; it is written under a temporary name and renamed, so it is whole or
 absent, and a failure to write it only costs the next run the conversion again.
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "PRUNELLM_CACHE_DIR"
 DISABLED = ("off", "none", "0", "")
-MAX_GGUF_BYTES = 512 << 20  # SmolLM2-135M's Q4_1 file is 94 MiB (540 MB as float32)
+MAX_GGUF_BYTES = 512 << 20  # small models only: the float32 copy takes several times the file's size
 FORMAT_VERSION = 1
 
 

@@ -1,4 +1,4 @@
-"""Load a causal LM and its tokenizer from a GGUF file, a local directory or the hub."""
+"""Load a causal LM and its tokenizer from a GGUF file, a Hugging Face directory or the hub."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.io import gguf_cache
 from prunellm.io.checks import check_finite
-from prunellm.io.compressed.checkpoint import is_compressed_dir
 from prunellm.io.default_model import default_model_path
 from prunellm.io.dtypes import DTYPES
-from prunellm.io.gguf import clear_gguf_marks, gguf_model_kwargs
+from prunellm.io.gguf_source import clear_gguf_marks, gguf_model_kwargs
 from prunellm.io.source import ModelSource, resolve_source
 
 if TYPE_CHECKING:
@@ -35,8 +34,8 @@ def load_model(
 
     source: None (the bundled SmolLM2-135M GGUF), a `.gguf` file (dequantized to float; a small
     one converted once and cached, see io/gguf_cache.py),
-    a directory written by `save_pretrained` or in prunellm's compressed format (expanded to
-    dense layers), or a hub id (needs network or the HF cache).
+    a directory written by `save_pretrained`, or a hub id (needs network or the HF cache). Other
+    formats prunellm writes load through `prunellm.formats.load_model`.
     device: where the weights are placed. compute_device: where the model will run, when not
     there (the walker keeps the model on CPU and moves one block at a time to the GPU).
     dtype: "auto" (see `resolve_dtype`: float32 when computing on CPU, the checkpoint's dtype
@@ -56,8 +55,6 @@ def load_model(
         resolved, converted = _through_cache(resolved.location, torch_dtype, target)
     if converted is not None:
         model, tokenizer = converted
-    elif resolved.kind == "dir" and is_compressed_dir(resolved.location):
-        model = _load_compressed(resolved.location, torch_dtype, target)
     else:
         model = _from_pretrained("model", resolved, kwargs)
     clear_gguf_marks(model)
@@ -90,15 +87,6 @@ def _through_cache(path: Path, dtype: torch.dtype | str, device: torch.device
     if entry is not None:  # from_pretrained's own casting and placement, as every later run will get
         return ModelSource("dir", entry), None
     return source, (model.to(device=device, dtype=dtype), tokenizer)
-
-
-def _load_compressed(directory: Path, dtype: torch.dtype | str, device: torch.device) -> PreTrainedModel:
-    """A compressed-format directory with every layer expanded (what evaluation and pruning
-    want), in `dtype` ("auto": the stored one)."""
-    from prunellm.runtime.load import load
-
-    model = load(directory, device, keep_compressed=False)
-    return model if dtype == "auto" else model.to(dtype)
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:

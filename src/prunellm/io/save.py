@@ -13,9 +13,9 @@ import torch
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, sibling_name, write_json_atomic
 from prunellm.io.dtypes import cast_weights
-from prunellm.io.gguf import clear_gguf_marks
-from prunellm.io.gguf_blocks_file import save_gguf_blocks
-from prunellm.io.quant_grids_file import save_quant_grids
+from prunellm.io.gguf_source import clear_gguf_marks
+from prunellm.io.grids import save_gguf_blocks
+from prunellm.io.grids import save_quant_grids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -60,8 +60,8 @@ class Skeleton:
         out = {}
         for key in stored:
             # One at a time: a tensor read maps its file, and the mapped pages count in the process's
-            # resident memory until it is freed. Read together, a LLaMA-7B block's float16 tensors
-            # (386 MiB) were all resident beside their float32 copies.
+            # resident memory until it is freed. Read together, a block's float16 tensors were all
+            # resident beside their float32 copies.
             tensor = self.checkpoint.read([key])[key]
             # As load_model: a NaN poisons every Hessian downstream, far from its cause. Checked on
             # the first read only: a parked layer is read again, once per calibration batch in a

@@ -6,17 +6,26 @@ from dataclasses import dataclass
 import torch
 
 from ..solvers import MagnitudeConfig, SolveResult, magnitude
-from .base import Method, register
-from .quantize_after import QuantizeAfter
+from .method import Method
+from .options import NM, SPARSITY, option, solver_config
+from .quantize_after import QuantOptions
 from .refinement import RefineOptions
+from .registry import register
 
 
 @dataclass
-class MagnitudeMethodConfig(MagnitudeConfig, RefineOptions, QuantizeAfter):
+class MagnitudeOptions:
+    """The prune's options: solvers.MagnitudeConfig's fields."""
+
+    sparsity: float = option(0.5, SPARSITY)
+    nm: tuple[int, int] | str | None = option(None, NM, type=str)
+    per_row: bool = option(False, "magnitude: compare within rows")
+
     def __post_init__(self) -> None:
-        MagnitudeConfig.__post_init__(self)
-        RefineOptions.__post_init__(self)
-        QuantizeAfter.__post_init__(self)
+        self.nm = self.solver_config().nm  # the solver's checks; "2:4" -> (2, 4)
+
+    def solver_config(self) -> MagnitudeConfig:
+        return solver_config(self, MagnitudeConfig)
 
 
 @register
@@ -25,15 +34,9 @@ class Magnitude(Method):
     with GPTQ (`bits`)."""
 
     name = "magnitude"
-    config_class = MagnitudeMethodConfig
+    option_groups = (MagnitudeOptions, RefineOptions, QuantOptions)
+    needs = "none"
 
-    @property
-    def statistics(self) -> str:
-        return "hessian" if self.config.quantizes or self.config.refines else "none"
-
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
-        result = magnitude(weight, MagnitudeConfig(self.config.sparsity, self.config.nm, self.config.per_row))
-        if self.config.refines:
-            result = self.config.apply(weight, hessian, result)
-        return self.config.quantize(result, hessian) if self.config.quantizes else result
+    def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+        return magnitude(weight, self.config.group(MagnitudeOptions).solver_config())

@@ -1,17 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from ..solvers import SolveResult
-from .base import Method, register
-
-
-@dataclass
-class NoopConfig:
-    pass
+from .method import Method
+from .registry import register
 
 
 @register
@@ -20,9 +15,8 @@ class Noop(Method):
     the walker (outputs must not change)."""
 
     name = "noop"
-    config_class = NoopConfig
-    statistics = "hessian"  # still collects statistics, so layer errors (zero) are reported
+    needs = "hessian"  # still collects statistics, so layer errors (zero) are reported
 
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+    def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         return SolveResult(weight.clone(), torch.zeros_like(weight, dtype=torch.bool))

@@ -1,11 +1,11 @@
-"""The refinement and sparsity allocation `prunellm prune` picks when the user sets neither.
+"""The recommended defaults: the refinement and sparsity allocation a run gets when the user
+sets neither (`pipeline.prepare` applies them unless `defaults="paper"`).
 
 Each row is the best variant that bench/high_sparsity.py measured at that setting on the models
-of bench/README.md's high-sparsity table, among those that prune in about 3× plain SparseGPT's
-time on CPU (measured on 2026-12-03: ALPS 1.5-2.0× on Gemma-3, 1.9-2.2× on SmolLM2). A
-sparsity between rows takes the nearest row's choice. Only SparseGPT without quantization was measured, so only it gets these
-defaults: other methods, and quantized runs, keep the plain method (refine "none", uniform
-allocation) unless asked. `--refine none --allocation uniform` gives the paper's SparseGPT.
+of bench/README.md's "High sparsity" table, among those that prune in at most about 3x plain
+SparseGPT's time on CPU. A sparsity between rows takes the nearest row's choice. Only SparseGPT
+without quantization was measured, so only it gets these defaults: other methods, and quantized
+runs, keep the plain method (refine "none", uniform allocation) unless asked.
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ class Recommendation:
 
 PLAIN = Recommendation("none", "uniform", None, "the method as published")
 
-# (sparsity, choice): bench/README.md, "High sparsity" (SmolLM2-135M and Gemma-3-270M). ALPS with
-# uniform allocation is the best row on Gemma-3 wherever measured and the best or second best on
-# SmolLM2, where OWL + ALPS is lower at 60-80% (-0.8%, -0.1%, -13%) and higher at 50% (+1%). OWL
-# stays off because it made Gemma-3 worse (+30% alone, +22% with ALPS at 70%): a default must
-# hold on models nobody measured. `--allocation owl` is one flag away.
+# (sparsity, choice), from bench/README.md's "High sparsity" table. ALPS with uniform allocation
+# wins or comes close on every model measured; OWL stays off because it made one of them worse:
+# a default must hold on models nobody measured. `--allocation owl` is one flag away.
 UNSTRUCTURED: tuple[tuple[float, Recommendation], ...] = (
-    (0.5, Recommendation("alps", "uniform", None, "50%: + ALPS, -14% perplexity on SmolLM2, -15% on Gemma-3")),
-    (0.6, Recommendation("alps", "uniform", None, "60%: + ALPS, -29% on SmolLM2, -28% on Gemma-3")),
-    (0.7, Recommendation("alps", "uniform", None, "70%: + ALPS, -51% on SmolLM2, -37% on Gemma-3")),
-    (0.8, Recommendation("alps", "uniform", None, "80%: + ALPS, -57% on SmolLM2, -56% on Gemma-3")),
+    (0.5, Recommendation("alps", "uniform", None, "50%: + ALPS")),
+    (0.6, Recommendation("alps", "uniform", None, "60%: + ALPS")),
+    (0.7, Recommendation("alps", "uniform", None, "70%: + ALPS")),
+    (0.8, Recommendation("alps", "uniform", None, "80%: + ALPS")),
 )
 # n:m fixes every layer's sparsity: nothing to allocate.
-NM = Recommendation("alps", "uniform", None, "2:4: + ALPS, -16% on SmolLM2, -20% on Gemma-3")
+NM = Recommendation("alps", "uniform", None, "n:m: + ALPS")
 
 
 def recommended(method: str, options: dict[str, Any]) -> Recommendation:
@@ -70,6 +68,6 @@ def with_recommended(method: str, options: dict[str, Any], allocation: str | Non
         filled.append(f"--owl-lambda {owl_lambda:g}")
     if not filled:
         return options, allocation, owl_lambda, None
-    note = (f"defaults from bench/README.md's high-sparsity table: {' '.join(filled)} ({choice.evidence}); "
-            "--refine none --allocation uniform for the paper's method")
+    note = (f"recommended defaults: {' '.join(filled)} ({choice.evidence}, the best of the high-sparsity "
+            "benchmark); --defaults paper for the method as published")
     return options, allocation, owl_lambda, note

@@ -1,5 +1,5 @@
-"""Options every pruning method shares: re-solve the weights on the chosen mask, or search a
-better mask first (ALPS)."""
+"""Refinement after a prune: re-solve the weights on the chosen mask, or search a better mask
+first (ALPS)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from ..errors import PrunellmError
 from ..solvers import SolveResult, refine_on_mask
 from ..solvers.alps import alps_refine
+from .options import option
 
 REFINEMENTS = ("none", "lsq", "alps")
 
@@ -21,8 +22,10 @@ class RefineOptions:
     with the same budget by ADMM and solves the weights on it (2.0-3.1x a plain prune on CPU,
     bench/README.md), falling back to "lsq" where that is not better; "none" keeps the method's own."""
 
-    refine: str = "none"
-    refine_iters: int = 50
+    refine: str = option("none", "none, lsq (re-solve the weights exactly on the mask) or alps (search a better "
+                                 "mask by ADMM, then lsq); default for sparsegpt: the best of bench/README.md's "
+                                 "high-sparsity table at the target sparsity, else none", choices=REFINEMENTS)
+    refine_iters: int = option(50, "conjugate-gradient iterations (default 50)")
 
     def __post_init__(self) -> None:
         if self.refine not in REFINEMENTS:
@@ -34,12 +37,14 @@ class RefineOptions:
     def refines(self) -> bool:
         return self.refine != "none"
 
-    def apply(self, weight: torch.Tensor, hessian: torch.Tensor, pruned: SolveResult) -> SolveResult:
-        if self.refine == "alps":
-            # Same budget as the method's mask: n:m groups, per-row counts, or the layer's count.
-            refined, mask = alps_refine(weight, hessian, pruned.weight, pruned.mask, nm=getattr(self, "nm", None),
-                                        per_row=bool(getattr(self, "per_row", False)),
-                                        cg_iterations=self.refine_iters)
-            return SolveResult(refined, mask, None, pruned.damp_frac, pruned.damp_retries)
-        refined = refine_on_mask(weight, hessian, pruned.weight, pruned.mask, iterations=self.refine_iters)
-        return SolveResult(refined, pruned.mask, None, pruned.damp_frac, pruned.damp_retries)
+
+def refine(weight: torch.Tensor, hessian: torch.Tensor, pruned: SolveResult, options: RefineOptions, *,
+           nm: tuple[int, int] | None, per_row: bool) -> SolveResult:
+    """The pruned layer refined towards the dense `weight`. nm, per_row: the prune's budget (n:m
+    groups, per-row counts, or else the layer's count), which ALPS's new mask keeps."""
+    if options.refine == "alps":
+        refined, mask = alps_refine(weight, hessian, pruned.weight, pruned.mask, nm=nm, per_row=per_row,
+                                    cg_iterations=options.refine_iters)
+        return SolveResult(refined, mask, None, pruned.damp_frac, pruned.damp_retries)
+    refined = refine_on_mask(weight, hessian, pruned.weight, pruned.mask, iterations=options.refine_iters)
+    return SolveResult(refined, pruned.mask, None, pruned.damp_frac, pruned.damp_retries)

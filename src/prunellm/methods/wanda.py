@@ -6,17 +6,25 @@ from dataclasses import dataclass
 import torch
 
 from ..solvers import SolveResult, WandaConfig, wanda
-from .base import Method, register
-from .quantize_after import QuantizeAfter
+from .method import Method
+from .options import NM, SPARSITY, option, solver_config
+from .quantize_after import QuantOptions
 from .refinement import RefineOptions
+from .registry import register
 
 
 @dataclass
-class WandaMethodConfig(WandaConfig, RefineOptions, QuantizeAfter):
+class WandaOptions:
+    """The prune's options: solvers.WandaConfig's fields."""
+
+    sparsity: float = option(0.5, SPARSITY)
+    nm: tuple[int, int] | str | None = option(None, NM, type=str)
+
     def __post_init__(self) -> None:
-        WandaConfig.__post_init__(self)
-        RefineOptions.__post_init__(self)
-        QuantizeAfter.__post_init__(self)
+        self.nm = self.solver_config().nm  # the solver's checks; "2:4" -> (2, 4)
+
+    def solver_config(self) -> WandaConfig:
+        return solver_config(self, WandaConfig)
 
 
 @register
@@ -25,16 +33,10 @@ class Wanda(Method):
     quantized with GPTQ (`bits`)."""
 
     name = "wanda"
-    config_class = WandaMethodConfig
+    option_groups = (WandaOptions, RefineOptions, QuantOptions)
+    needs = "diag"
 
-    @property
-    def statistics(self) -> str:
-        return "hessian" if self.config.quantizes or self.config.refines else "diag"
-
-    def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+    def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
+              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
         diag = torch.diagonal(hessian) if hessian.dim() == 2 else hessian
-        result = wanda(weight, diag, WandaConfig(self.config.sparsity, self.config.nm))
-        if self.config.refines:
-            result = self.config.apply(weight, hessian, result)
-        return self.config.quantize(result, hessian) if self.config.quantizes else result
+        return wanda(weight, diag, self.config.group(WandaOptions).solver_config())

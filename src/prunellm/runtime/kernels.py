@@ -1,4 +1,4 @@
-"""y = x @ Wᵀ for a few tokens (decode), reading W in its compressed layout (io/compressed/layer.py).
+"""y = x @ Wᵀ for a few tokens (decode), reading W in its compressed layout (formats/compressed/layer.py).
 
 At decode a linear layer is bound by the bytes of its weight: each weight serves 1 to 16 tokens
 and is never reused. These Triton kernels stream the packed bytes and decompress them in
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prunellm.io.compressed.layer import DTYPES, CompressedWeight, LayerSpec
-from prunellm.io.compressed.packing import container_bits
+from prunellm.formats.compressed.layer import DTYPES, CompressedWeight, LayerSpec
+from prunellm.formats.compressed.packing import container_bits
 
 MAX_TOKENS = 16  # the dot path pads the tokens to 16, tl.dot's smallest M
 

@@ -1,4 +1,4 @@
-"""A linear layer whose weight stays compressed in memory, in the layouts of io/compressed.
+"""A linear layer whose weight stays compressed in memory, in the layouts of formats/compressed.
 
 Each call takes the fastest path the machine has for its size: on a GPU, a Triton kernel that
 reads the compressed weight directly when one exists for the layout and the call has few
@@ -13,12 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunellm.io.compressed.layer import CompressedWeight, LayerSpec, decompress_weight, slice_rows
+from prunellm.formats.compressed.layer import CompressedWeight, LayerSpec, decompress_weight, slice_rows
 
 # Tokens per call up to which a GPU kernel reads the compressed weight (above: expand, then dense).
 KERNEL_MAX_TOKENS = 16
 # Weights per band of rows expanded at a time on a CPU (128 rows of a 4096-wide layer: 1 MiB in
-# float16, 2 MiB as float32 on the way); measured fastest at LLaMA-7B shapes (bench/README.md).
+# float16, 2 MiB as float32 on the way); chosen by a one-off timing at LLaMA-7B shapes (no bench
+# script compares band sizes; bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
 CPU_BAND_ELEMENTS = 1 << 19
 
 
@@ -72,10 +73,11 @@ class CompressedLinear(nn.Module):
             # it, so that the result is bit for bit the dense layer's.
             return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
         # One token on a CPU (decode): expanded a band of rows at a time, each band staying in
-        # cache from its expansion to its product (4-7x faster than expanding the whole layer at
-        # 7B shapes), the layer never dense in memory. A product with one token is a dot product
-        # per output, the same whatever the band: bit for bit the dense result. (With more tokens
-        # the matrix product's blocking depends on the band, so prefill expands the whole layer.)
+        # cache from its expansion to its product (faster than expanding the whole layer: see
+        # bench/README.md, section "Deploy"), the layer never dense in memory. A product with one
+        # token is a dot product per output, the same whatever the band: bit for bit the dense
+        # result. (With more tokens the matrix product's blocking depends on the band, so prefill
+        # expands the whole layer.)
         out = x.new_empty(*x.shape[:-1], self.out_features)
         band = max(CPU_BAND_ELEMENTS // self.in_features, 16)
         packed = self.packed
@@ -101,6 +103,6 @@ class CompressedLinear(nn.Module):
 
 
 def _dtype(spec: LayerSpec) -> torch.dtype:
-    from prunellm.io.compressed.layer import DTYPES
+    from prunellm.formats.compressed.layer import DTYPES
 
     return DTYPES[spec.dtype]

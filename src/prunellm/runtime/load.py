@@ -1,16 +1,12 @@
 """`prunellm.load`: a working Hugging Face model from a directory prunellm wrote.
 
-Three kinds of directory load:
-- prunellm's compressed format (compression.json): layers become CompressedLinear modules, or
-  plain dense layers expanded once at load (`keep_compressed=False`);
-- compressed-tensors (its `quantization_config` in config.json): through transformers'
-  dequantizing loader (vLLM serves these directories compressed);
-- plain Hugging Face directories: through `prunellm.io.load_model`.
+Any format prunellm writes loads (the formats table, prunellm.formats, recognises it); in
+prunellm's compressed format (compression.json) the layers become CompressedLinear modules, or
+plain dense layers expanded once at load (`keep_compressed=False`, the format's own reader).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +16,10 @@ from torch import nn
 
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
-from prunellm.io.compressed.checkpoint import CompressedCheckpoint, is_compressed_dir, read_compressed
-from prunellm.io.compressed.layer import CompressedWeight, bitmask_as_quant, decompress_weight
+from prunellm.formats import detect_format, get_format
+from prunellm.formats.compressed.checkpoint import CompressedCheckpoint, read_compressed
+from prunellm.formats.compressed.layer import CompressedWeight, bitmask_as_quant
+from prunellm.formats.compressed.model import build_skeleton, dense_linear, layer_slot, load_rest
 
 from .linear import CompressedLinear
 
@@ -62,62 +60,20 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise PrunellmError(f"not a model directory: {directory}")
-    if _is_compressed_tensors(directory):
-        return _load_compressed_tensors(directory).to(target).eval()
-    if not is_compressed_dir(directory):
-        from prunellm.io import load_model
-
-        model, _ = load_model(str(directory), compute_device=target)
-        return model.to(target).eval()
-    checkpoint = read_compressed(directory)
-    model = _skeleton(directory, checkpoint.dtype)
-    keep = keeps_compressed(target, keep_compressed)
     if dense_budget is not None and dense_budget < 0:
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
-    budget = 0 if not keep else (dense_budget or 0)
+    fmt = detect_format(directory)
+    keep = keeps_compressed(target, keep_compressed)
+    if fmt is None or fmt.name != "compressed" or not keep:
+        # Every other format, and a compressed one expanded at load: the format's own reader.
+        return (fmt or get_format("hf")).load(directory, device=target).to(target).eval()
+    checkpoint = read_compressed(directory)
+    model = build_skeleton(directory, checkpoint.dtype)
+    budget = dense_budget or 0
     _install_layers(model, checkpoint, keep, target, dense_budget=budget,
                     only_kernel_layouts=keep_compressed is None)
-    _load_rest(model, checkpoint)
+    load_rest(model, checkpoint)
     return model.to(target).eval()
-
-
-def _is_compressed_tensors(directory: Path) -> bool:
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
-
-
-def _load_compressed_tensors(directory: Path) -> PreTrainedModel:
-    """Through transformers' dequantizing loader: its compressed one cannot build asymmetric
-    (zero-point) layers with compressed-tensors 0.20 (see io/compressed_tensors_export)."""
-    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(directory, dtype="auto",
-                                                    quantization_config=CompressedTensorsConfig(dequantize=True))
-    except (OSError, ValueError, ImportError, RuntimeError) as error:
-        text = str(error).strip().splitlines()
-        raise PrunellmError(f"cannot load the compressed-tensors model {directory}: "
-                            f"{text[0] if text else error!r}") from None
-
-
-def _skeleton(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
-    """The model of `directory`'s config with its parameters on the meta device (no memory)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    try:
-        config = AutoConfig.from_pretrained(directory)
-        with init_empty_weights():  # parameters on meta; buffers (rotary tables) real
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    except (OSError, ValueError, KeyError) as error:
-        text = str(error).strip().splitlines()
-        raise PrunellmError(f"cannot build the model of {directory}: {text[0] if text else error!r}") from None
-    if (directory / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(directory)
-    return model
 
 
 def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, device: torch.device,
@@ -128,12 +84,7 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
     every decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
     CUDA, layers are converted to the layouts the GPU kernels read where that is lossless."""
     for name, packed in checkpoint.layers.items():
-        parent_name, _, child = name.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_name)
-            getattr(parent, child)
-        except AttributeError:
-            raise PrunellmError(f"compressed layer {name} is not a module of {type(model).__name__}") from None
+        parent, child = layer_slot(model, name)
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
         rows, cols = packed.spec.shape
         dense_bytes = rows * cols * checkpoint.dtype.itemsize
@@ -147,12 +98,7 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         if not expand_now:
             new: nn.Module = CompressedLinear(packed, bias)
         else:
-            out_features, in_features = packed.spec.shape
-            new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-            on_device = CompressedWeight(packed.spec, {part: t.to(device) for part, t in packed.tensors.items()})
-            new.weight = nn.Parameter(decompress_weight(on_device), requires_grad=False)
-            if bias is not None:
-                new.bias = nn.Parameter(bias, requires_grad=False)
+            new = dense_linear(packed, bias, device)
         setattr(parent, child, new)
 
 
@@ -160,15 +106,3 @@ def _has_kernel(packed: CompressedWeight) -> bool:
     from . import kernels
 
     return kernels.supports(packed.spec, 1)
-
-
-def _load_rest(model: nn.Module, checkpoint: CompressedCheckpoint) -> None:
-    """Every other tensor by name; tied tensors re-tied; refuses a model left with a hole."""
-    result = model.load_state_dict(checkpoint.tensors, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise PrunellmError(f"{checkpoint.directory} holds tensors the model does not have: "
-                            f"{', '.join(result.unexpected_keys[:3])}")
-    model.tie_weights()
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.device.type == "meta":
-            raise PrunellmError(f"{checkpoint.directory} has no tensor for {name}")

@@ -21,8 +21,8 @@ one (R, C) @ (C, C) product per iteration; M is refactored (Cholesky) only when 
 every third iteration. (The eigendecomposition H = Q Λ Qᵀ serves every ρ but costs two
 products per iteration, and eigh itself is slow at wide layers.) ADMM stops once fewer than
 0.3% of the kept entries leave or join the support in three iterations (`settled`). That saves
-iterations but is a trade: on Gemma-3 at 70% the stop on a fixed support alone (`settled=0`)
-gave 11% lower perplexity at 1.2x ALPS's time (bench/README.md, "High sparsity"); the
+iterations but is a trade: the stop on a fixed support alone (`settled=0`) gave a lower
+perplexity at more time (see bench/README.md, section "High sparsity: OWL, LSQ, ALPS"); the
 threshold is to be revisited. The final support is then handed to the exact least-squares
 step (refine.py), started from ADMM's own weights on it. The result is kept when its layer
 error is below the starting method's; otherwise the start's own mask is re-solved instead
@@ -30,12 +30,12 @@ error is below the starting method's; otherwise the start's own mask is re-solve
 
 Cost: ADMM is most of it, a few dozen iterations of a product and a projection. The
 projection must cost far less than the products: a layer's threshold is found on a strided
-sample and settled exactly within the sample's bracket (a full selection cost up to as much
-as both products, bench/alps_projection.py), and 2:4's groups are ranked by a sorting network rather than topk; both give
-exactly the masks the plain selections give. The exact solve starts from ADMM's iterate (half
-the conjugate-gradient iterations), and the least-squares solve of the start's own mask is
-only run as the fallback: at high sparsity the searched support wins by a wide margin (half
-the error on SmolLM2 at 70%), and solving both cost a third more time.
+sample and settled exactly within the sample's bracket (a full selection could cost as much as
+the products: see bench/README.md, section "ALPS's projection step"), and 2:4's groups are
+ranked by a sorting network rather than topk; both give exactly the masks the plain selections
+give. The exact solve starts from ADMM's iterate (half the conjugate-gradient iterations), and
+the least-squares solve of the start's own mask is only run as the fallback: at high sparsity
+the searched support wins by a wide margin, and solving both costs more time.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ class GPTQConfig:
     replaces group_size, its grid replaces bits and sym (see gguf_grids).
     hessian_shrink: α in [0, 1]: quantize against (1 - α)·H + α·diag(H) (see
     shrink_to_diagonal): with a few thousand calibration tokens GPTQ fits H's noisy
-    correlations, and shrinking them generalizes better (bench/README.md). 0 = the paper's GPTQ.
+    correlations, and shrinking them generalizes better (see bench/README.md, section "GGUF
+    export against llama.cpp"). 0 = the paper's GPTQ.
     refit_scales: with a one-scale GGUF grid (q4_0, q5_0, q8_0), re-solve the block scales for
     the chosen codes afterwards (see gguf_refit); a row keeps the result only if it helps.
     """

@@ -26,7 +26,8 @@ class HessianAccumulator:
 
     H is symmetric, so `add` computes only its upper triangle, in TRIANGLE_PANELS row panels
     (panel i times the columns from i on): 5/8 of the full product's arithmetic with four
-    panels, measured 1.4-2.4x faster on 2 CPU cores (bench/solver_parts.py). Reading `H` mirrors it into the lower half.
+    panels (timed by bench/solver_parts.py: see bench/README.md, section "Speed"). Reading `H`
+    mirrors it into the lower half.
     """
 
     TRIANGLE_PANELS = 4
@@ -131,9 +132,9 @@ def damped_inverse(H: torch.Tensor, damp_frac: float = 0.01, *, max_retries: int
     # U comes from one Cholesky factorization and one triangular inverse, 2/3 C³ flops where the
     # authors' code (factor H, invert from the factor, factor the inverse) spends 4/3 C³: with J
     # the order-reversing permutation and J H J = L Lᵀ, H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is
-    # upper triangular with a positive diagonal, so it is H⁻¹'s upper Cholesky factor. Measured
-    # 1.3-1.7x faster on 2 CPU cores (576 to 11,008 columns; bench/solver_parts.py), equal to
-    # float32 rounding.
+    # upper triangular with a positive diagonal, so it is H⁻¹'s upper Cholesky factor. Equal to
+    # float32 rounding; its speed against the authors' steps: see bench/README.md, section "Speed"
+    # (bench/solver_parts.py).
     # Memory: one (C, C) matrix of its own besides the caller's H (a 70B MLP's 28,672 columns make
     # each 3.3 GB): the reversed damped copy, factored, inverted and reversed back in place; with
     # `restore`, none.
@@ -219,8 +220,8 @@ def _reverse_in_place_(M: torch.Tensor) -> torch.Tensor:
 
 def all_finite(M: torch.Tensor) -> bool:
     """Whether every entry of M ((R, C), or (C,)) is finite, with no temporary of M's size: a
-    whole-matrix torch.isfinite builds a float copy (its abs) and boolean masks (796 MiB for a
-    LLaMA-7B down_proj's Hessian, bench/solver_memory.py), more than a solve's inverse factor."""
+    whole-matrix torch.isfinite builds a float copy (its abs) and boolean masks, more than a
+    solve's inverse factor (see bench/README.md, section "One layer's solve: memory")."""
     if bool(torch.isfinite(M.sum(dtype=torch.float32))):
         return True  # a finite sum proves every entry finite: one pass, no temporaries
     M = M.reshape(-1, M.shape[-1]) if M.dim() else M.reshape(1, 1)  # a NaN, an inf, or an overflowing sum

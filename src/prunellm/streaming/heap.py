@@ -3,7 +3,7 @@
 glibc's malloc keeps memory that Python and torch free in its arenas for reuse, and a
 streamed prune frees and reallocates a block's worth of differently sized tensors at every
 block: the arenas fragment and the process's resident memory creeps up by roughly a block per
-block (measured: 25 MiB per block at width 1024, bench/README.md), although no tensor
+block (bench/README.md, "Streaming: peak memory"), although no tensor
 outlives its block. `malloc_trim` returns the free pages; with it, resident memory stays flat
 from block to block. Elsewhere (macOS, musl) this is a no-op: their allocators differ.
 """

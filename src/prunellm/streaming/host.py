@@ -18,18 +18,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .io.atomic import atomic_path
-from .io.gguf_blocks_file import BLOCKS_FILE, load_gguf_blocks, save_gguf_blocks
-from .io.quant_grids_file import GRIDS_FILE, load_quant_grids, save_quant_grids
-from .io.heap import release_free_memory
-from .io.resume import RunState, kill_point
-from .io.shards import ShardPlan, block_unit, write_shard
-from .io.skeleton import Skeleton
-from .walker import BlockHost, find_linear_layers
+from ..io.atomic import atomic_path
+from ..io.grids import BLOCKS_FILE, GRIDS_FILE, load_gguf_blocks, load_quant_grids, save_gguf_blocks, save_quant_grids
+from .heap import release_free_memory
+from .resume import RunState, kill_point
+from .shards import ShardPlan, block_unit, write_shard
+from ..io.skeleton import Skeleton
+from ..walker import BlockHost, find_linear_layers
 
 if TYPE_CHECKING:
-    from .distributed import Group
-    from .walker import Blocks, WalkResult
+    from ..distributed import Group
+    from ..walker import Blocks, WalkResult
 
 
 class StreamingHost(BlockHost):
@@ -78,11 +77,9 @@ class StreamingHost(BlockHost):
     def statistics_pass(self, index: int, layers: dict[str, nn.Module]) -> Iterator[None]:
         """On a CPU, the block's linear layers are parked for the pass and each is read from the
         checkpoint for its own call only: the pass then holds the Hessians, the activations and one
-        layer's weight (172 MiB in float32 for a LLaMA-7B MLP projection) where it held the whole
-        block (808 MB). The reads (page cache, float16 to float32) cost 0.31 s for all seven layers
-        of a LLaMA-7B block on 2 cores (bench/checkpoint_reads.py), against an estimated 2.5 s of pass per
-        batch of 512 tokens (bench/README.md). On a GPU the block sits in device memory: nothing
-        changes."""
+        layer's weight (one (out, in) float32 matrix) where it held the whole block. The reads (page
+        cache, float16 to float32) cost a small fraction of the pass (bench/README.md, "Reading a
+        block from the checkpoint"). On a GPU the block sits in device memory: nothing changes."""
         if self._device.type != "cpu":
             yield
             return
@@ -111,21 +108,21 @@ class StreamingHost(BlockHost):
     def park(self, index: int, layers: dict[str, nn.Module], *, after_statistics: bool = False) -> None:
         """Layers waiting for their solve, or in it (the solver works on a copy), wait in the
         checkpoint, not in memory: at LLaMA-7B width the widest layer's solve, the block's peak,
-        then runs beside no weight of the block instead of the whole block in float32 (808 MB).
+        then runs beside no weight of the block instead of the whole block in float32.
         Read again on `unpark`, they are the same values."""
         for name in layers:
             self.skeleton.release(name)
         if after_statistics:
             # The pass's freed activations sit in malloc's arenas: hand them back once, before the
-            # solves (not per layer: a trim walks the whole heap, 0.1-0.3 s in a large process).
+            # solves (not per layer: a trim walks the whole heap, which takes time in a large process).
             release_free_memory()
 
     @contextmanager
     def backed_up(self, hessian: torch.Tensor) -> Iterator[Callable[[torch.Tensor], None] | None]:
         """On a CPU, a copy of the Hessian goes to a scratch file beside the run's state (the page
         cache, not this process's memory) and the solve may overwrite the Hessian itself: a
-        LLaMA-7B down_proj's solve then holds its Hessian and the inverse factor in one 462 MiB
-        matrix, not two. The copy refills it for the layer's error (and a retry with more
+        down_proj's solve then holds its Hessian and the inverse factor in one (in, in) matrix, not
+        two. The copy refills it for the layer's error (and a retry with more
         damping): one write and one read of the Hessian's size per lent solve."""
         if self._device.type != "cpu" or hessian.dtype != torch.float32 or not hessian.is_contiguous():
             yield None

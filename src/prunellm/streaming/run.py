@@ -21,24 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import load_calibration
-from .devices import resolve_device
-from .distributed import Group
-from .errors import PrunellmError
-from .io import check_output_dir, load_tokenizer, write_json_atomic
-from .io.gguf_blocks_file import save_gguf_blocks
-from .io.quant_grids_file import save_quant_grids
-from .io.lazy import LazyCheckpoint
-from .io.dtypes import dtype_name, hf_save_dtype, method_quantizes, stored_dtype
-from .io.load import resolve_dtype
-from .io.resume import RunState, kill_point
-from .io.save import REPORT_FILE
-from .io.shards import ShardPlan, block_unit, write_index
-from .io.skeleton import Skeleton, build_skeleton
-from .methods import Method
-from .pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
-from .streaming_host import StreamingHost
-from .walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
+from ..data import load_calibration
+from ..devices import resolve_device
+from ..distributed import Group
+from ..errors import PrunellmError
+from ..io import check_output_dir, load_tokenizer, write_json_atomic
+from ..io.grids import save_gguf_blocks, save_quant_grids
+from ..io.lazy import LazyCheckpoint
+from ..io.dtypes import dtype_name, hf_save_dtype, method_quantizes, stored_dtype
+from ..io.load import resolve_dtype
+from .resume import RunState, kill_point
+from ..io.save import REPORT_FILE
+from .shards import ShardPlan, block_unit, write_index
+from ..io.skeleton import Skeleton, build_skeleton
+from ..methods import Method
+from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
+from .host import StreamingHost
+from ..walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
                      compress_model, find_blocks)
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class StreamedRun:
 def prune_streaming(source: str | Path, out: str | Path, method: Method, calibration: CalibrationConfig | None = None,
                     walk: WalkConfig | None = None, *, dtype: str = "auto", save_dtype: str = "auto",
                     overwrite: bool = False, allocation: AllocationConfig | None = None, group: Group | None = None,
-                    model_label: str | None = None) -> StreamedRun:
+                    model_label: str | None = None, report_extra: dict[str, Any] | None = None) -> StreamedRun:
     """Compress the model of the safetensors directory `source` into the directory `out`.
 
     The output is a sharded Hugging Face checkpoint (one shard per block, one for the
@@ -63,7 +62,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     equal in weights to `pipeline.prune` + `save_model` on the whole model. save_dtype: what the
     shards store, as `--save-dtype` (io/dtypes.py: "auto" is the source's dtype for a sparse
     result, the compute dtype for a quantized one). group: one of several processes; all must
-    call this with the same arguments.
+    call this with the same arguments. report_extra: entries added to report.json.
     """
     calibration = calibration or CalibrationConfig()
     walk = walk or WalkConfig()
@@ -132,6 +131,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     report["streaming"] = {"shards": len(plan), "resumed_from_block": resumed_from,
                            "processes": group.world if group is not None else 1}
     report["saved_dtype"] = dtype_name(saved)
+    report.update(report_extra or {})
     path = Path(out).expanduser()
     if main:
         _finish_directory(state, skeleton, plan, tokenizer, source, report, result, saved)

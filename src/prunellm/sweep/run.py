@@ -29,7 +29,7 @@ from ..errors import PrunellmError
 from ..eval import eval_token_ids, eval_windows, perplexity
 from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
 from ..io import check_output_dir, library_versions, save_model
-from ..pipeline import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes, describe_model
+from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes, describe_model
 from ..walker import WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers
 from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
 from .settings import SweepSetting
@@ -47,13 +47,15 @@ class SweepConfig:
     """calibration: windows every setting is calibrated on. evaluation: perplexity texts
     (seqlen None = calibration's). zero_shot: lm-eval tasks (None = none). walk: the walker's
     options, shared by every setting. save_models: also save every compressed model under
-    models/<setting>/."""
+    models/<setting>/. defaults: "recommended" or "paper", as for `prunellm prune`
+    (pipeline.py)."""
 
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(("wikitext2",)))
     zero_shot: ZeroShotConfig | None = None
     walk: WalkConfig = field(default_factory=WalkConfig)
     save_models: bool = False
+    defaults: str = "recommended"
 
     @property
     def eval_seqlen(self) -> int:
@@ -66,6 +68,7 @@ class SweepConfig:
         walk = self.walk
         spec = {
             "dtype": str(next(model.parameters()).dtype),
+            "defaults": self.defaults,
             "calibration": {k: v for k, v in dataclasses.asdict(self.calibration).items() if k != "data_dir"},
             "evaluation": {"datasets": list(self.evaluation.datasets), "seqlen": self.eval_seqlen,
                            "max_tokens": self.evaluation.max_tokens},
@@ -129,7 +132,7 @@ class Sweep:
         self.suite = suite
         check_walk_range(find_blocks(model), config.walk)  # before the dense evaluation, not after it
         for setting in settings:
-            check_layer_shapes(model, setting.build(), config.walk)
+            check_layer_shapes(model, setting.build(config.defaults), config.walk)
         self.bos = bos_for(model, tokenizer)
         calibration = config.calibration
         self.windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
@@ -174,7 +177,7 @@ class Sweep:
 
     def _setting_row(self, setting: SweepSetting, dense: dict[str, Any]) -> dict[str, Any]:
         pruned = copy.deepcopy(self.model)
-        method = setting.build()
+        method = setting.build(self.config.defaults)
         torch.manual_seed(self.config.calibration.seed)
         started = time.perf_counter()
         result = compress_model(pruned, method, self.windows, self.config.walk)

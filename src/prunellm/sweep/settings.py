@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import PrunellmError
-from ..methods import Method, build_method
+from ..methods import Method
 from ..solvers.checks import parse_nm
 
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -67,8 +67,11 @@ class SweepSetting:
                 options["group_size"] = self.group_size
         return options
 
-    def build(self) -> Method:
-        return build_method(self.method, **self.options())
+    def build(self, defaults: str = "recommended") -> Method:
+        """The method of this setting, with `defaults` applied as `prunellm prune` applies them."""
+        from ..pipeline import resolve_method
+
+        return resolve_method(self.method, self.options(), defaults=defaults)[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "key": self.key, "label": self.label, "series": self.series,

@@ -11,7 +11,8 @@ from torch import nn
 from ..errors import PrunellmError
 from ..solvers import HessianAccumulator, outlier_ratio, owl_sparsities, wanda_scores
 from .blockwalk import walk_blocks
-from .discovery import find_linear_layers, in_features, read_weight
+from ..layers import in_features, read_weight
+from .discovery import find_linear_layers
 
 if TYPE_CHECKING:
     from ..distributed import Group

@@ -45,7 +45,7 @@ class BlockStep:
 class BlockHost:
     """Where blocks live between steps. This one: the whole model in memory, one block moved to
     the device for its step and back after; while a block is worked on, the next one is copied
-    to a GPU in a background thread (`prefetch`). A streaming host (prunellm.streaming_host)
+    to a GPU in a background thread (`prefetch`). A streaming host (prunellm.streaming.host)
     instead reads each block from disk on `enter` and writes it out on `leave`."""
 
     def __init__(self) -> None:

@@ -21,8 +21,8 @@ from ..solvers import relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
 from ..solvers.quant import QuantGrid
 from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
-from .discovery import (Blocks, find_blocks, find_linear_layers, in_features, read_weight, weight_view,
-                        write_weight)
+from ..layers import in_features, read_weight, weight_view, write_weight
+from .discovery import Blocks, find_blocks, find_linear_layers
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class WalkConfig:
     activations in CPU memory. layer_errors: report tr((W-Ŵ)H(W-Ŵ)ᵀ)/tr(WHWᵀ) per layer
     (needs the full Hessian even for methods that do not). forward_dtype: "bfloat16" runs the
     calibration forwards' matrix products in bf16 (torch.autocast; weights, Hessians and solves
-    stay in the model's dtype): on a CPU with bf16 instructions 1.5x faster forwards, perplexity
-    within noise (bench/README.md); None computes in the model's dtype."""
+    stay in the model's dtype): faster forwards on a CPU with bf16 instructions, perplexity
+    within noise (see bench/README.md, section "Speed"); None computes in the model's dtype."""
 
     device: str | None = None
     true_sequential: bool = False

@@ -11,12 +11,12 @@ import torch
 
 import prunellm
 from prunellm.errors import PrunellmError
-from prunellm.io.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE, read_compressed, save_compressed
-from prunellm.io.compressed.layer import decompress_weight
+from prunellm.formats.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE, read_compressed, save_compressed
+from prunellm.formats.compressed.layer import decompress_weight
 from prunellm.methods import build_method
 from prunellm.runtime.linear import CompressedLinear
 from prunellm.walker import WalkConfig, compress_model
-from prunellm.walker.discovery import read_weight
+from prunellm.layers import read_weight
 from tests.tiny_models import tiny_model, tokens, word_tokenizer
 
 QUIET = {"progress": False, "layer_errors": False}

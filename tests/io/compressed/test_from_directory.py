@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prunellm.io import save_model
-from prunellm.io.compressed.checkpoint import read_compressed, save_compressed
-from prunellm.io.compressed.from_directory import export_compressed_lazily
+from prunellm.formats.compressed.checkpoint import read_compressed, save_compressed
+from prunellm.formats.compressed.from_directory import export_compressed_lazily
 from prunellm.methods import build_method
 from prunellm.walker import WalkConfig, compress_model
 from tests.model_dirs import WORDS

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunellm.io.compressed.layer import LayerSpec, compress_weight, decompress_weight, satisfies_nm
-from prunellm.io.compressed.packing import container_bits, index_bits, pack_bits, unpack_bits
+from prunellm.formats.compressed.layer import LayerSpec, compress_weight, decompress_weight, satisfies_nm
+from prunellm.formats.compressed.packing import container_bits, index_bits, pack_bits, unpack_bits
 from prunellm.solvers import GPTQConfig, SparseGPTConfig, gptq, sparsegpt
 from tests.conftest import layer_problem
 
@@ -119,7 +119,7 @@ def test_spec_round_trips_through_json() -> None:
 
 @pytest.mark.parametrize("grid", ["4-bit g16", "3-bit g16", "8-bit g32"])
 def test_a_quantized_bitmask_converts_to_dense_codes_losslessly(grid: str) -> None:
-    from prunellm.io.compressed.layer import bitmask_as_quant
+    from prunellm.formats.compressed.layer import bitmask_as_quant
 
     solved = solve({"sparsity": 0.8}, GRIDS[grid])
     packed = compress_weight(solved.weight, solved.grid)
@@ -135,7 +135,7 @@ def test_a_quantized_bitmask_converts_to_dense_codes_losslessly(grid: str) -> No
                                           for g in ("none", "4-bit g16", "2-bit row", "8-bit g32", "3-bit g16")
                                           if (p, g) != ("dense", "none")])
 def test_row_slices_decompress_to_the_rows(pattern: str, grid: str) -> None:
-    from prunellm.io.compressed.layer import slice_rows
+    from prunellm.formats.compressed.layer import slice_rows
 
     solved = solve(PATTERNS[pattern], GRIDS[grid])
     packed = compress_weight(solved.weight, solved.grid, (2, 4) if pattern == "2:4" else None)

@@ -84,7 +84,7 @@ def compress_layers(model: nn.Module, layer_names: list[str], grids: dict[str, Q
                     nm: tuple[int, int] | None, dtype: torch.dtype) -> dict[str, CompressedWeight]:
     """Each named layer's weight (cast to dtype) in its smallest layout; a layer that would not
     shrink is left out. Refuses a layer whose compressed form would not decompress exactly."""
-    from prunellm.walker.discovery import read_weight
+    from prunellm.layers import read_weight
 
     packed: dict[str, CompressedWeight] = {}
     for name in layer_names:

@@ -47,8 +47,8 @@ from torch import nn
 
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import make_sibling_dir, write_json_atomic
-from prunellm.io.gguf import clear_gguf_marks
-from prunellm.io.quant_grids_file import load_quant_grids
+from prunellm.io.gguf_source import clear_gguf_marks
+from prunellm.io.grids import load_quant_grids
 from prunellm.io.save import REPORT_FILE, check_output_dir, move_into_place
 from prunellm.solvers.quant import QuantGrid
 

@@ -28,7 +28,7 @@ import torch
 
 from prunellm.errors import PrunellmError
 from prunellm.io.atomic import sibling_name
-from prunellm.io.gguf_pack import pack_gguf_blocks
+from prunellm.formats.gguf.pack import pack_gguf_blocks
 from prunellm.solvers.gguf_grids import (GGUF_GRIDS, GGUF_MIXES, MIX_ROLES, GGUFBlocks, fit_gguf_blocks, gguf_grid,
                                          check_gguf_problem, layer_gguf_type, mixed_layer_type)
 
@@ -216,7 +216,7 @@ def _fit_here(weight: torch.Tensor, type_name: str, sparse: bool, name: str) -> 
 
 
 def _weight_of(module: Any, name: str) -> torch.Tensor:
-    from prunellm.walker.discovery import read_weight
+    from prunellm.layers import read_weight
 
     if module is None:
         raise PrunellmError(f"model has no layer '{name}'")

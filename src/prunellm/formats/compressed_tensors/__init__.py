@@ -1,0 +1,1 @@
+"""compressed-tensors output (format.py) and its writer (export.py)."""
