@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--repeats", type=int, default=3, help="runs per variant; the fastest is reported")
     infer.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     _add_budget_option(infer)
+    _add_head_bits_option(infer)
     infer.add_argument("--cuda-graph", action="store_true",
                        help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
                             "work rather than Python's kernel launches")
@@ -237,10 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     parser.add_argument("--keep-compressed", action=argparse.BooleanOptionalAction, default=None,
-                        help="hold layers compressed in memory, expanded (or read by GPU kernels) at each call "
-                             "(default: on a GPU with Triton yes, on a CPU no: dense is faster there)")
+                        help="hold every compressed layer compressed, read by a kernel at decode or expanded per "
+                             "call (default: the layers a kernel reads, the native CPU library or Triton on a GPU; "
+                             "--no-keep-compressed: every layer expanded at load)")
     _add_budget_option(parser)
+    _add_head_bits_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_head_bits_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head-bits", type=int, choices=(8, 4), default=None,
+                        help="quantize the output head (round-to-nearest, groups of 128 inputs) for the native CPU "
+                             "kernels at decode; a tied head is untied (CPU only)")
 
 
 def _add_budget_option(parser: argparse.ArgumentParser) -> None:
@@ -326,7 +335,8 @@ def run_generate(args: argparse.Namespace) -> None:
     from .runtime.load import load
 
     tokenizer = load_tokenizer(args.model)
-    model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args))
+    model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args),
+                 head_bits=args.head_bits)
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed)
     print(args.prompt + generation.text)
@@ -349,10 +359,14 @@ def run_bench_infer(args: argparse.Namespace) -> None:
             raise PrunellmError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.cuda_graph and resolve_device(args.device).type != "cuda":
         raise PrunellmError("--cuda-graph needs a CUDA device")
+    if args.head_bits is not None:
+        from .runtime.head import check_head_bits
+
+        check_head_bits(args.head_bits, resolve_device(args.device))
     if args.out is not None:
         check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
-                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph)
+                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

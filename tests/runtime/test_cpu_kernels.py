@@ -131,6 +131,21 @@ def test_kernel_equals_expand_then_multiply(layers, level, threads, case) -> Non
         _close(y, x, dense)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_expand_gives_the_formats_weight_bit_for_bit(layers, threads, case) -> None:
+    """What a prefill multiplies with once the file's parts are dropped: decompress_weight's
+    result, every bit (signed zeros, half-precision rounding of dequantized codes)."""
+    packed, _, native = layers[case]
+    expected = decompress_weight(packed)
+    weight = cpu_kernels.expand(native)
+    assert weight.dtype == expected.dtype == native.dtype and weight.shape == expected.shape
+    assert torch.equal(_bits(weight), _bits(expected))
+
+
 @pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qnm2-4:4:128:384", "qquant:8:32:160"])
 def test_bfloat16_activations_give_bfloat16(layers, level, case) -> None:
     packed, dense, native = layers[case]

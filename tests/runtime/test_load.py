@@ -11,9 +11,10 @@ from torch.nn import functional as F
 import prunellm
 from prunellm.errors import PrunellmError
 from prunellm.io import save_model
-from prunellm.formats.compressed.checkpoint import save_compressed
+from prunellm.formats.compressed.checkpoint import read_compressed, save_compressed
 from prunellm.formats.compressed.layer import compress_weight, decompress_weight
 from prunellm.methods import build_method
+from prunellm.runtime import cpu_kernels
 from prunellm.runtime.bench_infer import InferConfig, format_rows, measure_variant, weight_bytes
 from prunellm.runtime.generate import generate_text
 from prunellm.runtime.linear import CompressedLinear
@@ -51,9 +52,10 @@ def test_compressed_linear_is_the_dense_layer() -> None:
 def test_keep_compressed_holds_less_memory(compressed_dir: Path) -> None:
     dense = prunellm.load(compressed_dir, "cpu", keep_compressed=False)
     kept = prunellm.load(compressed_dir, "cpu", keep_compressed=True)
-    assert weight_bytes(kept) < 0.7 * weight_bytes(dense)
-    assert not keeps_compressed(torch.device("cpu"), None)  # on a CPU, dense products are faster
-    ids = tokens(1, 12, seed=2)
+    assert weight_bytes(kept) < 0.7 * weight_bytes(dense)  # the repacked buffers counted too
+    assert keeps_compressed(torch.device("cpu"), None) == cpu_kernels.available()  # the native kernels read them
+    assert not keeps_compressed(torch.device("cpu"), False)
+    ids = tokens(1, 24, seed=2)  # a prefill: every layer expanded for the call, bit for bit
     with torch.no_grad():
         assert torch.equal(dense(ids).logits, kept(ids).logits)
 
@@ -89,15 +91,22 @@ def test_bench_infer_measures_both_variants(compressed_dir: Path) -> None:
         # of `compare` (the CLI test) see a variant's own peak
         assert row["peak_memory_bytes"] >= 0 and row["weight_bytes"] > 0
     assert rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
+    assert rows[0]["layer_paths"] == {} and sum(rows[1]["layer_paths"].values()) == 21
+    path = "cpu kernel" if cpu_kernels.available() else "expanded per call"
+    assert set(rows[1]["layer_paths"]) == {f"nm 2:4 4-bit g16: {path}"}
+    assert 0 <= rows[1]["run_peak_memory_bytes"] <= rows[1]["peak_memory_bytes"]
     table = format_rows(rows)
-    assert "compressed/dense: weights" in table and table.count("\n") == 3
+    assert "compressed/dense: weights" in table and table.count("\n") == 4
+    assert f"compressed layers (decode; prefill expands per call): 21 nm 2:4 4-bit g16: {path}" in table
 
 
 def test_decompressed_weights_match_the_loaded_layers(compressed_dir: Path) -> None:
     model = prunellm.load(compressed_dir, "cpu", keep_compressed=True)
     layer = model.model.layers[0].mlp.down_proj
     assert isinstance(layer, CompressedLinear) and layer.spec.layout == "nm" and layer.spec.bits == 4
-    weight = decompress_weight(layer.packed)
+    weight = layer.dense_weight()  # from the native layout when repacked for it, else the parts
+    stored = read_compressed(compressed_dir).layers["model.layers.0.mlp.down_proj"]
+    assert torch.equal(weight, decompress_weight(stored))
     assert ((weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all()  # 2:4 held
 
 
@@ -108,7 +117,7 @@ def test_a_dense_budget_expands_the_first_layers_that_fit(compressed_dir: Path) 
     assert kinds[0] == "Linear" and set(kinds[1:]) <= {"Linear", "CompressedLinear"} and "CompressedLinear" in kinds
     assert kinds.count("Linear") == 1
     reference = prunellm.load(compressed_dir, "cpu", keep_compressed=False)
-    ids = tokens(1, 10, seed=4)
+    ids = tokens(1, 24, seed=4)  # a prefill: bit for bit
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
     with pytest.raises(PrunellmError, match="dense_budget"):

@@ -1,9 +1,12 @@
 """Prefill and decode speed and peak memory of a saved model, dense against compressed.
 
 Each variant runs in a fresh child process so that its peak memory is its own: "dense" loads
-every compressed layer expanded once, "compressed" keeps them compressed (GPU kernels at
-decode, expansion per call otherwise). Prompts are random token ids (seeded): speed does not
-depend on what the tokens say.
+every compressed layer expanded once, "compressed" keeps every one compressed
+(keep_compressed=True): calls of up to KERNEL_MAX_TOKENS tokens (decode) through the kernels
+that read the layout (the native library on a CPU, Triton on a GPU), larger calls (prefill)
+and layouts no kernel reads expanded per call. Each row says which path each kind of layer
+took. `head_bits` quantizes the compressed variant's output head too. Prompts are random token
+ids (seeded): speed does not depend on what the tokens say.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ class InferConfig:
     seed: int = 0
     dense_budget: int | None = None  # bytes of layers the compressed variant may expand at load
     cuda_graph: bool = False  # decode steps replayed from a captured CUDA graph (CUDA only)
+    head_bits: int | None = None  # the compressed variant's output head quantized (CPU: 8 or 4)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer, a tied tensor once."""
+    """Bytes of every parameter and buffer, a tied tensor once, and of the layers repacked for
+    the native CPU kernels (held outside parameters and buffers)."""
+    from .linear import CompressedLinear
+
     seen: set[int] = set()
     total = 0
     for tensor in list(model.parameters()) + list(model.buffers()):
@@ -46,7 +53,20 @@ def weight_bytes(model: torch.nn.Module) -> int:
         if key not in seen:
             seen.add(key)
             total += tensor.numel() * tensor.element_size()
-    return total
+    native = [m.native for m in model.modules() if isinstance(m, CompressedLinear) and m.native is not None]
+    return total + sum(weight.resident_bytes for weight in native)
+
+
+def layer_paths(model: torch.nn.Module) -> dict[str, int]:
+    """How the compressed layers run, by kind: {"nm 2:4 4-bit g128: cpu kernel": 154, ...}."""
+    from .linear import CompressedLinear
+
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, CompressedLinear):
+            key = f"{module.kind()}: {module.path()}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -80,6 +100,14 @@ def _host_peak() -> int:
     if _status("VmHWM"):
         return _status("VmHWM")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux units: KiB
+
+
+def _peak(device: torch.device, baseline: int) -> int:
+    """The peak since the last reset: GPU memory allocated, or host resident memory above `baseline`
+    (0 when below it: the load trims the heap, which can return memory held before it)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return max(_host_peak() - baseline, 0)
 
 
 def _sync(device: torch.device) -> None:
@@ -153,24 +181,30 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     baseline = _reset_host_peak()
     started = time.perf_counter()
     keep = VARIANTS[variant]
-    model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None)
+    model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None,
+                 head_bits=config.head_bits if keep else None)
     load_seconds = time.perf_counter() - started
+    load_peak = _peak(device, baseline)
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(vocab, (config.batch_size, config.prompt_tokens), generator=generator).to(device)
     if config.cuda_graph and device.type != "cuda":
         raise PrunellmError("--cuda-graph needs a CUDA device")
     _one_run(model, prompt[:, :8], 2)  # warm-up: kernel compilation and tuning, allocator
+    # The runs' own peak (prefill and decode, what the model holds while running), still counted
+    # from before the load: on a CPU the load's transient copies are not in it.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_host_peak()
     runs = [_one_run(model, prompt, config.new_tokens, config.cuda_graph) for _ in range(config.repeats)]
     prefill = min(r[0] for r in runs)
     decode = min(r[1] for r in runs)
     steps = max(config.new_tokens - 1, 1)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = _host_peak() - baseline
+    run_peak = _peak(device, baseline)
     return {"variant": variant, "device": str(device), "load_seconds": load_seconds,
-            "weight_bytes": weight_bytes(model), "peak_memory_bytes": peak,
+            "weight_bytes": weight_bytes(model), "peak_memory_bytes": max(load_peak, run_peak),
+            "run_peak_memory_bytes": run_peak, "layer_paths": layer_paths(model),
             "prefill_tokens_per_second": config.batch_size * config.prompt_tokens / prefill,
             "decode_tokens_per_second": config.batch_size * steps / decode,
             "decode_ms_per_step": 1000 * decode / steps, "prefill_ms": 1000 * prefill, **asdict(config)}
@@ -220,19 +254,25 @@ def _cpu_name() -> str | None:
 
 def format_rows(rows: list[dict]) -> str:
     # peak: on a GPU, allocated device memory; on a CPU, resident memory above what the process
-    # held before loading (the interpreter and libraries)
-    header = f"{'variant':<11} {'weights MiB':>11} {'peak MiB':>9} {'prefill tok/s':>13} {'decode tok/s':>12} " \
-             f"{'ms/step':>8}"
+    # held before loading (the interpreter and libraries); "run peak" while prefilling and
+    # decoding, "peak" with the load's too
+    header = f"{'variant':<11} {'weights MiB':>11} {'run peak MiB':>12} {'peak MiB':>9} {'prefill tok/s':>13} " \
+             f"{'decode tok/s':>12} {'ms/step':>8}"
     lines = [header]
     for row in rows:
-        lines.append(f"{row['variant']:<11} {row['weight_bytes'] / 2**20:>11.1f} {row['peak_memory_bytes'] / 2**20:>9.1f} "
-                     f"{row['prefill_tokens_per_second']:>13.1f} {row['decode_tokens_per_second']:>12.2f} "
-                     f"{row['decode_ms_per_step']:>8.2f}")
+        run_peak = row.get("run_peak_memory_bytes", row["peak_memory_bytes"])
+        lines.append(f"{row['variant']:<11} {row['weight_bytes'] / 2**20:>11.1f} {run_peak / 2**20:>12.1f} "
+                     f"{row['peak_memory_bytes'] / 2**20:>9.1f} {row['prefill_tokens_per_second']:>13.1f} "
+                     f"{row['decode_tokens_per_second']:>12.2f} {row['decode_ms_per_step']:>8.2f}")
     if len(rows) == 2:
         dense, compressed = rows
         lines.append(f"compressed/dense: weights {compressed['weight_bytes'] / dense['weight_bytes']:.2f}x, decode "
                      f"{compressed['decode_tokens_per_second'] / dense['decode_tokens_per_second']:.2f}x, prefill "
                      f"{compressed['prefill_tokens_per_second'] / dense['prefill_tokens_per_second']:.2f}x")
+    for row in rows:
+        if row.get("layer_paths"):
+            paths = "; ".join(f"{count} {key}" for key, count in sorted(row["layer_paths"].items()))
+            lines.append(f"{row['variant']} layers (decode; prefill expands per call): {paths}")
     return "\n".join(lines)
 
 

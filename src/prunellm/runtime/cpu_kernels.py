@@ -7,14 +7,18 @@ streams those bytes and expands them in registers, one pass over the weight for 
 
     native = prepare(spec, tensors)   # checks the parts and repacks them once (cpu_layout.py)
     y = matmul(x, native)             # x (T, C) float32 or bfloat16 -> y (T, R), same dtype
+    w = expand(native)                # the dense (R, C) weight, bit for bit the format's expansion
 
 Products are summed in float32. The instruction set is chosen by the CPU's features (avx512:
 F/BW/VL/DQ/VBMI2, avx2: AVX2/FMA/F16C, else portable C++), or forced by the environment
 variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512; a forced level this CPU lacks is refused.
 Rows are split over torch.get_num_threads() threads of the library's own pool.
 
-When the library was not built (no compiler at install), `available()` is False, with one
-warning, and callers multiply through torch instead.
+`expand` lets a layer drop the file's parts once prepared: a prefill (more tokens than the
+kernels are worth: runtime/linear.py) expands the layer from the repacked buffers.
+
+When the library was not built (no compiler at install), `available()` is False and callers
+take the torch path (runtime/load.py warns once, through `warn_unavailable`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 
 from prunellm.errors import PrunellmError
 
-from .cpu_layout import KernelLayout, build, container_bits
+from .cpu_layout import FLOAT_DTYPES, KIND, KernelLayout, build, container_bits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
+ABI_VERSION = 2  # pnl_abi_version() of the sources beside this file
+WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 
 
 class _PnlWeight(ctypes.Structure):
@@ -63,6 +69,16 @@ class NativeWeight:
         """Bytes one product reads from the weight."""
         return self.layout.nbytes
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the repacked buffers hold in memory (padding included)."""
+        return self.layout.resident_bytes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the dense weight (what `expand` returns)."""
+        return WEIGHT_DTYPES[self.layout.weight_dtype]
+
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -85,8 +101,9 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(found[0]))
         lib.pnl_matmul.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.pnl_expand.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int]
         lib.pnl_level_supported.argtypes = [ctypes.c_int]
-        if lib.pnl_abi_version() != 1:
+        if lib.pnl_abi_version() != ABI_VERSION:
             raise OSError("library built from other sources: reinstall prunellm")
     except (OSError, AttributeError) as error:
         _load_error = f"cannot load {found[0].name}: {error}"
@@ -96,12 +113,17 @@ def _load() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the native library is built and loads (else one warning, and the torch path)."""
+    """Whether the native library is built and loads (else callers take the torch path)."""
+    return _load() is not None
+
+
+def warn_unavailable() -> None:
+    """One warning per process that the kernels are missing, and what the runtime does instead."""
     global _warned
-    if _load() is None and not _warned:
+    if not _warned:
         _warned = True
-        log.warning("native CPU kernels unavailable (%s); compressed layers multiply through torch", _load_error)
-    return _library is not None
+        log.warning("native CPU kernels unavailable (%s): compressed layers are expanded at load "
+                    "(with keep_compressed=True, per call through torch)", _load_error or "turned off")
 
 
 def _require() -> ctypes.CDLL:
@@ -177,3 +199,14 @@ def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     if done != 0:
         raise RuntimeError(f"native CPU kernel failed (code {done})")
     return y if x.dtype == torch.float32 else y.to(torch.bfloat16)
+
+
+def expand(weight: NativeWeight) -> torch.Tensor:
+    """The dense weight (R, C) in its dtype, bit for bit what the format's decompress_weight
+    gives from the file's parts; rows split over torch.get_num_threads() threads."""
+    lib = _require()
+    out = torch.empty(weight.shape, dtype=weight.dtype)
+    done = lib.pnl_expand(ctypes.byref(weight.struct), out.data_ptr(), torch.get_num_threads())
+    if done != 0:
+        raise RuntimeError(f"native CPU expansion failed (code {done})")
+    return out

@@ -57,6 +57,12 @@ class KernelLayout:
         parts = [self.mask, self.row_start, self.scales, self.zeros]
         return sum(t.numel() * t.element_size() for t in parts if t is not None) + self.value_bytes
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the buffers hold, padding included."""
+        parts = [self.mask, self.row_start, self.values, self.scales, self.zeros]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
     value_bytes: int = 0
 
 
@@ -205,7 +211,8 @@ def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: 
     layout.value_kind, layout.code_bits = CODES, bits
     layout.group_size, layout.groups = group_size, groups
     layout.row_start, layout.values, layout.value_bytes = starts, _with_tail(packed), packed.numel()
-    layout.scales, layout.zeros = scales, zeros.to(torch.float32)
+    # Copies, not views of the parts: the parts may be a memory-mapped file the caller releases.
+    layout.scales, layout.zeros = scales.clone(), zeros.to(torch.float32)
 
 
 def _starts(counts: torch.Tensor) -> torch.Tensor:

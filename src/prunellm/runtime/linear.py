@@ -1,13 +1,19 @@
 """A linear layer whose weight stays compressed in memory, in the layouts of formats/compressed.
 
-Each call takes the fastest path the machine has for its size: on a GPU, a Triton kernel that
-reads the compressed weight directly when one exists for the layout and the call has few
-tokens (decode); otherwise the weight is expanded for this call only and multiplied densely
-(prefill on a GPU, by a Triton kernel where one reads the layout), so that at most one layer is
-dense at a time; on a CPU a band of rows at a time.
+Each call takes the fastest path the machine has for its size:
+
+- calls of at most KERNEL_MAX_TOKENS tokens (decode) go through a kernel that reads the
+  compressed weight directly, where one reads the layout: on a GPU a Triton kernel
+  (runtime/kernels.py), on a CPU the native library (runtime/cpu_kernels.py) once the layer is
+  repacked for it (`prepare_cpu`, which `prunellm.load` calls at load);
+- larger calls (prefill) expand the weight for this call only and multiply densely, bit for
+  bit the dense layer's result, so that at most one layer is dense at a time;
+- a layer no kernel reads is expanded per call; on a CPU a band of rows at a time for one token.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,18 +21,31 @@ from torch.nn import functional as F
 
 from prunellm.formats.compressed.layer import CompressedWeight, LayerSpec, decompress_weight, slice_rows
 
-# Tokens per call up to which a GPU kernel reads the compressed weight (above: expand, then dense).
+if TYPE_CHECKING:
+    from .cpu_kernels import NativeWeight
+
+# Tokens per call up to which a kernel reads the compressed weight (GPU and CPU); above, the
+# layer is expanded for the call and multiplied densely (dense products win once a call has
+# enough tokens to reuse each weight many times). One figure for now, to be set where the
+# kernels stop beating a dense product: bench/layer_kernels.py's per-layer figures (CPU,
+# bench/README.md "Deploy"). The GPU kernels read at most 16 tokens whatever it says.
 KERNEL_MAX_TOKENS = 16
-# Weights per band of rows expanded at a time on a CPU (128 rows of a 4096-wide layer: 1 MiB in
-# float16, 2 MiB as float32 on the way); chosen by a one-off timing at LLaMA-7B shapes (no bench
-# script compares band sizes; bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
+# Weights per band of rows expanded at a time on a CPU without the native kernels (128 rows of
+# a 4096-wide layer: 1 MiB in float16, 2 MiB as float32 on the way); chosen by a one-off timing
+# at LLaMA-7B shapes (bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
 CPU_BAND_ELEMENTS = 1 << 19
 
 
 class CompressedLinear(nn.Module):
-    """y = x W^T + b with W held as a CompressedWeight (its parts are buffers: they follow .to(device)).
+    """y = x W^T + b with W held compressed.
 
-    use_kernels: None chooses by device (CUDA with Triton: yes), False always expands.
+    Built from a CompressedWeight, whose parts become buffers (they follow .to(device)).
+    `prepare_cpu()` repacks them for the native CPU kernels and drops them: the layer then holds
+    only the repacked buffers (a plain attribute, `native`, that .to() does not move), which it
+    also expands from for a prefill. Such a layer's state_dict no longer holds its weight:
+    a model loaded for running is not a checkpoint to save (save the model before loading it).
+
+    use_kernels: None chooses by device, False never uses a kernel (always expands).
     """
 
     def __init__(self, packed: CompressedWeight, bias: torch.Tensor | None = None,
@@ -39,14 +58,41 @@ class CompressedLinear(nn.Module):
             self.register_buffer(part, tensor)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.use_kernels = use_kernels
+        self.native: NativeWeight | None = None
+
+    def prepare_cpu(self) -> bool:
+        """Repack the weight for the native CPU kernels and drop the file's parts, when the
+        library is built and reads this layout (and the parts are on the CPU); returns whether
+        the layer now runs on them. Refuses parts that do not match the spec (PrunellmError)."""
+        from . import cpu_kernels
+
+        if self.native is not None:
+            return True
+        if self.use_kernels is False or self.parts_device().type != "cpu":
+            return False
+        if not cpu_kernels.available() or not cpu_kernels.supports(self.spec):
+            return False
+        self.native = cpu_kernels.prepare(self.spec, self.packed.tensors)
+        for part in self.parts:
+            delattr(self, part)
+        self.parts = ()
+        return True
 
     @property
     def packed(self) -> CompressedWeight:
+        if self.native is not None:
+            raise RuntimeError("this layer was repacked for the native CPU kernels and holds no file parts; "
+                               "dense_weight() gives its weight")
         return CompressedWeight(self.spec, {part: getattr(self, part) for part in self.parts})
 
     def dense_weight(self) -> torch.Tensor:
-        """The (out, in) weight, expanded: on a GPU by one Triton kernel where it reads the layout
-        (a prefill then multiplies on tensor cores), else by torch operations. Both bit-exact."""
+        """The (out, in) weight, expanded: from the native layout on a CPU, on a GPU by one Triton
+        kernel where it reads the layout (a prefill then multiplies on tensor cores), else by
+        torch operations. All bit-exact."""
+        if self.native is not None:
+            from . import cpu_kernels
+
+            return cpu_kernels.expand(self.native)
         packed = self.packed
         if self.use_kernels is not False and self.parts_device().type == "cuda":
             from . import kernels
@@ -56,11 +102,15 @@ class CompressedLinear(nn.Module):
         return decompress_weight(packed)
 
     def parts_device(self) -> torch.device:
-        """Where the packed parts are."""
+        """Where the weight is."""
+        if self.native is not None:
+            return torch.device("cpu")
         return getattr(self, self.parts[0]).device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
+        if self.native is not None and flat.shape[0] <= KERNEL_MAX_TOKENS:
+            return self._cpu_kernel(x, flat)
         if self._kernel_for(flat):
             from . import kernels
 
@@ -68,16 +118,16 @@ class CompressedLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*x.shape[:-1], self.out_features)
-        if x.device.type != "cpu" or flat.shape[0] > 1:
+        if x.device.type != "cpu" or flat.shape[0] > 1 or self.native is not None:
             # Expanded for this call only (freed on return); on x as given, as nn.Linear would do
             # it, so that the result is bit for bit the dense layer's.
             return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
-        # One token on a CPU (decode): expanded a band of rows at a time, each band staying in
-        # cache from its expansion to its product (faster than expanding the whole layer: see
-        # bench/README.md, section "Deploy"), the layer never dense in memory. A product with one
-        # token is a dot product per output, the same whatever the band: bit for bit the dense
-        # result. (With more tokens the matrix product's blocking depends on the band, so prefill
-        # expands the whole layer.)
+        # One token on a CPU without the native kernels: expanded a band of rows at a time, each
+        # band staying in cache from its expansion to its product (faster than expanding the
+        # whole layer: see bench/README.md, section "Deploy"), the layer never dense in memory.
+        # A product with one token is a dot product per output, the same whatever the band: bit
+        # for bit the dense result. (With more tokens the matrix product's blocking depends on
+        # the band, so prefill expands the whole layer.)
         out = x.new_empty(*x.shape[:-1], self.out_features)
         band = max(CPU_BAND_ELEMENTS // self.in_features, 16)
         packed = self.packed
@@ -88,18 +138,50 @@ class CompressedLinear(nn.Module):
             out[..., start:stop] = F.linear(x, weight, bias)
         return out
 
+    def _cpu_kernel(self, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """The native kernel: activations in float32 or bfloat16 (a float16 model's go through
+        float32; the kernel sums in float32 either way), the bias added after."""
+        from . import cpu_kernels
+
+        if flat.dtype not in (torch.float32, torch.bfloat16):
+            flat = flat.float()
+        y = cpu_kernels.matmul(flat, self.native)  # (tokens, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
     def _kernel_for(self, flat: torch.Tensor) -> bool:
+        """Whether a GPU kernel takes this call."""
         if self.use_kernels is False or flat.device.type != "cuda" or flat.shape[0] > KERNEL_MAX_TOKENS:
             return False
         from . import kernels
 
         return kernels.available() and flat.dtype == _dtype(self.spec) and kernels.supports(self.spec, flat.shape[0])
 
-    def extra_repr(self) -> str:
+    def path(self) -> str:
+        """How calls of up to KERNEL_MAX_TOKENS tokens run: "cpu kernel", "gpu kernel" or
+        "expanded per call" (larger calls are always expanded per call)."""
+        if self.native is not None:
+            return "cpu kernel"
+        if self.use_kernels is not False and self.parts_device().type == "cuda":
+            from . import kernels
+
+            if kernels.available() and kernels.supports(self.spec, 1):
+                return "gpu kernel"
+        return "expanded per call"
+
+    def kind(self) -> str:
+        """The layer's layout in words: "nm 2:4 4-bit g128", "bitmask bfloat16", ..."""
         spec = self.spec
-        pattern = f", {spec.n}:{spec.m}" if spec.layout == "nm" else ""
-        bits = f", {spec.bits}-bit {f'g{spec.group_size}' if spec.group_size else 'per row'}" if spec.quantized else ""
-        return f"in={self.in_features}, out={self.out_features}, {spec.layout}{pattern}{bits}"
+        pattern = f" {spec.n}:{spec.m}" if spec.layout == "nm" else ""
+        if spec.quantized:
+            groups = f"g{spec.group_size}" if spec.group_size else "per row"
+            return f"{spec.layout}{pattern} {spec.bits}-bit {groups}"
+        return f"{spec.layout}{pattern} {spec.dtype}"
+
+    def extra_repr(self) -> str:
+        native = ", cpu kernel" if self.native is not None else ""
+        return f"in={self.in_features}, out={self.out_features}, {self.kind()}{native}"
 
 
 def _dtype(spec: LayerSpec) -> torch.dtype:

@@ -1,8 +1,10 @@
 """`prunellm.load`: a working Hugging Face model from a directory prunellm wrote.
 
 Any format prunellm writes loads (the formats table, prunellm.formats, recognises it); in
-prunellm's compressed format (compression.json) the layers become CompressedLinear modules, or
-plain dense layers expanded once at load (`keep_compressed=False`, the format's own reader).
+prunellm's compressed format (compression.json) the layers become CompressedLinear modules
+where a kernel reads them (on a CPU, repacked for the native library; on a GPU, read by Triton
+kernels), or plain dense layers expanded once at load (`keep_compressed=False`: the format's
+own reader).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from prunellm.formats.compressed.checkpoint import CompressedCheckpoint, read_co
 from prunellm.formats.compressed.layer import CompressedWeight, bitmask_as_quant
 from prunellm.formats.compressed.model import build_skeleton, dense_linear, layer_slot, load_rest
 
+from . import cpu_kernels
+from .head import check_head_bits, quantize_head
 from .linear import CompressedLinear
 
 if TYPE_CHECKING:
@@ -30,31 +34,41 @@ log = logging.getLogger(__name__)
 
 
 def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool:
-    """None: keep layers compressed where kernels read them (CUDA with Triton), else expand at
-    load (on a CPU, dense products are fastest: expanding per call costs time, saves memory)."""
+    """None: keep the layers a kernel reads compressed where kernels run (CUDA with Triton, a CPU
+    with the native library), else expand every layer at load."""
     if keep_compressed is not None:
         return keep_compressed
-    if device.type != "cuda":
-        return False
-    from . import kernels
+    if device.type == "cuda":
+        from . import kernels
 
-    return kernels.available()
+        return kernels.available()
+    return device.type == "cpu" and cpu_kernels.available()
 
 
-def load(path: str | Path, device: str | torch.device | None = None, *,
-         keep_compressed: bool | None = None, dense_budget: int | None = None) -> PreTrainedModel:
+def load(path: str | Path, device: str | torch.device | None = None, *, keep_compressed: bool | None = None,
+         dense_budget: int | None = None, head_bits: int | None = None) -> PreTrainedModel:
     """The causal LM saved at `path`, on `device` (default: CUDA when present), in eval mode.
 
-    keep_compressed: for prunellm's compressed format, hold every compressed layer compressed
-    in memory and expand it (or read it with a GPU kernel) at each call: memory of the
-    compressed model plus one dense layer. False expands every layer once at load. None (the
-    default): on a GPU with Triton, the layers a kernel reads stay compressed and the others
-    (unstructured float layers, say) are expanded once; on a CPU every layer is expanded.
+    keep_compressed, for prunellm's compressed format: None (the default) keeps compressed the
+    layers a kernel reads and expands the others once at load. On a CPU the native library
+    (runtime/cpu_kernels.py) reads every layout: each layer is repacked once at load, the
+    file's parts dropped, calls of up to KERNEL_MAX_TOKENS tokens (decode) read it directly
+    and larger ones (prefill) expand it for the call, bit for bit the dense layer; without the
+    library (no compiler at install) every layer is expanded at load, with one warning. On a
+    GPU with Triton, the layouts its kernels read stay compressed (unstructured float layers
+    are expanded once). True holds every compressed layer compressed (memory first: one
+    without a kernel is expanded at each call); False expands every layer once at load.
 
     dense_budget: with keep_compressed, bytes of memory that expanded layers may take: layers
-    are expanded once at load, in model order, while they fit, the rest per call. Decoding
-    visits every layer in turn, so a fixed set of dense layers is what a budget smaller than
-    the model can buy (a least-recently-used cache would miss on every call).
+    are expanded once at load, in model order, while they fit. Decoding visits every layer in
+    turn, so a fixed set of dense layers is what a budget smaller than the model can buy (a
+    least-recently-used cache would miss on every call).
+
+    head_bits: 8 or 4 quantizes the output head for the native CPU kernels (runtime/head.py):
+    CPU only, opt-in; a head tied to the input embeddings is untied.
+
+    A model loaded with layers on a kernel is for running: its state_dict no longer holds
+    those layers' weights (CompressedLinear). Nothing saves a loaded model.
     """
     target = resolve_device(device)
     directory = Path(path).expanduser()
@@ -62,28 +76,54 @@ def load(path: str | Path, device: str | torch.device | None = None, *,
         raise PrunellmError(f"not a model directory: {directory}")
     if dense_budget is not None and dense_budget < 0:
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
+    if head_bits is not None:
+        check_head_bits(head_bits, target)
     fmt = detect_format(directory)
+    if target.type == "cpu" and keep_compressed is not False and fmt is not None and fmt.name == "compressed" \
+            and not cpu_kernels.available():
+        cpu_kernels.warn_unavailable()
     keep = keeps_compressed(target, keep_compressed)
     if fmt is None or fmt.name != "compressed" or not keep:
         # Every other format, and a compressed one expanded at load: the format's own reader.
-        return (fmt or get_format("hf")).load(directory, device=target).to(target).eval()
-    checkpoint = read_compressed(directory)
-    model = build_skeleton(directory, checkpoint.dtype)
-    budget = dense_budget or 0
-    _install_layers(model, checkpoint, keep, target, dense_budget=budget,
-                    only_kernel_layouts=keep_compressed is None)
-    load_rest(model, checkpoint)
-    return model.to(target).eval()
+        model = (fmt or get_format("hf")).load(directory, device=target).to(target).eval()
+    else:
+        checkpoint = read_compressed(directory)
+        if target.type == "cpu":
+            # The file is memory-mapped and one live tensor keeps all of it mapped: own copies of
+            # the tensors kept as they are, so that the map goes once the layers are repacked.
+            checkpoint.tensors = {name: tensor.clone() for name, tensor in checkpoint.tensors.items()}
+        model = build_skeleton(directory, checkpoint.dtype)
+        _install_layers(model, checkpoint, keep, target, dense_budget=dense_budget or 0,
+                        only_kernel_layouts=keep_compressed is None)
+        load_rest(model, checkpoint)
+        model = model.to(target).eval()
+        if target.type == "cpu":
+            _release_load_memory()
+    if head_bits is not None:
+        quantize_head(model, head_bits)
+        _release_load_memory()
+    return model
+
+
+def _release_load_memory() -> None:
+    """Give back what the load's temporaries left free inside glibc's heap: they were allocated
+    between the buffers kept, and without a trim the process would hold about twice the
+    compressed model's memory while decoding."""
+    from prunellm.streaming.heap import release_free_memory  # (the helper the streamed prune uses)
+
+    release_free_memory()
 
 
 def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, device: torch.device,
                     dense_budget: int = 0, only_kernel_layouts: bool = False) -> None:
     """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now
     (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`, and
-    with `only_kernel_layouts` those no GPU kernel reads, which would otherwise be expanded at
-    every decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
-    CUDA, layers are converted to the layouts the GPU kernels read where that is lossless."""
-    for name, packed in checkpoint.layers.items():
+    with `only_kernel_layouts` those no kernel reads, which would otherwise be expanded at every
+    decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
+    CUDA, layers are converted to the layouts the GPU kernels read where that is lossless; on a
+    CPU, repacked for the native kernels. Each layer's file parts are let go once it is in place."""
+    for name in list(checkpoint.layers):
+        packed = checkpoint.layers.pop(name)
         parent, child = layer_slot(model, name)
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
         rows, cols = packed.spec.shape
@@ -93,16 +133,34 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
             dense_budget -= dense_bytes
         if not expand_now and device.type == "cuda" and packed.spec.layout == "bitmask" and packed.spec.quantized:
             packed = bitmask_as_quant(packed)  # no kernel reads a bitmask; dense codes it reads
-        if not expand_now and only_kernel_layouts and not _has_kernel(packed):
+        if not expand_now and only_kernel_layouts and not _has_kernel(packed, device):
             expand_now = True
-        if not expand_now:
-            new: nn.Module = CompressedLinear(packed, bias)
+        if expand_now:
+            new: nn.Module = dense_linear(packed, bias, device)
         else:
-            new = dense_linear(packed, bias, device)
+            new = _compressed_layer(name, packed, bias, device)
         setattr(parent, child, new)
 
 
-def _has_kernel(packed: CompressedWeight) -> bool:
-    from . import kernels
+def _compressed_layer(name: str, packed: CompressedWeight, bias: torch.Tensor | None,
+                      device: torch.device) -> CompressedLinear:
+    """A CompressedLinear; on a CPU repacked for the native kernels (parts that do not match
+    their spec refused in one line naming the layer), else holding its own copy of the parts."""
+    layer = CompressedLinear(packed, bias)
+    if device.type != "cpu":
+        return layer
+    try:
+        if layer.prepare_cpu():
+            return layer
+    except PrunellmError as error:
+        raise PrunellmError(f"layer {name}: {error}") from None
+    owned = CompressedWeight(packed.spec, {part: tensor.clone() for part, tensor in packed.tensors.items()})
+    return CompressedLinear(owned, bias)
 
-    return kernels.supports(packed.spec, 1)
+
+def _has_kernel(packed: CompressedWeight, device: torch.device) -> bool:
+    if device.type == "cuda":
+        from . import kernels
+
+        return kernels.supports(packed.spec, 1)
+    return device.type == "cpu" and cpu_kernels.available() and cpu_kernels.supports(packed.spec)

@@ -1,5 +1,5 @@
-// The library's C entry points (called through ctypes): which ISA levels this CPU runs, and
-// y = x @ W^T over a thread pool of our own.
+// The library's C entry points (called through ctypes): which ISA levels this CPU runs,
+// y = x @ W^T over a thread pool of our own, and the dense weight back (a prefill's expansion).
 //
 // Why our own threads and not OpenMP: torch brings its own OpenMP runtime, and a second one
 // in the process (the system's libgomp) would keep its own spinning workers beside torch's.
@@ -44,6 +44,7 @@ PnlKernel kernel_for(int level) {
     return pnl_rows_portable;
 }
 
+// A job's work on rows [begin, end): a kernel, or the expansion (expand_part below).
 struct Job {
     PnlKernel kernel;
     const PnlWeight* w;
@@ -121,6 +122,11 @@ class Pool {
     Job job_{};
 };
 
+// The expansion as a job the pool splits by rows: `y` is the dense weight's buffer, in its dtype.
+void expand_part(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end, uint8_t*) {
+    pnl_expand_rows(w, y, begin, end);
+}
+
 Pool& pool() {
     static Pool* p = new Pool();  // never destroyed: its detached threads outlive main
     return *p;
@@ -137,7 +143,7 @@ float bf16_to_float(uint16_t h) {
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 1; }
+PNL_API int pnl_abi_version(void) { return 2; }
 
 PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
 
@@ -179,6 +185,22 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
         if (parts == 1) run_part(job, 0, mine);
         else pool().run(job, mine);
     }
+    return 0;
+}
+
+// out (R, C) = the dense weight in its dtype (float32, or float16 / bfloat16 bits), bit for bit
+// the format's decompression. Returns 0, or -2 for bad arguments.
+PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads) {
+    if (!w || !out || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
+    if (threads < 1) threads = 1;
+    int parts = (int)((w->rows + 63) / 64);
+    if (parts > threads) parts = threads;
+    if (parts < 1) parts = 1;
+    Job job{expand_part, w, nullptr, 0, (float*)out, parts, 0};
+    thread_local std::vector<uint8_t> scratch;
+    uint8_t* mine = grow(scratch, 0);
+    if (parts == 1) run_part(job, 0, mine);
+    else pool().run(job, mine);
     return 0;
 }
 

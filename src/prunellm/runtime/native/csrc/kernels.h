@@ -50,6 +50,8 @@ typedef void (*PnlKernel)(const PnlWeight* w, const float* xp, int tokens, float
 
 void pnl_rows_portable(const PnlWeight* w, const float* xp, int tokens, float* y,
                        int64_t row_begin, int64_t row_end, uint8_t* scratch);
+// Rows [row_begin, row_end) of the dense weight (R, C), in its dtype, into out (scalar, any ISA).
+void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end);
 // Whether the vector kernels read this weight (else the portable one does, for any ISA).
 int pnl_vector_reads(const PnlWeight* w, int lanes);
 #if defined(__x86_64__) || defined(_M_X64)

@@ -28,26 +28,25 @@ float half_to_float(uint16_t h) {
     return sign ? -tiny : tiny;
 }
 
-// float32 -> float16 -> float32, rounding to nearest even as torch's .to(float16) does.
-float round_to_half(float f) {
-    uint32_t x = float_to_bits(f), sign = x & 0x80000000u, a = x & 0x7fffffffu;
-    if (a >= 0x7f800000u) return f;             // inf, nan
-    if (a >= 0x477ff000u) return bits_to_float(sign | 0x7f800000u);  // rounds past 65504
-    uint16_t h;
+// float32 -> float16 bits, rounding to nearest even as torch's .to(float16) does.
+uint16_t half_bits(float f) {
+    uint32_t x = float_to_bits(f), a = x & 0x7fffffffu;
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (a > 0x7f800000u) return sign | 0x7e00u;   // nan
+    if (a >= 0x477ff000u) return sign | 0x7c00u;  // inf, or rounds past 65504
     if (a < 0x38800000u) {  // below float16's normal range: a multiple of 2^-24
         float scaled = bits_to_float(a) * 16777216.0f;  // exact: a power-of-two scaling
         // nearest even integer: float32 rounding of scaled + 2^23 does it for scaled < 2^23
         float r = (scaled + 8388608.0f) - 8388608.0f;
-        h = (uint16_t)r;
-    } else {
-        uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
-        uint32_t half = (exp << 10) | (mant >> 13), rest = mant & 0x1fff;
-        if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half += 1;
-        h = (uint16_t)half;
+        return sign | (uint16_t)r;
     }
-    float back = half_to_float(h);
-    return sign ? -back : back;
+    uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
+    uint32_t half = (exp << 10) | (mant >> 13), rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half += 1;
+    return sign | (uint16_t)half;
 }
+
+float round_to_half(float f) { return half_to_float(half_bits(f)); }
 
 float round_to_bf16(float f) {
     uint32_t x = float_to_bits(f);
@@ -55,6 +54,8 @@ float round_to_bf16(float f) {
     x = (x + 0x7fffu + ((x >> 16) & 1)) & 0xffff0000u;
     return bits_to_float(x);
 }
+
+uint16_t bf16_bits(float f) { return (uint16_t)(float_to_bits(round_to_bf16(f)) >> 16); }
 
 float round_to(float v, int dtype) {
     if (dtype == PNL_F16) return round_to_half(v);
@@ -109,5 +110,40 @@ extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int token
             }
         }
         for (int t = 0; t < tokens; ++t) y[t * w->rows + r] = acc[t];
+    }
+}
+
+// Rows [row_begin, row_end) of the dense weight out (R, C) in the weight's dtype (float32, or
+// float16 / bfloat16 bits): stored values copied as they are, codes dequantized with the
+// operations of the format's decompress_weight (float32 scale * (code - zero), rounded once to
+// the dtype), zeros elsewhere. Bit for bit the format's expansion. Scalar: a prefill expands
+// each layer once, against the many products it then makes with it.
+extern "C" void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end) {
+    const int64_t C = w->cols, words = w->cols_pad / 64;
+    const bool codes = w->value_kind == PNL_CODES;
+    const int64_t width = w->weight_dtype == PNL_F32 ? 4 : 2;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        uint8_t* row = (uint8_t*)out + r * C * width;
+        memset(row, 0, C * width);
+        int64_t j = w->row_start[r];
+        for (int64_t word = 0; word < words; ++word) {
+            uint64_t bits = w->has_mask ? w->mask[r * words + word] : ~(uint64_t)0;
+            while (bits) {
+                int64_t col = word * 64 + __builtin_ctzll(bits);
+                bits &= bits - 1;
+                int64_t k = j++;
+                if (col >= C) continue;  // a dense row's padding
+                if (!codes) {
+                    if (width == 4) ((float*)row)[col] = ((const float*)w->values)[k];
+                    else ((uint16_t*)row)[col] = ((const uint16_t*)w->values)[k];
+                    continue;
+                }
+                int64_t g = r * w->groups + col / w->group_size;
+                float v = w->scales[g] * (stored(w, k) - w->zeros[g]);
+                if (w->weight_dtype == PNL_F32) ((float*)row)[col] = v;
+                else if (w->weight_dtype == PNL_F16) ((uint16_t*)row)[col] = half_bits(v);
+                else ((uint16_t*)row)[col] = bf16_bits(v);
+            }
+        }
     }
 }
