@@ -64,7 +64,7 @@ $(LLAMA_BIN)/llama-quantize: | venv
 	tar xzf build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C build
 	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(LLAMA_SRC)/vendor/llama.cpp/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
-	cmake --build $(LLAMA_SRC)/vendor/llama.cpp/build -j$$(nproc) --target llama-perplexity llama-quantize llama-imatrix
+	cmake --build $(LLAMA_SRC)/vendor/llama.cpp/build -j$$(nproc) --target llama-perplexity llama-quantize llama-imatrix llama-bench
 
 $(VENV)/.llama-cpp: $(LLAMA_BIN)/llama-quantize
 	# The bindings load the libraries built above ($$LLAMA_CPP_LIB_PATH): no second compile.

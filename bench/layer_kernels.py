@@ -24,10 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-try:
-    from prunellm.formats.compressed.layer import compress_weight
-except ImportError:  # the format's older home
-    from prunellm.io.compressed.layer import compress_weight
+from prunellm.formats.compressed.layer import compress_weight
 from prunellm.runtime import cpu_kernels
 from prunellm.solvers.quant import QuantGrid
 

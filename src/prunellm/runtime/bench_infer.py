@@ -2,7 +2,7 @@
 
 Each variant runs in a fresh child process so that its peak memory is its own: "dense" loads
 every compressed layer expanded once, "compressed" keeps every one compressed
-(keep_compressed=True): calls of up to KERNEL_MAX_TOKENS tokens (decode) through the kernels
+(keep_compressed=True): calls of a few tokens (decode; runtime/linear.py's thresholds) through the kernels
 that read the layout (the native library on a CPU, Triton on a GPU), larger calls (prefill)
 and layouts no kernel reads expanded per call. Each row says which path each kind of layer
 took. `head_bits` quantizes the compressed variant's output head too. Prompts are random token

@@ -2,7 +2,8 @@
 
 Each call takes the fastest path the machine has for its size:
 
-- calls of at most KERNEL_MAX_TOKENS tokens (decode) go through a kernel that reads the
+- calls of few tokens (decode: KERNEL_MAX_TOKENS on a GPU, CPU_KERNEL_MAX_TOKENS on a CPU) go
+  through a kernel that reads the
   compressed weight directly, where one reads the layout: on a GPU a Triton kernel
   (runtime/kernels.py), on a CPU the native library (runtime/cpu_kernels.py) once the layer is
   repacked for it (`prepare_cpu`, which `prunellm.load` calls at load);
@@ -24,12 +25,13 @@ from prunellm.formats.compressed.layer import CompressedWeight, LayerSpec, decom
 if TYPE_CHECKING:
     from .cpu_kernels import NativeWeight
 
-# Tokens per call up to which a kernel reads the compressed weight (GPU and CPU); above, the
-# layer is expanded for the call and multiplied densely (dense products win once a call has
-# enough tokens to reuse each weight many times). One figure for now, to be set where the
-# kernels stop beating a dense product: bench/layer_kernels.py's per-layer figures (CPU,
-# bench/README.md "Deploy"). The GPU kernels read at most 16 tokens whatever it says.
+# Tokens per call up to which a kernel reads the compressed weight; above, the layer is expanded
+# for the call and multiplied densely (dense products win once a call has enough tokens to
+# reuse each weight many times). GPU: the Triton kernels read at most 16 tokens. CPU: where the
+# native kernels stop beating torch's dense bfloat16 product at LLaMA-7B shapes, every layout
+# (bench/layer_kernels.py, bench/README.md "Per-layer CPU kernels").
 KERNEL_MAX_TOKENS = 16
+CPU_KERNEL_MAX_TOKENS = 2
 # Weights per band of rows expanded at a time on a CPU without the native kernels (128 rows of
 # a 4096-wide layer: 1 MiB in float16, 2 MiB as float32 on the way); chosen by a one-off timing
 # at LLaMA-7B shapes (bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
@@ -109,7 +111,7 @@ class CompressedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
-        if self.native is not None and flat.shape[0] <= KERNEL_MAX_TOKENS:
+        if self.native is not None and flat.shape[0] <= CPU_KERNEL_MAX_TOKENS:
             return self._cpu_kernel(x, flat)
         if self._kernel_for(flat):
             from . import kernels

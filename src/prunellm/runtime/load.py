@@ -52,7 +52,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     keep_compressed, for prunellm's compressed format: None (the default) keeps compressed the
     layers a kernel reads and expands the others once at load. On a CPU the native library
     (runtime/cpu_kernels.py) reads every layout: each layer is repacked once at load, the
-    file's parts dropped, calls of up to KERNEL_MAX_TOKENS tokens (decode) read it directly
+    file's parts dropped, calls of a few tokens (decode; runtime/linear.py's thresholds) read it directly
     and larger ones (prefill) expand it for the call, bit for bit the dense layer; without the
     library (no compiler at install) every layer is expanded at load, with one warning. On a
     GPU with Triton, the layouts its kernels read stay compressed (unstructured float layers

@@ -20,6 +20,9 @@
 // The library is built with hidden symbols: only these entry points are visible to ctypes.
 #define PNL_API __attribute__((visibility("default")))
 
+// Weights per thread below which a product stays on the calling thread.
+constexpr int64_t kMinPartWeights = int64_t(1) << 21;
+
 namespace {
 
 bool cpu_has(int level) {
@@ -161,8 +164,12 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
     if (!w || !x || !y || tokens < 1 || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
     if (threads < 1) threads = 1;
     const int64_t cp = w->cols_pad, C = w->cols;
-    // No more parts than blocks of 64 rows: a part must be worth waking a thread for.
+    // A part must be worth waking a thread for: at least 64 rows and kMinPartWeights weights.
+    // Handing a small layer to the pool costs more than it saves (a 576 x 1536 decode layer ran
+    // 3x slower on two threads than on one: bench/README.md, "A whole model on the CPU kernels").
     int parts = (int)((w->rows + 63) / 64);
+    const int64_t by_size = w->rows * w->cols_pad / kMinPartWeights;
+    if (parts > by_size) parts = (int)by_size;
     if (parts > threads) parts = threads;
     if (parts < 1) parts = 1;
     thread_local std::vector<uint8_t> xbuf, scratch;
