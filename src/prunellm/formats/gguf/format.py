@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.dtypes import dtype_name
 from prunellm.io.atomic import write_json_atomic
 from prunellm.io.grids import load_gguf_blocks
 from prunellm.io.save import REPORT_FILE
@@ -20,6 +19,7 @@ from prunellm.io.source import resolve_source
 from prunellm.walker import WalkConfig, target_layers
 
 from ..base import FinishedRun, OutputFormat, OutputSpec
+from ..hf import HFFormat
 from .export import FLOAT_TYPES, GGUFExportConfig, check_gguf_export, export_gguf
 
 if TYPE_CHECKING:
@@ -98,16 +98,9 @@ class GGUFFormat(OutputFormat):
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix == ".gguf"
 
-    def load(self, path: Path, *, dtype: torch.dtype | str = "auto",
-             device: torch.device | str = "cpu") -> PreTrainedModel:
-        return self.load_with_tokenizer(path, dtype=dtype if isinstance(dtype, str) else dtype_name(dtype),
-                                        compute_device=device)[0]
-
-    def load_with_tokenizer(self, source: str | Path | None, *, dtype: str = "auto",
-                            compute_device: torch.device | str | None = None) -> tuple[PreTrainedModel, Any]:
-        from prunellm.io import load_model
-
-        return load_model(source, dtype=dtype, compute_device=compute_device)
+    # A .gguf source loads as the Hugging Face loader reads it (transformers dequantizes it).
+    load = HFFormat.load
+    load_with_tokenizer = HFFormat.load_with_tokenizer
 
     @staticmethod
     def source_file(source: str | Path | None) -> Path:
