@@ -69,6 +69,12 @@ def test_prepare_refuses_bad_settings_before_loading_anything(workspace, tmp_pat
         prepare(_settings(missing, tmp_path / "a", defaults="best"))
     with pytest.raises(PrunellmError, match="unknown format"):
         prepare(_settings(missing, tmp_path / "b", output=OutputSpec("onnx", str(tmp_path / "b"))))
+    for fmt in ("hf", "compressed", "compressed-tensors"):  # unquantized GGUF types need a GGUF file
+        with pytest.raises(PrunellmError, match="--gguf-type f16 only applies with --format gguf"):
+            prepare(_settings(missing, tmp_path / fmt, output=OutputSpec(fmt, str(tmp_path / fmt), gguf_type="f16")))
+    with pytest.raises(PrunellmError, match="--save-dtype only applies with --format hf or compressed"):
+        prepare(_settings(missing, tmp_path / "e", output=OutputSpec("compressed-tensors", str(tmp_path / "e"),
+                                                                      save_dtype="float16")))
     with pytest.raises(PrunellmError, match="needs --gguf-type"):
         prepare(_settings(missing, tmp_path / "c", output=OutputSpec("gguf", str(tmp_path / "c.gguf"))))
     with pytest.raises(PrunellmError, match="--stream never holds the whole model"):

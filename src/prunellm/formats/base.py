@@ -69,6 +69,8 @@ class OutputFormat(ABC):
 
     name: ClassVar[str]
     single_file: ClassVar[bool] = False  # one file (GGUF) rather than a directory
+    takes_save_dtype: ClassVar[bool] = True  # --save-dtype chooses what it stores
+    takes_float_gguf_types: ClassVar[bool] = False  # --gguf-type f16/bf16/f32 (unquantized GGUF tensors)
     summary: ClassVar[str] = ""  # one line for --help
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
@@ -78,6 +80,13 @@ class OutputFormat(ABC):
         computes in ("auto": the checkpoint's own)."""
         if output.save_dtype not in SAVE_DTYPES:
             raise PrunellmError(f"unknown --save-dtype {output.save_dtype!r}; choose one of {', '.join(SAVE_DTYPES)}")
+        if output.save_dtype != "auto" and not self.takes_save_dtype:
+            raise PrunellmError(f"--save-dtype only applies with --format hf or compressed, not --format {self.name}")
+        if output.gguf_type is not None and not self.takes_float_gguf_types:
+            from .gguf.export import FLOAT_TYPES
+
+            if output.gguf_type.lower() in FLOAT_TYPES:
+                raise PrunellmError(f"--gguf-type {output.gguf_type} only applies with --format gguf")
         return output
 
     def check_model(self, output: OutputSpec, model: PreTrainedModel, method: Method, walk: WalkConfig) -> None:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prunellm.errors import PrunellmError
 from prunellm.io.dtypes import dtype_name, hf_save_dtype, method_quantizes, stored_dtype
 from prunellm.io.lazy import INDEX_FILE, SINGLE_FILE
 from prunellm.io.save import save_model
@@ -29,8 +28,6 @@ class HFFormat(OutputFormat):
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
               compute_dtype: torch.dtype | str) -> OutputSpec:
         output = super().check(output, method, source, compute_dtype)
-        if output.gguf_type is not None:
-            _refuse_float_gguf_type(output)
         self._dtype(output, method, source, compute_dtype)  # a refused --save-dtype fails now, not after the prune
         return output
 
@@ -68,9 +65,3 @@ class HFFormat(OutputFormat):
         return hf_save_dtype(output.save_dtype, stored=stored_dtype(source or default_model_path()),
                              compute=compute_dtype, quantizes=method_quantizes(method.describe()))
 
-
-def _refuse_float_gguf_type(output: OutputSpec) -> None:
-    from .gguf.export import FLOAT_TYPES
-
-    if output.gguf_type.lower() in FLOAT_TYPES:
-        raise PrunellmError(f"--gguf-type {output.gguf_type} only applies with --format gguf")

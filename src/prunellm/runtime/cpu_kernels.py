@@ -24,6 +24,7 @@ take the torch path (runtime/load.py warns once, through `warn_unavailable`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import logging
 import os
@@ -140,16 +141,23 @@ def supported_levels() -> list[str]:
 
 def isa() -> str:
     """The level in use: PRUNELLM_CPU_KERNEL when set, else the best this CPU runs."""
-    lib = _require()
     forced = os.environ.get(ENV, "").strip().lower()
     if not forced:
-        return [name for name, level in LEVELS.items() if level == lib.pnl_best_level()][0]
+        return _best_level()
+    lib = _require()
     if forced not in LEVELS:
         raise PrunellmError(f"{ENV}={forced!r} is not one of {', '.join(LEVELS)}")
     if not lib.pnl_level_supported(LEVELS[forced]):
         raise PrunellmError(f"{ENV}={forced} but this CPU lacks its instructions (runs: "
                             f"{', '.join(supported_levels())})")
     return forced
+
+
+@functools.cache
+def _best_level() -> str:
+    """The best level this CPU runs (asked once: isa() is on every decode call's path)."""
+    best = _require().pnl_best_level()
+    return next(name for name, level in LEVELS.items() if level == best)
 
 
 def supports(spec: Any) -> bool:

@@ -26,12 +26,11 @@ DESCRIPTION = "compressed-tensors pack-quantized"
 class CompressedTensorsFormat(OutputFormat):
     name = "compressed-tensors"
     summary = "quantization-only results, for vLLM"
+    takes_save_dtype = False
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
               compute_dtype: torch.dtype | str) -> OutputSpec:
         output = super().check(output, method, source, compute_dtype)
-        if output.save_dtype != "auto":
-            raise PrunellmError(f"--save-dtype only applies with --format hf or compressed, not --format {self.name}")
         refuse_gguf(method, self.name)
         from .export import check_compressed_tensors_method
 

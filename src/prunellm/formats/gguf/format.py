@@ -31,13 +31,13 @@ if TYPE_CHECKING:
 class GGUFFormat(OutputFormat):
     name = "gguf"
     single_file = True
+    takes_save_dtype = False
+    takes_float_gguf_types = True
     summary = "one .gguf file for llama.cpp (needs a .gguf model)"
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
               compute_dtype: torch.dtype | str) -> OutputSpec:
         output = super().check(output, method, source, compute_dtype)
-        if output.save_dtype != "auto":
-            raise PrunellmError("--save-dtype only applies with --format hf or compressed, not --format gguf")
         if output.gguf_type is None:
             raise PrunellmError("--format gguf needs --gguf-type (q4_0, q8_0, q4_k_m, ... or f16 for no quantization)")
         output = dataclasses.replace(output, gguf_source=str(self.source_file(source)))

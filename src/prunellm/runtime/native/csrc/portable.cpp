@@ -78,6 +78,23 @@ float stored(const PnlWeight* w, int64_t j) {
     }
 }
 
+// Calls visit(col, j) for each stored value of row r in column order: its column and its index
+// among the layer's stored values (a dense row's padding columns past `cols` are skipped).
+template <class Visit>
+inline void for_each_stored(const PnlWeight* w, int64_t r, Visit visit) {
+    const int64_t words = w->cols_pad / 64;
+    int64_t j = w->row_start[r];
+    for (int64_t word = 0; word < words; ++word) {
+        uint64_t bits = w->has_mask ? w->mask[r * words + word] : ~(uint64_t)0;
+        while (bits) {
+            int64_t col = word * 64 + __builtin_ctzll(bits);
+            bits &= bits - 1;
+            int64_t k = j++;
+            if (col < w->cols) visit(col, k);
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" int pnl_vector_reads(const PnlWeight* w, int lanes) {
@@ -89,26 +106,19 @@ extern "C" int pnl_vector_reads(const PnlWeight* w, int lanes) {
 extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int tokens, float* y,
                                   int64_t row_begin, int64_t row_end, uint8_t* scratch) {
     (void)scratch;
-    const int64_t cp = w->cols_pad, words = cp / 64;
+    const int64_t cp = w->cols_pad;
     const bool codes = w->value_kind == PNL_CODES;
     float acc[16];
     for (int64_t r = row_begin; r < row_end; ++r) {
         for (int t = 0; t < tokens; ++t) acc[t] = 0.0f;
-        int64_t j = w->row_start[r];
-        for (int64_t word = 0; word < words; ++word) {
-            uint64_t bits = w->has_mask ? w->mask[r * words + word] : ~(uint64_t)0;
-            while (bits) {
-                int64_t col = word * 64 + __builtin_ctzll(bits);
-                bits &= bits - 1;
-                float v = stored(w, j++);
-                if (col >= w->cols) continue;  // a dense row's padding
-                if (codes) {
-                    int64_t g = r * w->groups + col / w->group_size;
-                    v = round_to(w->scales[g] * (v - w->zeros[g]), w->weight_dtype);
-                }
-                for (int t = 0; t < tokens; ++t) acc[t] += v * xp[t * cp + col];
+        for_each_stored(w, r, [&](int64_t col, int64_t j) {
+            float v = stored(w, j);
+            if (codes) {
+                int64_t g = r * w->groups + col / w->group_size;
+                v = round_to(w->scales[g] * (v - w->zeros[g]), w->weight_dtype);
             }
-        }
+            for (int t = 0; t < tokens; ++t) acc[t] += v * xp[t * cp + col];
+        });
         for (int t = 0; t < tokens; ++t) y[t * w->rows + r] = acc[t];
     }
 }
@@ -119,31 +129,23 @@ extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int token
 // the dtype), zeros elsewhere. Bit for bit the format's expansion. Scalar: a prefill expands
 // each layer once, against the many products it then makes with it.
 extern "C" void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end) {
-    const int64_t C = w->cols, words = w->cols_pad / 64;
+    const int64_t C = w->cols;
     const bool codes = w->value_kind == PNL_CODES;
     const int64_t width = w->weight_dtype == PNL_F32 ? 4 : 2;
     for (int64_t r = row_begin; r < row_end; ++r) {
         uint8_t* row = (uint8_t*)out + r * C * width;
         memset(row, 0, C * width);
-        int64_t j = w->row_start[r];
-        for (int64_t word = 0; word < words; ++word) {
-            uint64_t bits = w->has_mask ? w->mask[r * words + word] : ~(uint64_t)0;
-            while (bits) {
-                int64_t col = word * 64 + __builtin_ctzll(bits);
-                bits &= bits - 1;
-                int64_t k = j++;
-                if (col >= C) continue;  // a dense row's padding
-                if (!codes) {
-                    if (width == 4) ((float*)row)[col] = ((const float*)w->values)[k];
-                    else ((uint16_t*)row)[col] = ((const uint16_t*)w->values)[k];
-                    continue;
-                }
-                int64_t g = r * w->groups + col / w->group_size;
-                float v = w->scales[g] * (stored(w, k) - w->zeros[g]);
-                if (w->weight_dtype == PNL_F32) ((float*)row)[col] = v;
-                else if (w->weight_dtype == PNL_F16) ((uint16_t*)row)[col] = half_bits(v);
-                else ((uint16_t*)row)[col] = bf16_bits(v);
+        for_each_stored(w, r, [&](int64_t col, int64_t k) {
+            if (!codes) {
+                if (width == 4) ((float*)row)[col] = ((const float*)w->values)[k];
+                else ((uint16_t*)row)[col] = ((const uint16_t*)w->values)[k];
+                return;
             }
-        }
+            int64_t g = r * w->groups + col / w->group_size;
+            float v = w->scales[g] * (stored(w, k) - w->zeros[g]);
+            if (w->weight_dtype == PNL_F32) ((float*)row)[col] = v;
+            else if (w->weight_dtype == PNL_F16) ((uint16_t*)row)[col] = half_bits(v);
+            else ((uint16_t*)row)[col] = bf16_bits(v);
+        });
     }
 }
