@@ -11,6 +11,9 @@ export PRUNELLM_GOLDEN ?= $(abspath ../shared/golden/sparsegpt_reference.pt)
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_SRC := build/llama_cpp_python-$(LLAMA_CPP_VERSION)
 LLAMA_BIN := $(abspath $(LLAMA_SRC)/vendor/llama.cpp/build/bin)
+# A native build's AMX matrix path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on the Intel
+# machines here as soon as a batch holds more than one token: AMX off, every other feature native.
+LLAMA_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export LLAMA_CPP_LIB_PATH ?= $(LLAMA_BIN)
 export PRUNELLM_LLAMA_BIN ?= $(LLAMA_BIN)
 
@@ -63,7 +66,8 @@ $(LLAMA_BIN)/llama-quantize: | venv
 	$(PY) -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d build
 	tar xzf build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C build
 	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(LLAMA_SRC)/vendor/llama.cpp/build -DCMAKE_BUILD_TYPE=Release \
-		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
+		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DCMAKE_C_FLAGS="$(LLAMA_NO_AMX)" -DCMAKE_CXX_FLAGS="$(LLAMA_NO_AMX)"
 	cmake --build $(LLAMA_SRC)/vendor/llama.cpp/build -j$$(nproc) --target llama-perplexity llama-quantize llama-imatrix llama-bench
 
 $(VENV)/.llama-cpp: $(LLAMA_BIN)/llama-quantize

@@ -106,12 +106,23 @@ def level(request, monkeypatch) -> str:
     return request.param
 
 
-@pytest.fixture(params=[1, 2])
+@pytest.fixture(params=["1 thread", "2 threads on torch's OpenMP", "2 threads on the library's pool"])
 def threads(request):
+    """Thread counts and teams, with every layer split over the threads (the library keeps small
+    layers on one thread otherwise, and these layers are small)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
+    count = int(request.param[0])
+    torch.set_num_threads(count)
+    if cpu_kernels.available():
+        threshold = cpu_kernels.set_min_part_weights(0)
+        on_torch = cpu_kernels.use_torch_threads("torch" in request.param)
+        if "torch" in request.param and not on_torch:
+            pytest.skip("torch does not run on OpenMP here")
+    yield count
     torch.set_num_threads(before)
+    if cpu_kernels.available():
+        cpu_kernels.set_min_part_weights(threshold)
+        cpu_kernels.use_torch_threads(True)
 
 
 def _close(y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor, rel: float = 1e-4) -> None:
@@ -164,7 +175,7 @@ def test_more_than_sixteen_tokens(layers) -> None:
     _close(cpu_kernels.matmul(x, native), x, dense)
 
 
-def test_levels_agree_on_every_row(layers, monkeypatch) -> None:
+def test_levels_agree_on_every_row(layers, threads, monkeypatch) -> None:
     """Each level's rows match the portable kernel's (no row left out by a thread's share)."""
     packed, dense, native = layers["bitmask:bfloat16:0.7"]
     x = torch.randn(4, dense.shape[1])

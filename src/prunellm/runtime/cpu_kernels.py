@@ -12,7 +12,9 @@ streams those bytes and expands them in registers, one pass over the weight for 
 Products are summed in float32. The instruction set is chosen by the CPU's features (avx512:
 F/BW/VL/DQ/VBMI2, avx2: AVX2/FMA/F16C, else portable C++), or forced by the environment
 variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512; a forced level this CPU lacks is refused.
-Rows are split over torch.get_num_threads() threads of the library's own pool.
+Rows are split over torch.get_num_threads() threads: torch's own OpenMP workers where torch
+runs on OpenMP (its runtime's GOMP_parallel is handed to the library at load), else the
+library's own pool. A pool beside torch's spinning workers fought them for the cores.
 
 `expand` lets a layer drop the file's parts once prepared: a prefill (more tokens than the
 kernels are worth: runtime/linear.py) expands the layer from the repacked buffers.
@@ -45,7 +47,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 2  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 3  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 
 
@@ -104,13 +106,53 @@ def _load() -> ctypes.CDLL | None:
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         lib.pnl_expand.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int]
         lib.pnl_level_supported.argtypes = [ctypes.c_int]
+        lib.pnl_use_openmp.argtypes = [ctypes.c_void_p]
+        lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]
+        lib.pnl_set_min_part_weights.restype = ctypes.c_int64
         if lib.pnl_abi_version() != ABI_VERSION:
             raise OSError("library built from other sources: reinstall prunellm")
     except (OSError, AttributeError) as error:
         _load_error = f"cannot load {found[0].name}: {error}"
         return None
     _library = lib
+    use_torch_threads(True)
     return lib
+
+
+def _torch_openmp_entry() -> int | None:
+    """The address of GOMP_parallel in the OpenMP runtime torch runs on, if already loaded.
+
+    Found among the process's mapped libraries (libgomp, LLVM's libomp, Intel's libiomp5 all
+    export the GOMP entry) and opened with RTLD_NOLOAD: never a second runtime."""
+    if "OpenMP" not in torch.__config__.parallel_info() or not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    names = ("libgomp", "libiomp5", "libomp")
+    paths = {line.split(maxsplit=5)[-1] for line in maps.splitlines() if len(line.split()) == 6}
+    for path in sorted(p for p in paths if Path(p).name.startswith(names)):
+        try:
+            runtime = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            return ctypes.cast(runtime.GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def use_torch_threads(enabled: bool) -> bool:
+    """Run the kernels' parts on torch's OpenMP workers (True, the default) or on the library's
+    own pool (False); returns whether torch's workers are used (False when torch has none)."""
+    entry = _torch_openmp_entry() if enabled else None
+    _require().pnl_use_openmp(entry)
+    return entry is not None
+
+
+def set_min_part_weights(weights: int) -> int:
+    """Products of fewer weights per thread stay on the calling thread (0: always split over the
+    threads; tests use it on small layers). Returns the previous value."""
+    return int(_require().pnl_set_min_part_weights(weights))
 
 
 def available() -> bool:

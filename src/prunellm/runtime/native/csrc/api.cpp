@@ -1,10 +1,14 @@
 // The library's C entry points (called through ctypes): which ISA levels this CPU runs,
 // y = x @ W^T over a thread pool of our own, and the dense weight back (a prefill's expansion).
 //
-// Why our own threads and not OpenMP: torch brings its own OpenMP runtime, and a second one
-// in the process (the system's libgomp) would keep its own spinning workers beside torch's.
-// These threads spin briefly after a call (decode calls come back-to-back), then sleep on a
-// condition variable, so they cost nothing while torch computes.
+// Whose threads: torch's own OpenMP workers where the process has them (runtime/cpu_kernels.py
+// hands us that runtime's GOMP_parallel). A decode step interleaves our products with torch's
+// operators, and after each operator torch's workers spin a while waiting for the next: a pool
+// of our own beside them fought them for the cores (Qwen2.5-1.5B at 50% decoded at 0.57x dense
+// with our pool, 1.30x with torch's workers told to sleep: bench/README.md). Linking OpenMP
+// ourselves could load a second runtime (torch bundles its own libgomp), so we take the one
+// already loaded. Without it (no OpenMP in the process) our own pool: its threads spin briefly
+// after a call (decode calls come back-to-back), then sleep on a condition variable.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +24,13 @@
 // The library is built with hidden symbols: only these entry points are visible to ctypes.
 #define PNL_API __attribute__((visibility("default")))
 
-// Weights per thread below which a product stays on the calling thread.
-constexpr int64_t kMinPartWeights = int64_t(1) << 21;
+// Weights per thread below which a product stays on the calling thread. Handing a part to
+// torch's OpenMP workers (spinning between operators) costs a few microseconds: worth it from
+// 32K weights (a 576 x 576 SmolLM2 layer on two threads: 57 -> 37 us). Waking our own pool costs
+// far more (a 576 x 1536 layer ran 3x slower on two threads than on one). Settable (-1: by
+// team): tests split small layers to check every thread's share. bench/README.md has the figures.
+constexpr int64_t kTeamMinPartWeights = int64_t(1) << 15, kPoolMinPartWeights = int64_t(1) << 21;
+std::atomic<int64_t> min_part_weights{-1};
 
 namespace {
 
@@ -125,6 +134,42 @@ class Pool {
     Job job_{};
 };
 
+// The OpenMP runtime's entry for `#pragma omp parallel` (GOMP ABI, also exported by LLVM's and
+// Intel's runtimes): runs fn(data) on num_threads threads, the caller one of them.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<GompParallel> gomp_parallel{nullptr};
+
+// Parts are taken from a counter, not assigned by thread number: a worker that wakes late
+// leaves its part to whoever is free.
+struct TeamCall {
+    Job job;
+    std::atomic<int> next{0};
+};
+
+void team_member(void* data) {
+    TeamCall* call = static_cast<TeamCall*>(data);
+    thread_local std::vector<uint8_t> scratch;
+    uint8_t* mine = nullptr;
+    for (int part; (part = call->next.fetch_add(1, std::memory_order_relaxed)) < call->job.parts;) {
+        if (!mine) mine = grow(scratch, call->job.scratch_bytes);
+        run_part(call->job, part, mine);
+    }
+}
+
+Pool& pool();
+
+// A job's parts on the calling thread, torch's OpenMP workers, or our pool.
+void run_parts(const Job& job, uint8_t* caller_scratch) {
+    if (job.parts == 1) return run_part(job, 0, caller_scratch);
+    if (GompParallel team = gomp_parallel.load(std::memory_order_acquire)) {
+        TeamCall call;
+        call.job = job;
+        team(team_member, &call, (unsigned)job.parts, 0);
+        return;
+    }
+    pool().run(job, caller_scratch);
+}
+
 // The expansion as a job the pool splits by rows: `y` is the dense weight's buffer, in its dtype.
 void expand_part(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end, uint8_t*) {
     pnl_expand_rows(w, y, begin, end);
@@ -146,7 +191,16 @@ float bf16_to_float(uint16_t h) {
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 2; }
+PNL_API int pnl_abi_version(void) { return 3; }
+
+// Products of fewer weights per thread than this stay on the calling thread (-1: the team's
+// default); returns the old value.
+PNL_API int64_t pnl_set_min_part_weights(int64_t weights) { return min_part_weights.exchange(weights); }
+
+// Parts run on this OpenMP runtime's threads (its GOMP_parallel), or on our own pool (null).
+PNL_API void pnl_use_openmp(void* gomp_parallel_entry) {
+    gomp_parallel.store((GompParallel)gomp_parallel_entry, std::memory_order_release);
+}
 
 PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
 
@@ -164,11 +218,11 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
     if (!w || !x || !y || tokens < 1 || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
     if (threads < 1) threads = 1;
     const int64_t cp = w->cols_pad, C = w->cols;
-    // A part must be worth waking a thread for: at least 64 rows and kMinPartWeights weights.
-    // Handing a small layer to the pool costs more than it saves (a 576 x 1536 decode layer ran
-    // 3x slower on two threads than on one: bench/README.md, "A whole model on the CPU kernels").
+    // A part must be worth waking a thread for: at least 64 rows and min_part_weights weights.
     int parts = (int)((w->rows + 63) / 64);
-    const int64_t by_size = w->rows * w->cols_pad / kMinPartWeights;
+    int64_t least = min_part_weights.load(std::memory_order_relaxed);
+    if (least < 0) least = gomp_parallel.load(std::memory_order_relaxed) ? kTeamMinPartWeights : kPoolMinPartWeights;
+    const int64_t by_size = least > 0 ? w->rows * w->cols_pad / least : parts;
     if (parts > by_size) parts = (int)by_size;
     if (parts > threads) parts = threads;
     if (parts < 1) parts = 1;
@@ -189,8 +243,7 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
         // scratch: a pass's activations re-laid out (up to 16 tokens), then a row's codes as bytes
         Job job{kernel_for(level), w, xp, nt, y + t0 * w->rows, parts, (size_t)(16 * 4 + 1) * cp + 256};
         uint8_t* mine = grow(scratch, job.scratch_bytes);
-        if (parts == 1) run_part(job, 0, mine);
-        else pool().run(job, mine);
+        run_parts(job, mine);
     }
     return 0;
 }
@@ -205,9 +258,7 @@ PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads) {
     if (parts < 1) parts = 1;
     Job job{expand_part, w, nullptr, 0, (float*)out, parts, 0};
     thread_local std::vector<uint8_t> scratch;
-    uint8_t* mine = grow(scratch, 0);
-    if (parts == 1) run_part(job, 0, mine);
-    else pool().run(job, mine);
+    run_parts(job, grow(scratch, 0));
     return 0;
 }
 
