@@ -25,7 +25,9 @@ import torch
 
 from prunellm.errors import PrunellmError
 
-VARIANTS = {"dense": False, "compressed": True}
+# variant: (keep_compressed, dense_kernels). "dense" is prunellm's dense model (on a CPU, its dense
+# layers' decode calls on the native kernels); "dense-torch" the same with torch's products.
+VARIANTS = {"dense": (False, None), "dense-torch": (False, False), "compressed": (True, None)}
 
 
 @dataclass
@@ -58,14 +60,20 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def layer_paths(model: torch.nn.Module) -> dict[str, int]:
-    """How the compressed layers run, by kind: {"nm 2:4 4-bit g128: cpu kernel": 154, ...}."""
+    """How the linear layers run at decode, by kind: {"nm 2:4 4-bit g128: cpu kernel": 154,
+    "dense bfloat16: cpu kernel": 1, ...} (plain torch layers not counted)."""
+    from .dense_decode import DecodeLinear
     from .linear import CompressedLinear
 
     counts: dict[str, int] = {}
     for module in model.modules():
         if isinstance(module, CompressedLinear):
             key = f"{module.kind()}: {module.path()}"
-            counts[key] = counts.get(key, 0) + 1
+        elif isinstance(module, DecodeLinear):
+            key = f"dense {str(module.weight.dtype).removeprefix('torch.')}: cpu kernel"
+        else:
+            continue
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -180,9 +188,9 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
         torch.cuda.reset_peak_memory_stats(device)
     baseline = _reset_host_peak()
     started = time.perf_counter()
-    keep = VARIANTS[variant]
+    keep, dense_kernels = VARIANTS[variant]
     model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None,
-                 head_bits=config.head_bits if keep else None)
+                 head_bits=config.head_bits if keep else None, dense_kernels=dense_kernels)
     load_seconds = time.perf_counter() - started
     load_peak = _peak(device, baseline)
     vocab = model.config.vocab_size

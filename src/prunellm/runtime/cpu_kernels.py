@@ -6,6 +6,7 @@ bfloat16's 2, 2:4 + 4-bit 0.41. The native library (runtime/native/csrc, built a
 streams those bytes and expands them in registers, one pass over the weight for all tokens:
 
     native = prepare(spec, tensors)   # checks the parts and repacks them once (cpu_layout.py)
+    native = prepare_dense(weight)    # or a dense float weight, read in place
     y = matmul(x, native)             # x (T, C) float32 or bfloat16 -> y (T, R), same dtype
     w = expand(native)                # the dense (R, C) weight, bit for bit the format's expansion
 
@@ -232,6 +233,26 @@ def prepare(spec: Any, tensors: dict[str, torch.Tensor]) -> NativeWeight:
                         pointer(layout.mask), pointer(layout.row_start), pointer(layout.values),
                         pointer(layout.scales), pointer(layout.zeros))
     return NativeWeight((layout.rows, layout.cols), layout, struct)
+
+
+def prepare_dense(weight: torch.Tensor) -> NativeWeight | None:
+    """A dense float weight (R, C) read in place by the kernels (no copy: the result holds the
+    tensor), or None where they cannot read it without one (C not a multiple of 64, not
+    contiguous, not float32/float16/bfloat16, not on the CPU)."""
+    kind = {dtype: KIND[name] for name, dtype in FLOAT_DTYPES.items()}.get(weight.dtype)
+    if kind is None or weight.dim() != 2 or weight.device.type != "cpu" or not weight.is_contiguous():
+        return None
+    rows, cols = weight.shape
+    if cols % 64 or rows == 0:
+        return None
+    # Every column stored, no mask: rows of exactly cols_pad values, which the vector loads read
+    # without running past the tensor (no tail padding needed).
+    layout = KernelLayout(rows, cols, cols, kind, 0, kind, cols, 1, None,
+                          torch.arange(rows + 1, dtype=torch.int64) * cols, weight.reshape(-1), None, None,
+                          value_bytes=weight.numel() * weight.element_size())
+    struct = _PnlWeight(rows, cols, cols, kind, 0, kind, 0, cols, 1, None, layout.row_start.data_ptr(),
+                        weight.data_ptr(), None, None)
+    return NativeWeight((rows, cols), layout, struct)
 
 
 def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:

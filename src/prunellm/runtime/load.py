@@ -22,8 +22,10 @@ from prunellm.formats import detect_format, get_format
 from prunellm.formats.compressed.checkpoint import CompressedCheckpoint, read_compressed
 from prunellm.formats.compressed.layer import CompressedWeight, bitmask_as_quant
 from prunellm.formats.compressed.model import build_skeleton, dense_linear, layer_slot, load_rest
+from prunellm.io.dtypes import stored_dtype
 
 from . import cpu_kernels
+from .dense_decode import use_kernels_for_dense
 from .head import check_head_bits, quantize_head
 from .linear import CompressedLinear
 
@@ -46,7 +48,8 @@ def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, keep_compressed: bool | None = None,
-         dense_budget: int | None = None, head_bits: int | None = None) -> PreTrainedModel:
+         dense_budget: int | None = None, head_bits: int | None = None,
+         dense_kernels: bool | None = None) -> PreTrainedModel:
     """The causal LM saved at `path`, on `device` (default: CUDA when present), in eval mode.
 
     keep_compressed, for prunellm's compressed format: None (the default) keeps compressed the
@@ -67,6 +70,11 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     head_bits: 8 or 4 quantizes the output head for the native CPU kernels (runtime/head.py):
     CPU only, opt-in; a head tied to the input embeddings is untied.
 
+    dense_kernels: on a CPU with the native library, None (the default) or True sends the
+    decode calls of dense bfloat16/float16 layers (the head, layers stored dense, layers
+    expanded at load) through the kernels too, reading the weights in place
+    (runtime/dense_decode.py); False leaves them to torch.
+
     A model loaded with layers on a kernel is for running: its state_dict no longer holds
     those layers' weights (CompressedLinear). Nothing saves a loaded model.
     """
@@ -85,7 +93,11 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     keep = keeps_compressed(target, keep_compressed)
     if fmt is None or fmt.name != "compressed" or not keep:
         # Every other format, and a compressed one expanded at load: the format's own reader.
-        model = (fmt or get_format("hf")).load(directory, device=target).to(target).eval()
+        # A plain checkpoint run on the kernels keeps its stored dtype (bfloat16/float16 decode
+        # on them; float32 is for torch's products, which is what "auto" gives on a CPU).
+        on_kernels = target.type == "cpu" and dense_kernels is not False and cpu_kernels.available()
+        dtype = stored_dtype(directory) if on_kernels and (fmt is None or fmt.name == "hf") else "auto"
+        model = (fmt or get_format("hf")).load(directory, dtype=dtype, device=target).to(target).eval()
     else:
         checkpoint = read_compressed(directory)
         if target.type == "cpu":
@@ -102,6 +114,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     if head_bits is not None:
         quantize_head(model, head_bits)
         _release_load_memory()
+    if target.type == "cpu" and dense_kernels is not False:
+        use_kernels_for_dense(model)
     return model
 
 

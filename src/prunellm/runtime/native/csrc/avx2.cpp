@@ -171,9 +171,13 @@ template <int NT>
 void dispatch_kind(const PnlWeight* w, const float* xp, float* y, int64_t r0, int64_t r1, uint8_t* s) {
     const bool masked = w->has_mask != 0;
     switch (w->value_kind) {
-        case PNL_F32: return rows<NT, true, F32Source>(w, xp, y, r0, r1, s);
-        case PNL_F16: return rows<NT, true, F16Source>(w, xp, y, r0, r1, s);
-        case PNL_BF16: return rows<NT, true, BF16Source>(w, xp, y, r0, r1, s);
+        case PNL_F32:
+            return masked ? rows<NT, true, F32Source>(w, xp, y, r0, r1, s) : rows<NT, false, F32Source>(w, xp, y, r0, r1, s);
+        case PNL_F16:
+            return masked ? rows<NT, true, F16Source>(w, xp, y, r0, r1, s) : rows<NT, false, F16Source>(w, xp, y, r0, r1, s);
+        case PNL_BF16:
+            return masked ? rows<NT, true, BF16Source>(w, xp, y, r0, r1, s)
+                          : rows<NT, false, BF16Source>(w, xp, y, r0, r1, s);
         default:
             if (w->code_bits == 8)
                 return masked ? rows<NT, true, Code8Source>(w, xp, y, r0, r1, s)

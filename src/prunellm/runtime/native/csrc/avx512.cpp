@@ -305,9 +305,15 @@ template <int NT>
 void dispatch_kind(const PnlWeight* w, const float* xp, float* y, int64_t r0, int64_t r1, uint8_t* s) {
     const bool masked = w->has_mask != 0;
     switch (w->value_kind) {
-        case PNL_F32: return rows<NT, true, Natural<F32Source>>(w, xp, y, r0, r1, s);
-        case PNL_F16: return rows<NT, true, Natural<F16Source>>(w, xp, y, r0, r1, s);
-        case PNL_BF16: return rows<NT, true, BF16PairSource>(w, xp, y, r0, r1, s);
+        case PNL_F32:
+            return masked ? rows<NT, true, Natural<F32Source>>(w, xp, y, r0, r1, s)
+                          : rows<NT, false, Natural<F32Source>>(w, xp, y, r0, r1, s);
+        case PNL_F16:
+            return masked ? rows<NT, true, Natural<F16Source>>(w, xp, y, r0, r1, s)
+                          : rows<NT, false, Natural<F16Source>>(w, xp, y, r0, r1, s);
+        case PNL_BF16:
+            return masked ? rows<NT, true, BF16PairSource>(w, xp, y, r0, r1, s)
+                          : rows<NT, false, BF16PairSource>(w, xp, y, r0, r1, s);
         default:
             if (w->code_bits == 8)
                 return masked ? rows<NT, true, Natural<Code8Source>>(w, xp, y, r0, r1, s)
