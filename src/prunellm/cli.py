@@ -31,7 +31,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration")
-    group.add_argument("--calib", default="wikitext2", help="wikitext2, ptb, c4 or a local .txt/.jsonl file")
+    group.add_argument("--calib", default="wikitext2",
+                       help="wikitext2, ptb, c4, a local file (.txt, .jsonl/.json, .csv, .parquet), a dataset "
+                            "directory (save_to_disk) or a Hugging Face dataset id (owner/name)")
+    group.add_argument("--calib-config", default=None, help="the dataset's config (subset) name")
+    group.add_argument("--calib-split", default=None,
+                       help="the corpus's or dataset's split (default: train; a hub id takes slices: train[:2000])")
+    group.add_argument("--calib-column", default=None,
+                       help="the column to calibrate on (default: text, else messages: chat records through the "
+                            "tokenizer's chat template)")
     group.add_argument("--num-samples", type=int, default=128)
     group.add_argument("--seqlen", type=int, default=2048)
     group.add_argument("--seed", type=int, default=0)
@@ -65,7 +73,8 @@ def walk_config(args: argparse.Namespace) -> Any:
 def calibration_config(args: argparse.Namespace) -> Any:
     from .compression import CalibrationConfig
 
-    return CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir)
+    return CalibrationConfig(args.calib, args.num_samples, args.seqlen, args.seed, args.data_dir,
+                             config_name=args.calib_config, split=args.calib_split, column=args.calib_column)
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -434,6 +443,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                                  args.task_batch_size) if args.tasks else None,
         walk=walk_config(args), save_models=args.save_models, defaults=args.defaults)
     prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
+    config.calibration.check()
     for name in config.evaluation.datasets:
         load_eval_text(name, data_dir=args.data_dir)
     suite = _task_suite(args)

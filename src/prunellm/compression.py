@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import load_calibration, needs_bos
+from .data import CalibrationSource, check_source_options, describe_source, load_calibration, needs_bos
 from .devices import on_device, resolve_device
 from .distributed import Group
 from .errors import PrunellmError
@@ -30,14 +30,45 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CalibrationConfig:
-    """source: wikitext2, ptb, c4 or a local text/JSONL file; `num_samples` random windows of
-    `seqlen` tokens drawn with `seed`. data_dir: local data (default: $PRUNELLM_DATA_DIR)."""
+    """source: wikitext2, ptb, c4, a local file (.txt, .jsonl/.json, .csv, .parquet) or dataset
+    directory, a Hugging Face dataset id, or the data itself (a list of strings or of chat
+    conversations, a `datasets.Dataset`, token ids as a LongTensor [n, seqlen] or a list of 1-D
+    tensors). Every source becomes one token stream (prunellm.data.sources) from which
+    `num_samples` random windows of `seqlen` tokens are drawn with `seed`: token ids given are
+    concatenated and cut like tokenized text, not used as windows as they are.
+    config_name, split, column: a dataset's config, split (default "train") and column (default
+    "text", else "messages" through the tokenizer's chat template).
+    data_dir: local data (default: $PRUNELLM_DATA_DIR)."""
 
-    source: str = "wikitext2"
+    source: CalibrationSource = "wikitext2"
     num_samples: int = 128
     seqlen: int = 2048
     seed: int = 0
     data_dir: str | None = None
+    config_name: str | None = None
+    split: str | None = None
+    column: str | None = None
+
+    def check(self) -> None:
+        """Refuse a source that names nothing or options it does not take, before any loading."""
+        check_source_options(self.source, self.config_name, self.split, self.column)
+
+    def describe(self) -> dict[str, Any]:
+        """As plain JSON (report.json, resume checks): data given in memory as its size and hash;
+        config_name, split and column only when set, so that earlier runs' records still match."""
+        record = {"source": describe_source(self.source), "num_samples": self.num_samples, "seqlen": self.seqlen,
+                  "seed": self.seed, "data_dir": self.data_dir}
+        record.update({k: v for k, v in (("config_name", self.config_name), ("split", self.split),
+                                          ("column", self.column)) if v is not None})
+        return record
+
+
+def calibration_windows(calibration: CalibrationConfig, tokenizer: Any, bos_token_id: int | None) -> torch.Tensor:
+    """The calibration windows a config asks for: a (num_samples, seqlen) LongTensor."""
+    return load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
+                            seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_token_id,
+                            data_dir=calibration.data_dir, config_name=calibration.config_name,
+                            split=calibration.split, column=calibration.column)  # (N, T)
 
 
 @dataclass
@@ -101,9 +132,7 @@ def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: Calibra
         method.with_sparsity(getattr(method.config, "sparsity", 0.0))  # refuses n:m and quantization-only early
     torch.manual_seed(calibration.seed)
     started = time.perf_counter()
-    windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
-                               seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
-                               data_dir=calibration.data_dir)  # (N, T)
+    windows = calibration_windows(calibration, tokenizer, bos_for(model, tokenizer))  # (N, T)
     if dist is not None:
         windows = dist.shard(windows)  # (N_r, T)
     load_seconds = time.perf_counter() - started
@@ -151,7 +180,7 @@ def build_report(*, model_source: str, model: nn.Module, method: Method, calibra
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": describe_model(model, model_source),
         "method": method.describe(),
-        "calibration": dataclasses.asdict(calibration),
+        "calibration": calibration.describe(),
         "walk": dataclasses.asdict(walk),
         "allocation": {**dataclasses.asdict(allocation or AllocationConfig()), "targets": result.targets},
         "seed": calibration.seed,

@@ -131,6 +131,7 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
         _check_streamed(settings)
     if output.path is not None:
         _check_output_path(output, fmt)
+    settings.calibration.check()  # a missing calibration file must not wait for the model to load
     for name in settings.evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=settings.calibration.data_dir)
     return Job(settings, method, allocation, output, fmt, device, compute_dtype, note, group)

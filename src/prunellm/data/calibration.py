@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from prunellm.data.corpora import corpus_rows
-from prunellm.data.text import read_text_file
+from prunellm.data.sources import CalibrationSource, calibration_token_ids, check_source_options, source_label
 from prunellm.data.tokenize import encode
 from prunellm.errors import PrunellmError
 
@@ -22,7 +22,7 @@ _MAX_DOCUMENT_DRAWS = 10_000
 
 
 def load_calibration(
-    source: str,
+    source: CalibrationSource,
     tokenizer: Any,
     *,
     num_samples: int = 128,
@@ -30,14 +30,20 @@ def load_calibration(
     seed: int = 0,
     bos_token_id: int | None = None,
     data_dir: str | Path | None = None,
+    config_name: str | None = None,
+    split: str | None = None,
+    column: str | None = None,
 ) -> torch.Tensor:
     """`num_samples` random windows of `seqlen` tokens: a (num_samples, seqlen) LongTensor.
 
-    source: "wikitext2" or "ptb" (train split, rows joined with " " as SparseGPT does),
-    "c4" (train shard: each window from one random document longer than the window), or
-    a path to a local .txt or .jsonl file. Window starts come from
-    `random.Random(seed).randint(0, ntokens - seqlen - 1)`, the same stream as the
-    reference's `random.seed(seed)`, so the same token ids give the same windows.
+    source: "wikitext2" or "ptb" (rows joined with " " as SparseGPT does), "c4" (each window
+    from one random document longer than the window), a local file or dataset directory, a
+    Hugging Face dataset id, or data given from Python (strings, chat conversations, a
+    `datasets.Dataset`, token ids): see `prunellm.data.sources` for how each becomes one token
+    stream. split: the corpus's or dataset's split (default "train"); config_name, column: a
+    dataset's config and column (default: "text", else "messages" through the chat template).
+    Window starts come from `random.Random(seed).randint(0, ntokens - seqlen - 1)`, the same
+    stream as the reference's `random.seed(seed)`, so the same token ids give the same windows.
     With `bos_token_id`, every window is [bos] + (seqlen - 1) text tokens.
     """
     if num_samples < 1:
@@ -47,25 +53,23 @@ def load_calibration(
     text_len = seqlen - 1 if bos_token_id is not None else seqlen
     # A private generator: same draws as random.seed(seed), without touching global state.
     rng = random.Random(seed)
-    key = source.lower()
-    if key == "c4":
-        windows = _document_windows(corpus_rows("c4", "train", data_dir), tokenizer, num_samples, text_len, rng)
+    label = source_label(source)
+    if check_source_options(source, config_name, split, column) == "corpus" and str(source).lower() == "c4":
+        docs = corpus_rows("c4", split or "train", data_dir)
+        windows = _document_windows(docs, tokenizer, num_samples, text_len, rng)
     else:
-        if key in ("wikitext2", "ptb"):
-            text = " ".join(corpus_rows(key, "train", data_dir))
-        else:
-            text = read_text_file(source)
-        ids = encode(text, tokenizer)  # (N,)
+        ids = calibration_token_ids(source, tokenizer, config_name=config_name, split=split, column=column,
+                                    data_dir=data_dir)  # (N,)
         if ids.numel() <= text_len:
             raise PrunellmError(
-                f"calibration source {source!r} has {ids.numel()} tokens, too few for windows of "
+                f"calibration source {label} has {ids.numel()} tokens, too few for windows of "
                 f"seqlen {seqlen} (needs at least {text_len + 1})"
             )
         windows = _random_windows(ids, num_samples, text_len, rng)
     if bos_token_id is not None:
         bos = torch.full((num_samples, 1), bos_token_id, dtype=torch.long)
         windows = torch.cat([bos, windows], dim=1)
-    logger.info("calibration: %d windows of %d tokens from %s (seed %d)", num_samples, seqlen, source, seed)
+    logger.info("calibration: %d windows of %d tokens from %s (seed %d)", num_samples, seqlen, label, seed)
     return windows  # (num_samples, seqlen)
 
 

@@ -23,6 +23,10 @@ KNOWN_CORPORA = ("wikitext2", "ptb", "c4")
 _SPLITS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
 _FILE_SPLIT = {"train": "train", "validation": "valid", "test": "test"}
 
+# PTB's parquet conversion on the hub (the dataset moved under the ptb-text-only organization;
+# "%2F" is the branch name's "/" as hf:// paths spell it).
+_PTB_PARQUET = "hf://datasets/ptb-text-only/ptb_text_only@refs%2Fconvert%2Fparquet"
+
 # The shards SparseGPT/Wanda/GPTQ use. C4 has no test split: "test" means validation.
 _C4_SHARDS = {
     "train": "en/c4-train.00000-of-01024.json.gz",
@@ -85,10 +89,21 @@ def _hub_rows(name: str, split: str) -> list[str]:
     if name == "wikitext2":
         return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
     if name == "ptb":
-        return list(load_dataset("ptb_text_only", "penn_treebank", split=split)["sentence"])
+        return list(load_dataset("parquet", data_files=ptb_parquet_url(split), split="train")["sentence"])
     c4_split = "train" if split == "train" else "validation"
     data = load_dataset("allenai/c4", data_files={c4_split: _C4_SHARDS[c4_split]}, split=c4_split)
     return list(data["text"])
+
+
+def ptb_parquet_url(split: str) -> str:
+    """The hub's parquet conversion of `ptb_text_only`'s split (train, validation or test).
+
+    Current `datasets` refuses the dataset's loading script; the hub's automatic parquet
+    conversion (branch refs/convert/parquet) holds the rows that script built. Read
+    with `load_dataset("parquet", data_files=url, split="train")`: one file is one "train" split.
+    """
+    split = canonical_split(split)
+    return f"{_PTB_PARQUET}/penn_treebank/{split}/0000.parquet"
 
 
 def read_wikitext_rows(path: Path) -> list[str]:

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_calibration
 from ..devices import resolve_device
 from ..distributed import Group
 from ..errors import PrunellmError
@@ -35,7 +34,7 @@ from ..io.save import REPORT_FILE
 from .shards import ShardPlan, block_unit, write_index
 from ..io.skeleton import Skeleton, build_skeleton
 from ..methods import Method
-from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes
+from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows, check_layer_shapes
 from .host import StreamingHost
 from ..walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
                      compress_model, find_blocks)
@@ -90,9 +89,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     check_output_dir(out, overwrite)
     resumed = state.load(_settings(skeleton, method, calibration, walk, allocation, device, group, saved))
     _barrier(group)  # all have read the state before the first process writes one
-    windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
-                               seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=bos_for(model, tokenizer),
-                               data_dir=calibration.data_dir)  # (N, T)
+    windows = calibration_windows(calibration, tokenizer, bos_for(model, tokenizer))  # (N, T)
     if group is not None:
         windows = group.shard(windows)  # (N_r, T)
     if main:
@@ -163,7 +160,7 @@ def _settings(skeleton: Skeleton, method: Method, calibration: CalibrationConfig
     return {"model": str(skeleton.checkpoint.directory.resolve()), "files": skeleton.checkpoint.fingerprint(),
             "dtype": str(skeleton.model.dtype), "saved_dtype": str(saved), "device": device.type,
             "method": method.describe(),
-            "calibration": dataclasses.asdict(calibration), "walk": walk_settings,
+            "calibration": calibration.describe(), "walk": walk_settings,
             "allocation": dataclasses.asdict(allocation), "processes": group.world if group is not None else 1}
 
 

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_calibration
 from ..devices import on_device, resolve_device
 from ..errors import PrunellmError
 from ..eval import eval_token_ids, eval_windows, perplexity
 from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
 from ..io import check_output_dir, library_versions, save_model
-from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes, describe_model
+from ..compression import (CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows,
+                           check_layer_shapes, describe_model)
 from ..walker import WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers
 from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
 from .settings import SweepSetting
@@ -69,7 +69,7 @@ class SweepConfig:
         spec = {
             "dtype": str(next(model.parameters()).dtype),
             "defaults": self.defaults,
-            "calibration": {k: v for k, v in dataclasses.asdict(self.calibration).items() if k != "data_dir"},
+            "calibration": {k: v for k, v in self.calibration.describe().items() if k != "data_dir"},
             "evaluation": {"datasets": list(self.evaluation.datasets), "seqlen": self.eval_seqlen,
                            "max_tokens": self.evaluation.max_tokens},
             "zero_shot": None if self.zero_shot is None else {
@@ -135,9 +135,7 @@ class Sweep:
             check_layer_shapes(model, setting.build(config.defaults), config.walk)
         self.bos = bos_for(model, tokenizer)
         calibration = config.calibration
-        self.windows = load_calibration(calibration.source, tokenizer, num_samples=calibration.num_samples,
-                                        seqlen=calibration.seqlen, seed=calibration.seed, bos_token_id=self.bos,
-                                        data_dir=calibration.data_dir)  # (N, T)
+        self.windows = calibration_windows(calibration, tokenizer, self.bos)  # (N, T)
         self.eval_ids = {}
         for name in config.evaluation.datasets:
             ids = eval_token_ids(name, tokenizer, seqlen=config.eval_seqlen, max_tokens=config.evaluation.max_tokens,
