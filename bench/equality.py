@@ -57,6 +57,7 @@ TINY = ["--calib", "{calib}", "--num-samples", "4", "--seqlen", "32", "--quiet"]
 EVAL = ["--eval", "{calib}", "--eval-tokens", "512"]
 PLAIN = ["--refine", "none", "--allocation", "uniform"]
 QUANT_24 = ["--method", "sparsegpt", "--nm", "2:4", "--bits", "4", "--group-size", "16", "--refine", "none"]
+HF = ["--format", "hf"]  # quantized runs write packed formats by default now: these cases compare dense weights
 
 
 def prune(model: str, *extra: str, out: str = "out") -> list[str]:
@@ -67,11 +68,11 @@ CASES: dict[str, list[list[str]]] = {
     "sparsegpt-50": [prune("{llama}", "--method", "sparsegpt", "--sparsity", "0.5", *PLAIN, *EVAL)],
     "sparsegpt-default": [prune("{llama}", "--sparsity", "0.5", *EVAL)],  # the table's defaults: ALPS
     "sparsegpt-2:4": [prune("{llama}", "--nm", "2:4", *PLAIN, *EVAL)],
-    "sparsegpt-50+4bit": [prune("{llama}", "--sparsity", "0.5", "--bits", "4", "--group-size", "16", *EVAL)],
-    "gptq-4bit": [prune("{llama}", "--method", "gptq", "--bits", "4", "--group-size", "16", *EVAL)],
+    "sparsegpt-50+4bit": [prune("{llama}", "--sparsity", "0.5", "--bits", "4", "--group-size", "16", *HF, *EVAL)],
+    "gptq-4bit": [prune("{llama}", "--method", "gptq", "--bits", "4", "--group-size", "16", *HF, *EVAL)],
     "wanda": [prune("{llama}", "--method", "wanda", "--sparsity", "0.5", *EVAL)],
     "magnitude": [prune("{llama}", "--method", "magnitude", "--sparsity", "0.5", *EVAL)],
-    "wanda+4bit": [prune("{llama}", "--method", "wanda", "--sparsity", "0.5", "--bits", "4", *EVAL)],
+    "wanda+4bit": [prune("{llama}", "--method", "wanda", "--sparsity", "0.5", "--bits", "4", *HF, *EVAL)],
     "alps-60": [prune("{llama}", "--sparsity", "0.6", "--refine", "alps", "--allocation", "uniform", *EVAL)],
     "owl-70": [prune("{llama}", "--sparsity", "0.7", "--refine", "none", "--allocation", "owl", *EVAL)],
     "lsq": [prune("{llama}", "--sparsity", "0.5", "--refine", "lsq", "--allocation", "uniform", *EVAL)],
@@ -85,7 +86,7 @@ CASES: dict[str, list[list[str]]] = {
               "--last-block", "0", "--include", "self_attn.*", "--no-layer-errors", "--quiet"]],
     "opt": [prune("{opt}", "--sparsity", "0.5", *PLAIN, *EVAL)],
     "gpt2": [prune("{gpt2}", "--sparsity", "0.5", *PLAIN, *EVAL)],
-    "export-compressed": [prune("{llama}", *QUANT_24, out="hf"),
+    "export-compressed": [prune("{llama}", *QUANT_24, *HF, out="hf"),
                           ["export", "hf", "--to", "compressed", "--out", "compressed", "--quiet"]],
 }
 

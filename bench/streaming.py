@@ -155,7 +155,7 @@ def child(args: argparse.Namespace) -> None:
     argv = ["prune", str(model_dir), "--calib", str(workdir / "calib.txt"), "--num-samples", str(args.num_samples),
             "--seqlen", str(args.seqlen), "--method", args.method, "--sparsity", args.sparsity,
             "--dtype", args.dtype, "--save-dtype", args.save_dtype, "--device", args.device, "--out", str(out),
-            "--overwrite", "--quiet"]
+            "--overwrite", "--quiet", "--format", "hf"]  # both children write dense safetensors
     if args.refine is not None:
         argv += ["--refine", args.refine]
     if args.child == "stream":

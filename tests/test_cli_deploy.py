@@ -34,7 +34,7 @@ def compressed(workspace, tmp_path_factory):
 def test_prune_to_compressed_and_export_of_the_saved_directory_agree(workspace, compressed, tmp_path, capsys):
     capsys.readouterr()
     saved = tmp_path / "hf"
-    assert main(prune_args(workspace, saved, *QUANT_24)) == 0
+    assert main(prune_args(workspace, saved, *QUANT_24, "--format", "hf")) == 0  # dense, with its grids
     assert (saved / "quant_grids.safetensors").is_file()
     exported = tmp_path / "exported"
     assert main(["export", str(saved), "--to", "compressed", "--out", str(exported)]) == 0
@@ -65,7 +65,7 @@ REFUSED = {
     "save dtype with compressed-tensors": (["--method", "gptq", "--bits", "4", "--format", "compressed-tensors",
                                             "--save-dtype", "float16"],
                                            "--save-dtype only applies with --format hf or compressed"),
-    "quantized weights saved narrower": (["--bits", "4", "--save-dtype", "bfloat16"],
+    "quantized weights saved narrower": (["--bits", "4", "--save-dtype", "bfloat16", "--format", "hf"],
                                          "--save-dtype bfloat16 would move the quantized weights off their grid"),
     "gguf grid in compressed": (["--method", "gptq", "--gguf-type", "q4_0", "--format", "compressed"],
                                 "use --format gguf"),
@@ -107,7 +107,7 @@ def test_gptq_to_compressed_tensors_loads_back_through_prunellm(workspace, tmp_p
 
     saved, direct = tmp_path / "hf", tmp_path / "ct"
     gptq = ["--method", "gptq", "--bits", "4", "--group-size", "16"]
-    assert main(prune_args(workspace, saved, *gptq)) == 0
+    assert main(prune_args(workspace, saved, *gptq, "--format", "hf")) == 0
     assert main(prune_args(workspace, direct, *gptq, "--format", "compressed-tensors")) == 0
     exported = tmp_path / "exported"
     assert main(["export", str(saved), "--to", "compressed-tensors", "--out", str(exported)]) == 0

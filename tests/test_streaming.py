@@ -220,7 +220,7 @@ def test_on_a_gpu_auto_dtype_is_the_same_streamed_and_in_memory(root, calib, tmp
 
 
 @pytest.mark.parametrize("arch, extra, saved", [("llama", [], torch.bfloat16), ("gpt2", [], torch.bfloat16),
-                                                 ("llama", ["--bits", "4"], torch.float32),
+                                                 ("llama", ["--bits", "4", "--format", "hf"], torch.float32),
                                                  ("llama", ["--save-dtype", "float32"], torch.float32)],
                          ids=["sparse", "sparse-tied-head", "quantized", "asked"])
 def test_on_cpu_a_bfloat16_checkpoint_is_saved_in_its_dtype_unless_quantized(arch, extra, saved, root, calib,

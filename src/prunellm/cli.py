@@ -81,6 +81,7 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     """--method and every method's options, built from the methods' configs: a new method's
     options need no edit here."""
     from .methods import method_names, option_specs
+    from .methods.schemes import scheme_names
 
     group = parser.add_argument_group("method")
     group.add_argument("--method", default="sparsegpt", help=", ".join(method_names()))
@@ -88,12 +89,13 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         if spec.flag is None:
             continue  # fed by another flag (gguf: --gguf-type) or for the Python API only
         takes = f" [{', '.join(spec.methods)}]"
-        if spec.type is bool and True in spec.defaults.values():
+        if spec.type is bool:  # --sym and --no-sym: a flag given either way wins over a --scheme preset
             group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help + takes)
-        elif spec.type is bool:
-            group.add_argument(spec.flag, action="store_true", default=None, help=spec.help + takes)
         else:
             group.add_argument(spec.flag, type=spec.type, default=None, choices=spec.choices, help=spec.help + takes)
+    group.add_argument("--scheme", default=None, type=str.upper, choices=scheme_names(),
+                       help="quantization preset as llm-compressor names it (W4A16: 4-bit symmetric, groups of 128, "
+                            "act-order); flags given explicitly win. Default: the papers' per-row asymmetric grid")
     group.add_argument("--defaults", default="recommended", choices=("recommended", "paper"),
                        help="recommended: options left unset come from methods/recommended.py (SparseGPT without "
                             "quantization: --refine alps); paper: the methods as published")
@@ -136,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)")
     evaluation.add_argument("--no-dense-eval", action="store_true", help="do not evaluate the model before compression")
     output = prune.add_argument_group("output")
-    output.add_argument("--format", default="hf", choices=format_names(),
-                        help="; ".join(f"{name}: {get_format(name).summary}" for name in format_names()))
+    output.add_argument("--format", default=None, choices=format_names(),
+                        help="; ".join(f"{name}: {get_format(name).summary}" for name in format_names())
+                        + ". Default: compressed-tensors for a quantization-only run, compressed for a sparse and "
+                          "quantized one, else hf")
     output.add_argument("--gguf-type", default=None,
                         help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
                              "(with --format gguf also f16, bf16, f32: unquantized)")
@@ -300,7 +304,7 @@ def prune_settings(args: argparse.Namespace) -> Any:
                               dense=not args.no_dense_eval),
         output=OutputSpec(args.format, args.out, args.overwrite, args.save_dtype, args.gguf_type,
                           args.gguf_other_type),
-        dtype=args.dtype, stream=args.stream)
+        dtype=args.dtype, stream=args.stream, scheme=args.scheme)
 
 
 def run_prune(args: argparse.Namespace) -> None:

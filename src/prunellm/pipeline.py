@@ -14,6 +14,10 @@ otherwise. `Settings.defaults = "recommended"` (the default everywhere: CLI, Pyt
 fills the options the user left unset from methods/recommended.py's table (today: ALPS
 refinement for SparseGPT without quantization); `defaults = "paper"` (`--defaults paper`)
 fills nothing. The report records the resolved method and which defaults applied.
+
+`Settings.scheme` ("W4A16", ...; methods/schemes.py) fills the grid options the user left unset
+from a named preset, and is recorded in the report. The output format, when the user names
+none, follows formats/choice.py: a run that quantizes writes a packed checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from .devices import resolve_device
 from .distributed import Group
 from .errors import PrunellmError
 from .formats import FinishedRun, OutputFormat, OutputSpec, get_format
-from .methods import Method, build_method
+from .formats.choice import FormatChoice, fit_model, resolve_output
+from .methods import Method, build_method, method_names, option_specs
+from .methods.schemes import with_scheme
 from .methods.recommended import with_recommended
 from .walker import AllocationConfig, WalkConfig, WalkResult
 
@@ -49,7 +55,8 @@ class Settings:
     method, options: a registered method and the options the user set (build_method's keywords;
     unset ones stay out, so that `defaults` can fill them). defaults: "recommended" or "paper"
     (see the module docstring). allocation: "uniform" or "owl" (None: from the defaults).
-    stream: hold one block in memory at a time (a safetensors directory in, hf format out)."""
+    stream: hold one block in memory at a time (a safetensors directory in, hf format out).
+    scheme: a quantization preset (methods/schemes.py) under the options the user set."""
 
     model: str | None = None
     method: str = "sparsegpt"
@@ -65,6 +72,7 @@ class Settings:
     output: OutputSpec = field(default_factory=OutputSpec)
     dtype: str = "auto"
     stream: bool = False
+    scheme: str | None = None
 
 
 @dataclass
@@ -80,6 +88,7 @@ class Job:
     compute_dtype: torch.dtype | str
     note: str | None  # what the recommended defaults filled in, for the user; None when nothing
     group: Group | None = None
+    format_choice: FormatChoice | None = None  # the format, and why when the user named none
 
 
 @dataclass
@@ -97,12 +106,17 @@ class Outcome:
 
 def resolve_method(name: str, options: dict[str, Any], *, defaults: str = "recommended",
                    allocation: str | None = None, owl_lambda: float | None = None, owl_threshold: float = 5.0,
-                   allocation_unit: str = "block", can_allocate: bool = True
+                   allocation_unit: str = "block", can_allocate: bool = True, scheme: str | None = None
                    ) -> tuple[Method, AllocationConfig, str | None]:
-    """(method, allocation, note): the method with the defaults applied to the options the user
-    left unset. Bad options fail here, before any loading."""
+    """(method, allocation, note): the method with the scheme's preset and the defaults applied
+    to the options the user left unset. Bad options fail here, before any loading."""
     if defaults not in DEFAULTS:
         raise PrunellmError(f"unknown defaults {defaults!r}: choose {' or '.join(DEFAULTS)}")
+    if scheme is not None:
+        if name not in method_names():
+            build_method(name)  # the registry's one line for an unknown method
+        takes = {option for option, spec in option_specs().items() if name in spec.defaults}
+        options = with_scheme(scheme, options, takes)
     note = None
     if defaults == "recommended":
         options, allocation, owl_lambda, note = with_recommended(name, options, allocation, owl_lambda,
@@ -122,19 +136,20 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
     method, allocation, note = resolve_method(
         settings.method, dict(settings.options), defaults=settings.defaults, allocation=settings.allocation,
         owl_lambda=settings.owl_lambda, owl_threshold=settings.owl_threshold,
-        allocation_unit=settings.allocation_unit, can_allocate=not settings.stream)
+        allocation_unit=settings.allocation_unit, can_allocate=not settings.stream, scheme=settings.scheme)
     device = group.device if group is not None else resolve_device(settings.walk.device)
     compute_dtype = resolve_dtype(settings.dtype, device)
-    fmt = get_format(settings.output.format)
-    output = fmt.check(settings.output, method, settings.model, compute_dtype)
+    output, choice = resolve_output(settings.output, method, stream=settings.stream)
+    fmt = get_format(output.format)
+    output = fmt.check(output, method, settings.model, compute_dtype)
     if settings.stream:
-        _check_streamed(settings)
+        _check_streamed(settings, output)
     if output.path is not None:
         _check_output_path(output, fmt)
     settings.calibration.check()  # a missing calibration file must not wait for the model to load
     for name in settings.evaluation.datasets:  # a typo in --eval must not wait for the end of a long prune
         load_eval_text(name, data_dir=settings.calibration.data_dir)
-    return Job(settings, method, allocation, output, fmt, device, compute_dtype, note, group)
+    return Job(settings, method, allocation, output, fmt, device, compute_dtype, note, group, choice)
 
 
 def run(job: Job) -> Outcome | None:
@@ -148,7 +163,8 @@ def run(job: Job) -> Outcome | None:
 
     settings, method, group = job.settings, job.method, job.group
     model, tokenizer = load_model(settings.model, dtype=settings.dtype, compute_device=job.device)
-    job.format.check_model(job.output, model, method, settings.walk)
+    choice = job.format_choice or FormatChoice(job.format.name)
+    job.format, job.output, job.format_choice = fit_model(job.format, choice, job.output, model, method, settings.walk)
     eval_kwargs = dict(default_seqlen=settings.calibration.seqlen, data_dir=settings.calibration.data_dir,
                        device=job.device, progress=settings.walk.progress)
     is_main = group is None or group.is_main
@@ -167,7 +183,7 @@ def run(job: Job) -> Outcome | None:
                           calibration=settings.calibration, walk=settings.walk, result=result,
                           eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed,
                           allocation=job.allocation)
-    report["defaults"] = settings.defaults  # with "method" (resolved): what ran, and why
+    report.update(_report_extra(settings))  # with "method" (resolved): what ran, and why
     source_file = gguf_file(settings.model)
     if source_file is not None:
         report["model"]["gguf_file"] = source_file
@@ -176,7 +192,19 @@ def run(job: Job) -> Outcome | None:
         finished = FinishedRun(model, tokenizer, result, method, report, settings.model,
                                extra={"saved_dtype": written})
         outcome.path, outcome.message = job.format.write(job.output, finished)
+        outcome.message = closing_lines(job, outcome.path, outcome.message)
     return outcome
+
+
+def closing_lines(job: Job, path: Path, message: str) -> str:
+    """What was written, in which format and why (when the user named none), and what loads it."""
+    lines = [message]
+    choice = job.format_choice
+    if choice is not None and choice.by_default:
+        other = "" if job.settings.stream else "; --format to choose another"  # --stream writes hf only
+        lines.append(f"format: {job.format.name} ({choice.reason}{other})")
+    lines.append(job.format.how_to_load(path))
+    return "\n".join(lines)
 
 
 def _run_streamed(job: Job) -> Outcome | None:
@@ -186,15 +214,22 @@ def _run_streamed(job: Job) -> Outcome | None:
     streamed = prune_streaming(settings.model, job.output.path, job.method, settings.calibration, settings.walk,
                                dtype=settings.dtype, overwrite=job.output.overwrite,
                                save_dtype=job.output.save_dtype, allocation=job.allocation, group=job.group,
-                               model_label=str(settings.model), report_extra={"defaults": settings.defaults})
+                               model_label=str(settings.model), report_extra=_report_extra(settings))
     if job.group is not None and not job.group.is_main:
         return None
-    return Outcome(streamed.result, streamed.report, {}, {}, streamed.out,
-                   f"saved to {streamed.out} ({streamed.report['saved_dtype']})", streamed.resumed_from)
+    message = closing_lines(job, streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})")
+    return Outcome(streamed.result, streamed.report, {}, {}, streamed.out, message, streamed.resumed_from)
 
 
-def _check_streamed(settings: Settings) -> None:
-    output = settings.output
+def _report_extra(settings: Settings) -> dict[str, Any]:
+    """The settings the report records beside the resolved method: the defaults and the scheme."""
+    extra: dict[str, Any] = {"defaults": settings.defaults}
+    if settings.scheme is not None:
+        extra["scheme"] = settings.scheme.upper()
+    return extra
+
+
+def _check_streamed(settings: Settings, output: OutputSpec) -> None:
     if settings.model is None or output.path is None or output.format != "hf":
         raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
                             f"(no --format {output.format}: convert the result with `prunellm export OUT --to ...`)")
@@ -225,6 +260,8 @@ def export(directory: str | Path, output: OutputSpec) -> tuple[Path, str]:
     """Convert a directory written by `prunellm prune --out` to output.format; returns the path
     and the line that says what was written. output.path None: beside the directory."""
     directory = Path(directory).expanduser()
+    if output.format is None:
+        raise PrunellmError("export needs a target format (--to)")
     fmt = get_format(output.format)
     if output.gguf_type is not None and not fmt.single_file:
         raise PrunellmError(f"--type only applies with --to gguf, not --to {output.format}")
@@ -232,4 +269,5 @@ def export(directory: str | Path, output: OutputSpec) -> tuple[Path, str]:
         output = dataclasses.replace(output, path=fmt.default_export_path(directory, output))
     if fmt.single_file:
         check_output_file(output.path, output.overwrite)
-    return fmt.export(directory, output)
+    path, message = fmt.export(directory, output)
+    return path, f"{message}\n{fmt.how_to_load(path)}"

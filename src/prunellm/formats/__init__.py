@@ -8,7 +8,7 @@
 | gguf               | gguf/                   | one .gguf file for llama.cpp                   |
 
 The CLI, `export`, `prunellm.load` and `eval` look a format up here instead of branching on
-its name. Adding a format = one module with an OutputFormat subclass plus a line in `_CLASSES`.
+its name. A run that names none gets the one choice.py picks (a quantized run: a packed format). Adding a format = one module with an OutputFormat subclass plus a line in `_CLASSES`.
 """
 
 from __future__ import annotations

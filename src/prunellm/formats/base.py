@@ -39,10 +39,12 @@ SAVE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 class OutputSpec:
     """Where and how a run's result is written. path None: nothing is written.
 
-    save_dtype: dtype of stored weights (each format says what "auto" means). gguf_type and
+    format: a name from the formats table, or None: the run's default (formats/choice.py:
+    compressed-tensors or prunellm's compressed format when it quantizes, else hf). save_dtype:
+    dtype of stored weights (each format says what "auto" means). gguf_type and
     gguf_other_type: the GGUF types of compressed layers and of everything else."""
 
-    format: str = "hf"
+    format: str | None = None
     path: str | None = None
     overwrite: bool = False
     save_dtype: str = "auto"
@@ -105,6 +107,10 @@ class OutputFormat(ABC):
         """Convert a directory written by `prunellm prune --out` (hf format) to this format;
         returns the path and the line that tells the user."""
         raise PrunellmError(f"prunellm cannot export to {self.name}")
+
+    def how_to_load(self, path: Path) -> str:
+        """One line for the user: what loads the output at `path`."""
+        return f"load: `prunellm eval {path}`"
 
     def default_export_path(self, directory: Path, output: OutputSpec) -> str:
         return f"{str(directory).rstrip('/')}-{self.name}"

@@ -42,6 +42,9 @@ class HFFormat(OutputFormat):
                           dtype=dtype, gguf_blocks=run.result.gguf_blocks, quant_grids=run.result.quant_grids)
         return path, f"saved to {path} ({dtype_name(dtype)})"
 
+    def how_to_load(self, path: Path) -> str:
+        return f"load: AutoModelForCausalLM.from_pretrained('{path}') (transformers, vLLM); `prunellm eval {path}`"
+
     def detect(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").is_file() and any(
             (path / name).is_file() for name in (SINGLE_FILE, INDEX_FILE))

@@ -1,4 +1,4 @@
-"""`prunellm.load`: a working Hugging Face model from a directory prunellm wrote.
+"""`prunellm.load`: a working Hugging Face model from a directory (or .gguf file) prunellm wrote.
 
 Any format prunellm writes loads (the formats table, prunellm.formats, recognises it); in
 prunellm's compressed format (compression.json) the layers become CompressedLinear modules
@@ -50,7 +50,8 @@ def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool
 def load(path: str | Path, device: str | torch.device | None = None, *, keep_compressed: bool | None = None,
          dense_budget: int | None = None, head_bits: int | None = None,
          dense_kernels: bool | None = None) -> PreTrainedModel:
-    """The causal LM saved at `path`, on `device` (default: CUDA when present), in eval mode.
+    """The causal LM saved at `path` (a directory in any format prunellm writes, or a .gguf
+    file, dequantized), on `device` (default: CUDA when present), in eval mode.
 
     keep_compressed, for prunellm's compressed format: None (the default) keeps compressed the
     layers a kernel reads and expands the others once at load. On a CPU the native library
@@ -80,13 +81,13 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     """
     target = resolve_device(device)
     directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise PrunellmError(f"not a model directory: {directory}")
+    fmt = detect_format(directory)
+    if not directory.is_dir() and (fmt is None or not fmt.single_file):  # a .gguf file loads too
+        raise PrunellmError(f"not a model directory or .gguf file: {directory}")
     if dense_budget is not None and dense_budget < 0:
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
     if head_bits is not None:
         check_head_bits(head_bits, target)
-    fmt = detect_format(directory)
     if target.type == "cpu" and keep_compressed is not False and fmt is not None and fmt.name == "compressed" \
             and not cpu_kernels.available():
         cpu_kernels.warn_unavailable()

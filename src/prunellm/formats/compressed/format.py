@@ -67,6 +67,10 @@ class CompressedFormat(OutputFormat):
                                                  overwrite=output.overwrite)
         return path, f"saved to {path}: {summary.describe()}"
 
+    def how_to_load(self, path: Path) -> str:
+        return (f"load: prunellm.load('{path}') (a transformers model), `prunellm generate {path}`, `prunellm eval "
+                f"{path}`: prunellm's own format, which transformers and vLLM do not read")
+
     def detect(self, path: Path) -> bool:
         return path.is_dir() and is_compressed_dir(path)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from prunellm.methods import Method
+    from prunellm.walker import WalkConfig
 
 DESCRIPTION = "compressed-tensors pack-quantized"
 
@@ -36,6 +37,18 @@ class CompressedTensorsFormat(OutputFormat):
 
         check_compressed_tensors_method(method.describe())
         return output
+
+    def check_model(self, output: OutputSpec, model: PreTrainedModel, method: Method, walk: WalkConfig) -> None:
+        """Only nn.Linear layers pack (GPT-2's Conv1D does not): refused before compressing,
+        not after (the check at write time would come after the whole prune)."""
+        from torch import nn
+
+        from prunellm.walker import target_layers
+
+        for name, module in target_layers(model, walk).items():
+            if not isinstance(module, nn.Linear):
+                raise PrunellmError(f"layer {name} is a {type(module).__name__}, and compressed-tensors packs "
+                                    "nn.Linear layers only: write --format compressed or hf")
 
     def write(self, output: OutputSpec, run: FinishedRun) -> tuple[Path, str]:
         if run.result.gguf_blocks:
@@ -55,6 +68,17 @@ class CompressedTensorsFormat(OutputFormat):
         path = export_directory_to_compressed_tensors(directory, output.path, output.overwrite)
         return path, f"saved to {path}: {DESCRIPTION}"
 
+    def how_to_load(self, path: Path) -> str:
+        """Symmetric grids run compressed in transformers; asymmetric ones (zero points) only
+        through its dequantizing loader with compressed-tensors 0.20 (see export.py)."""
+        if symmetric(path):
+            transformers = f"AutoModelForCausalLM.from_pretrained('{path}') (runs it packed)"
+        else:
+            transformers = (f"AutoModelForCausalLM.from_pretrained('{path}', quantization_config="
+                            "CompressedTensorsConfig(dequantize=True)) (an asymmetric grid does not run packed in "
+                            "transformers; --scheme W4A16 writes a symmetric one)")
+        return f"load: `vllm serve {path}`; transformers: {transformers}; `prunellm eval {path}`"
+
     def detect(self, path: Path) -> bool:
         try:
             config = json.loads((path / "config.json").read_text())
@@ -65,14 +89,29 @@ class CompressedTensorsFormat(OutputFormat):
     def load(self, path: Path, *, dtype: torch.dtype | str = "auto",
              device: torch.device | str = "cpu") -> PreTrainedModel:
         """Through transformers' dequantizing loader: its compressed one cannot build asymmetric
-        (zero-point) layers with compressed-tensors 0.20 (see export.py)."""
+        (zero-point) layers with compressed-tensors 0.20 (see export.py), and evaluation and
+        pruning want dense layers anyway."""
+        import warnings
+
         from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto",
-                                                         quantization_config=CompressedTensorsConfig(dequantize=True))
+            with warnings.catch_warnings():  # asking for dequantize over the file's own config is the point
+                warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype="auto", quantization_config=CompressedTensorsConfig(dequantize=True))
         except (OSError, ValueError, ImportError, RuntimeError) as error:
             text = str(error).strip().splitlines()
             raise PrunellmError(f"cannot load the compressed-tensors model {path}: "
                                 f"{text[0] if text else error!r}") from None
         return model if dtype == "auto" else model.to(dtype)
+
+
+def symmetric(path: Path) -> bool:
+    """Whether every weight group of the compressed-tensors directory at `path` is symmetric."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+        groups = config["config_groups"].values()
+        return all(bool((group.get("weights") or {}).get("symmetric")) for group in groups)
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False

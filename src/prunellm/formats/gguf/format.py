@@ -95,6 +95,10 @@ class GGUFFormat(OutputFormat):
     def default_export_path(self, directory: Path, output: OutputSpec) -> str:
         return f"{str(directory).rstrip('/')}-{(output.gguf_type or '').lower()}.gguf"
 
+    def how_to_load(self, path: Path) -> str:
+        return (f"load: `llama-cli -m {path}` (llama.cpp; Ollama, LM Studio), prunellm.load('{path}'), "
+                f"`prunellm eval {path}`")
+
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix == ".gguf"
 
