@@ -47,6 +47,9 @@ def test_two_gloo_processes_match_one_process(workspace, tmp_path, stream):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("saved to") == 1  # the first process saves and reports, the other stays quiet
+    # ... and writes the one log and model card; no other process leaves a file beside the output.
+    assert (out / "prune.log").is_file() and (out / "README.md").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
     single, several = workspace["single"][stream], weights(out)
     assert several.keys() <= single.keys() and len(several) >= len(single) - 1  # a tied head is saved once

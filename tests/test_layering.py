@@ -9,8 +9,8 @@ from pathlib import Path
 import prunellm
 
 # Bottom to top. A package may import its own modules and any package before it in this list.
-LAYERS = ["errors", "devices", "layers", "solvers", "distributed", "io", "data", "eval", "methods", "walker",
-          "compression", "formats", "streaming", "runtime", "pipeline", "sweep", "report", "cli", "__init__"]
+LAYERS = ["errors", "logs", "devices", "layers", "solvers", "distributed", "io", "data", "eval", "methods", "walker",
+          "compression", "formats", "streaming", "runtime", "pipeline", "recipe", "sweep", "report", "cli", "__init__"]
 ROOT = Path(prunellm.__file__).parent
 
 

@@ -4,12 +4,13 @@ what the defaults are and which format writes what is decided below the CLI."""
 from __future__ import annotations
 
 import argparse
-import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import PrunellmError
+from .logs import RunLog, add_logging_options, configured
 
 EPILOG = "Data: local files under --data-dir or $PRUNELLM_DATA_DIR first, the `datasets` library when online."
 
@@ -18,13 +19,36 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default after its help, where the default says something (not None, off
+    or empty) and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default in ((), []) or default is argparse.SUPPRESS):
+            return text
+        shown = ",".join(default) if isinstance(default, (tuple, list)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+def _group(parser: argparse.ArgumentParser, title: str) -> Any:
+    """The parser's argument group of that title, made if it has none."""
+    found = next((group for group in parser._action_groups if group.title == title), None)
+    return found if found is not None else parser.add_argument_group(title)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (float32 when computing on CPU, else the checkpoint's), float32, float16, bfloat16")
-    parser.add_argument("--data-dir", default=None, help="local data directory (default: $PRUNELLM_DATA_DIR)")
-    parser.add_argument("--eval-tokens", type=int, default=None, help="score only the first N tokens of each text")
-    parser.add_argument("--eval-batch-size", type=int, default=1)
+    model = _group(parser, "model")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    model.add_argument("--dtype", default="auto",
+                       help="auto (float32 when computing on CPU, else the checkpoint's), float32, float16, bfloat16")
+    _group(parser, "calibration").add_argument("--data-dir", default=None,
+                                               help="local data directory (default: $PRUNELLM_DATA_DIR)")
+    evaluation = _group(parser, "evaluation")
+    evaluation.add_argument("--eval-tokens", type=int, default=None, help="score only the first N tokens of each text")
+    evaluation.add_argument("--eval-batch-size", type=int, default=1, help="evaluation windows per forward")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -40,9 +64,9 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calib-column", default=None,
                        help="the column to calibrate on (default: text, else messages: chat records through the "
                             "tokenizer's chat template)")
-    group.add_argument("--num-samples", type=int, default=128)
-    group.add_argument("--seqlen", type=int, default=2048)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--num-samples", type=int, default=128, help="calibration windows")
+    group.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window")
+    group.add_argument("--seed", type=int, default=0, help="seed of the windows' draw")
     group.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
 
 
@@ -51,8 +75,8 @@ def _add_walk_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--true-sequential", action="store_true", help="compress a block's layers stage by stage")
     group.add_argument("--include", type=_csv, default=(), help="comma-separated layer name patterns to compress")
     group.add_argument("--exclude", type=_csv, default=(), help="comma-separated layer name patterns to skip")
-    group.add_argument("--first-block", type=int, default=0)
-    group.add_argument("--last-block", type=int, default=None)
+    group.add_argument("--first-block", type=int, default=0, help="first block to compress")
+    group.add_argument("--last-block", type=int, default=None, help="last block to compress (default: the last)")
     group.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
     group.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
                        help="run the calibration forwards' products in this dtype (bfloat16: faster forwards on "
@@ -122,14 +146,20 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .formats import format_names, get_format
+    from .io.versions import package_version
 
     parser = argparse.ArgumentParser(prog="prunellm", description="One-shot pruning and quantization of causal LMs.",
-                                     epilog=EPILOG)
+                                     epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prunellm {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     prune = commands.add_parser("prune", help="compress a model", epilog=EPILOG)
-    prune.add_argument("model", nargs="?", default=None,
-                       help="hub id, local HF directory or .gguf file (default: the bundled SmolLM2-135M)")
+    prune.add_argument("--recipe", default=None,
+                       help="replay a run: the settings of a report.json (or its directory), or of a YAML or JSON "
+                            "file of the same settings; flags given beside it override the recipe's values")
+    _group(prune, "model").add_argument(
+        "model", nargs="?", default=None,
+        help="hub id, local HF directory or .gguf file (default: the bundled SmolLM2-135M)")
     _add_method_options(prune)
     _add_calibration_options(prune)
     _add_walk_options(prune)
@@ -155,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     output.add_argument("--stream", action="store_true",
                         help="hold one block in memory at a time: read it from the safetensors directory MODEL, "
-                             "compress it, write it to --out; a killed run resumes (docs/scale.md)")
+                             "compress it, write it to --out; a killed run resumes where it stopped")
     _add_model_options(prune)
 
     export = commands.add_parser("export", help="convert a pruned model directory to GGUF or a serving format",
@@ -207,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hub id, .gguf file, or a directory in any format prunellm writes (default: SmolLM2-135M)")
     ev.add_argument("--datasets", type=_csv, default=None,
                     help="perplexity texts, e.g. wikitext2,ptb (default: wikitext2 unless --tasks is given)")
-    ev.add_argument("--seqlen", type=int, default=2048)
+    ev.add_argument("--seqlen", type=int, default=2048, help="evaluation window")
     _add_task_options(ev)
     ev.add_argument("--out", default=None, help="also write the results to this JSON file")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -245,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="directory for report.html, report.md, plots/ (default: RUN)")
     report.add_argument("--quiet", action="store_true", help="print nothing but errors")
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    for command in commands.choices.values():
+        command.formatter_class = HelpFormatter
+        add_logging_options(command)
     return parser
 
 
@@ -311,11 +344,16 @@ def run_prune(args: argparse.Namespace) -> None:
     from . import pipeline
     from .distributed import init_from_env
 
-    group = init_from_env(args.device)  # one of several processes under torchrun, else None
-    job = pipeline.prepare(prune_settings(args), group)
+    settings = prune_settings(args)
+    if args.recipe is not None:
+        from .recipe import given_flags, replay_settings
+
+        settings = replay_settings(args.recipe, settings, given_flags(build_parser(), args.argv))
+    group = init_from_env(settings.walk.device)  # one of several processes under torchrun, else None
+    job = pipeline.prepare(settings, group)
     if job.note is not None:
         print(job.note)
-    outcome = pipeline.run(job)
+    outcome = _run_job(job, ["prunellm", *args.argv])
     if outcome is None:
         return  # not the first process: it evaluates and saves
     result, name = outcome.result, job.method.name
@@ -333,13 +371,43 @@ def run_prune(args: argparse.Namespace) -> None:
         print(outcome.message)
 
 
+def _run_job(job: Any, command: list[str]) -> Any:
+    """pipeline.run, and with an output: its log file and model card beside its report (the
+    first process of a group only, as it alone writes)."""
+    from . import pipeline
+
+    if job.output.path is None or (job.group is not None and not job.group.is_main):
+        return pipeline.run(job, command)
+    from .io.versions import package_version
+    from .streaming.resume import RunState
+
+    resume_dir = RunState(job.output.path).root if job.settings.stream else None
+    with RunLog(job.output.path, single_file=job.format.single_file, resume_dir=resume_dir,
+                header=f"prunellm {package_version()}: {shlex.join(command)}") as run_log:
+        outcome = pipeline.run(job, command)
+        if outcome is not None and outcome.path is not None:
+            _write_card(outcome.path, job.format.name)
+            run_log.place()
+    return outcome
+
+
 def run_export(args: argparse.Namespace) -> None:
     from .formats import OutputSpec
     from .pipeline import export
 
     output = OutputSpec(args.to, args.out, args.overwrite, args.save_dtype, args.type, args.other_type, args.source)
-    _, message = export(args.directory, output)
+    path, message = export(args.directory, output)
+    _write_card(path, args.to)
     print(message)
+
+
+def _write_card(path: Path, fmt: str) -> None:
+    """A model card (README.md) in an output directory; a GGUF output is one file, with no
+    directory to hold one (its report is FILE.report.json)."""
+    from .report.card import write_card
+
+    if Path(path).is_dir():
+        write_card(path, fmt)
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -457,6 +525,12 @@ def run_sweep(args: argparse.Namespace) -> None:
     for index, row in enumerate(sweep.run()):
         print(f"[{index}/{len(settings)}] {describe_row(row)}", flush=True)
         files = _write_report(args.out)  # plots and report follow every row: a sweep cut short keeps them
+        if args.save_models:  # each saved setting gets its model card once
+            from .report.card import CARD_FILE
+
+            for report in sorted(Path(args.out).glob("models/*/report.json")):
+                if not (report.parent / CARD_FILE).exists():
+                    _write_card(report.parent, "hf")
     print(f"results: {Path(args.out) / 'results.csv'}; report: {files.html}")
 
 
@@ -473,12 +547,18 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.argv = argv  # report.json records the command line; --recipe reads which flags it gives
     if getattr(args, "quiet", False) and args.command != "report":
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    with configured(args.verbose, args.log_level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         {"prune": run_prune, "eval": run_eval, "export": run_export, "sweep": run_sweep, "report": run_report,
          "generate": run_generate, "bench-infer": run_bench_infer}[args.command](args)

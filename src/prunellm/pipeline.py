@@ -35,6 +35,7 @@ from .devices import resolve_device
 from .distributed import Group
 from .errors import PrunellmError
 from .formats import FinishedRun, OutputFormat, OutputSpec, get_format
+from .data.sources import describe_source
 from .formats.choice import FormatChoice, fit_model, resolve_output
 from .methods import Method, build_method, method_names, option_specs
 from .methods.schemes import with_scheme
@@ -45,7 +46,7 @@ DEFAULTS = ("recommended", "paper")
 # The in-memory run's parts, re-exported: `from prunellm.pipeline import CalibrationConfig, prune`.
 __all__ = ["DEFAULTS", "CalibrationConfig", "EvalConfig", "Job", "Outcome", "Settings", "bos_for", "build_report",
            "check_layer_shapes", "check_output_file", "describe_model", "export", "perplexities", "prepare", "prune",
-           "resolve_method", "run"]
+           "resolve_method", "run", "settings_record"]
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,14 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
     return Job(settings, method, allocation, output, fmt, device, compute_dtype, note, group, choice)
 
 
-def run(job: Job) -> Outcome | None:
+def run(job: Job, command: list[str] | None = None) -> Outcome | None:
     """Load, compress, evaluate and write the job. Returns None in a process other than the
-    first of a group (every process ends with the same model; the first evaluates and saves)."""
+    first of a group (every process ends with the same model; the first evaluates and saves).
+    command: the command line that asked for the run, recorded in the report beside the
+    resolved settings (`settings_record`) that replay it."""
+    provenance = {**_report_extra(job.settings), "settings": settings_record(job), "command": command}
     if job.settings.stream:
-        return _run_streamed(job)
+        return _run_streamed(job, provenance)
     from .formats import load_model
     from .io.default_model import gguf_file, model_label
     from .io.dtypes import round_weights
@@ -183,7 +187,7 @@ def run(job: Job) -> Outcome | None:
                           calibration=settings.calibration, walk=settings.walk, result=result,
                           eval_config=evaluation, dense_ppl=dense, compressed_ppl=compressed,
                           allocation=job.allocation)
-    report.update(_report_extra(settings))  # with "method" (resolved): what ran, and why
+    report.update(provenance)  # with "method" (resolved): what ran, why, and how to run it again
     source_file = gguf_file(settings.model)
     if source_file is not None:
         report["model"]["gguf_file"] = source_file
@@ -207,14 +211,14 @@ def closing_lines(job: Job, path: Path, message: str) -> str:
     return "\n".join(lines)
 
 
-def _run_streamed(job: Job) -> Outcome | None:
+def _run_streamed(job: Job, provenance: dict[str, Any]) -> Outcome | None:
     from .streaming import prune_streaming
 
     settings = job.settings
     streamed = prune_streaming(settings.model, job.output.path, job.method, settings.calibration, settings.walk,
                                dtype=settings.dtype, overwrite=job.output.overwrite,
                                save_dtype=job.output.save_dtype, allocation=job.allocation, group=job.group,
-                               model_label=str(settings.model), report_extra=_report_extra(settings))
+                               model_label=str(settings.model), report_extra=provenance)
     if job.group is not None and not job.group.is_main:
         return None
     message = closing_lines(job, streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})")
@@ -227,6 +231,39 @@ def _report_extra(settings: Settings) -> dict[str, Any]:
     if settings.scheme is not None:
         extra["scheme"] = settings.scheme.upper()
     return extra
+
+
+def settings_record(job: Job) -> dict[str, Any]:
+    """The job's settings as plain JSON, as `prepare` resolved them: every method option (the
+    recommended defaults' choices written out) and the allocation, so that a replay
+    (`prunellm prune --recipe report.json`, prunellm/recipe.py) builds the same method even
+    where a later version recommends otherwise. Local paths are made absolute: a replay from
+    another directory reads the same files."""
+    settings, allocation = job.settings, job.allocation
+    # The device the run chose ("CUDA when present"), pinned: a replay on a machine whose default
+    # differs computes on the same kind of device, or says it has none.
+    device = settings.walk.device or (job.device.type if job.group is None else None)
+    # Data given in memory (strings, a Dataset, token tensors) is recorded by size and hash, as
+    # report.json's calibration says: such a run replays only with the data given again.
+    source = settings.calibration.source
+    source = _absolute(source) if isinstance(source, (str, Path)) else describe_source(source)
+    settings = dataclasses.replace(settings, calibration=dataclasses.replace(settings.calibration, source=None))
+    resolved = dataclasses.replace(
+        settings, model=_absolute(settings.model), options=job.method.config.as_dict(), allocation=allocation.kind,
+        owl_lambda=allocation.owl_lambda, owl_threshold=allocation.owl_threshold, allocation_unit=allocation.unit,
+        calibration=dataclasses.replace(settings.calibration, source=source,
+                                        data_dir=_absolute(settings.calibration.data_dir)),
+        walk=dataclasses.replace(settings.walk, device=device),
+        evaluation=dataclasses.replace(settings.evaluation,
+                                       datasets=tuple(_absolute(name) for name in settings.evaluation.datasets)))
+    return dataclasses.asdict(resolved)
+
+
+def _absolute(value: str | None) -> str | None:
+    """A path that exists here, absolute; a hub id or dataset name (wikitext2) as it is."""
+    if value is None or not Path(value).expanduser().exists():
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def _check_streamed(settings: Settings, output: OutputSpec) -> None:

@@ -12,9 +12,18 @@ import prunellm
 _DISTRIBUTIONS = ("torch", "transformers", "numpy", "gguf")
 
 
+def package_version() -> str:
+    """prunellm's version as installed (the wheel's metadata), else the source tree's own
+    (`PYTHONPATH=src` with no install)."""
+    try:
+        return metadata.version("prunellm")
+    except metadata.PackageNotFoundError:
+        return prunellm.__version__
+
+
 def library_versions() -> dict[str, str]:
     """Versions of python, prunellm and the libraries that shape results; the GPU when there is one."""
-    versions = {"python": platform.python_version(), "prunellm": prunellm.__version__}
+    versions = {"python": platform.python_version(), "prunellm": package_version()}
     for name in _DISTRIBUTIONS:
         try:
             versions[name] = metadata.version(name)

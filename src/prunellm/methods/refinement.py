@@ -23,8 +23,8 @@ class RefineOptions:
     bench/README.md), falling back to "lsq" where that is not better; "none" keeps the method's own."""
 
     refine: str = option("none", "none, lsq (re-solve the weights exactly on the mask) or alps (search a better "
-                                 "mask by ADMM, then lsq); default for sparsegpt: the best of bench/README.md's "
-                                 "high-sparsity table at the target sparsity, else none", choices=REFINEMENTS)
+                                 "mask by ADMM, then lsq); default for sparsegpt: the best of the high-sparsity "
+                                 "benchmark at the target sparsity, else none", choices=REFINEMENTS)
     refine_iters: int = option(50, "conjugate-gradient iterations (default 50)")
 
     def __post_init__(self) -> None:

@@ -16,12 +16,12 @@ def run_page(report: dict[str, Any], plots: dict[str, Path]) -> Page:
     method = report.get("method", {})
     name = method.get("method", "?")
     model = report.get("model", {})
-    sections = [Section("Settings", [Facts(_settings(report))])]
+    sections = [Section("Settings", [Facts(settings_items(report))])]
 
     scores = report.get("perplexity", {})
     results: list[Any] = []
     if scores.get("compressed"):
-        results += [Text(PPL_NOTE), _perplexity_table(scores, name)]
+        results += [Text(PPL_NOTE), perplexity_table(scores, name)]
     sparsity = report.get("sparsity", {})
     results.append(Facts([("sparsity of the compressed layers", percent(sparsity.get("compressed_layers"), 2)),
                           ("layers compressed", plain(sparsity.get("layers"))),
@@ -44,10 +44,11 @@ def run_page(report: dict[str, Any], plots: dict[str, Path]) -> Page:
     return Page(f"{name} on {model_name(model.get('source'))}", subtitle, sections)
 
 
-def _settings(report: dict[str, Any]) -> list[tuple[str, str]]:
+def settings_items(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's settings as (name, value) lines: model, method, calibration, blocks, allocation, versions."""
     model = report.get("model", {})
     method = report.get("method", {})
-    options = _method_options(method)
+    options = method_options(method)
     calibration = report.get("calibration", {})
     walk = report.get("walk", {})
     allocation = report.get("allocation", {})
@@ -69,7 +70,8 @@ def _settings(report: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
-def _perplexity_table(ppl: dict[str, Any], method: str) -> Table:
+def perplexity_table(ppl: dict[str, Any], method: str) -> Table:
+    """Dense against compressed perplexity per text (report.json's "perplexity")."""
     dense, compressed = ppl.get("dense", {}), ppl.get("compressed", {})
     rows = []
     for name in compressed:
@@ -88,7 +90,7 @@ def _layer_table(layers: list[dict[str, Any]]) -> Table:
                  [False, True, True, True, True])
 
 
-def _method_options(method: dict[str, Any]) -> str:
+def method_options(method: dict[str, Any]) -> str:
     """The options that say something: no None, no bits=16 (unquantized), no refinement knobs without refinement."""
     shown = []
     for key, value in method.items():

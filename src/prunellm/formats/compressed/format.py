@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class CompressedFormat(OutputFormat):
     name = "compressed"
-    summary = "prunellm's smaller format, run by `prunellm.load` (docs/format.md)"
+    summary = "prunellm's smaller format (packed sparse and quantized layers), run by `prunellm.load`"
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
               compute_dtype: torch.dtype | str) -> OutputSpec:

@@ -1,0 +1,60 @@
+"""prunellm installs as a package: a wheel built from the repository (its native CPU library
+compiled by setup.py) installs into a fresh virtual environment, and `prunellm --version` runs
+from there, reading the version from the installed metadata."""
+
+import shutil
+import site
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from prunellm.io.versions import package_version
+
+REPO = Path(__file__).resolve().parents[1]
+# What a wheel is built from (pyproject.toml names README.md as the long description).
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "src")
+
+
+def _run(*command: str, cwd: Path) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.mark.slow  # compiles the native library: about a minute
+def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path):
+    # Built from a copy, so that the build's egg-info, build/ and compiled library stay out of the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    wheels = tmp_path / "wheels"
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
+         str(source), cwd=tmp_path)
+    (wheel,) = wheels.glob("prunellm-*.whl")
+    files = zipfile.ZipFile(wheel).namelist()
+    assert any(name.startswith("prunellm/runtime/native/_prunellm_cpu") for name in files)  # setup.py compiled it
+    assert "prunellm/eval/tasks/prunellm_basics/prunellm_basics.yaml" in files  # package data
+
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", str(venv), cwd=tmp_path)
+    python = venv / "bin" / "python"
+    _run(str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel), cwd=tmp_path)
+    # The dependencies (torch, transformers, ...) from this test environment, behind the venv's
+    # own site-packages: only the packages of this interpreter, not its prunellm (an editable
+    # install's hook is a .pth file, which a path added this way does not run).
+    purelib = _run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path)
+    (Path(purelib.strip()) / "_test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+
+    version = _run(str(venv / "bin" / "prunellm"), "--version", cwd=tmp_path)
+    assert version.strip() == f"prunellm {package_version()}"
+    where = _run(str(python), "-c", "import prunellm, prunellm.runtime.cpu_kernels as k; "
+                                    "print(prunellm.__file__); print(k.available())", cwd=tmp_path).split()
+    assert where[0].startswith(str(venv)) and where[1] == "True"  # the wheel's package and library, loaded
