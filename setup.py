@@ -6,6 +6,7 @@ Python headers in its build. Each source file is compiled with the flags of its 
 (avx2.cpp with -mavx2 ..., avx512.cpp with -mavx512* ...); the library picks one at run time
 by the CPU's features. On other machines only the portable file is built. When no compiler
 works the install still succeeds, with one warning, and prunellm uses its torch path.
+PRUNELLM_NATIVE=off in the environment skips the compile on purpose (same torch path).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class BuildNative(build_ext):
     """Compiles each source with its own ISA flags; a failure warns instead of failing the install."""
 
     def build_extension(self, ext: Extension) -> None:
+        if os.environ.get("PRUNELLM_NATIVE", "").strip().lower() in ("0", "off", "no", "false"):
+            warnings.warn("prunellm: PRUNELLM_NATIVE=off: native CPU kernels not built; the torch path is used")
+            return
         if self.compiler.compiler_type == "msvc":
             warnings.warn("prunellm: native CPU kernels are not built with MSVC; the torch path is used")
             return

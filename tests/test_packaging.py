@@ -2,6 +2,7 @@
 compiled by setup.py) installs into a fresh virtual environment, and `prunellm --version` runs
 from there, reading the version from the installed metadata."""
 
+import os
 import shutil
 import site
 import subprocess
@@ -18,14 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "src")
 
 
-def _run(*command: str, cwd: Path) -> str:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+def _run(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
-@pytest.mark.slow  # compiles the native library: about a minute
-def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path):
+@pytest.mark.parametrize("native", [
+    pytest.param(False, id="without the native library"),  # seconds: in the default test run
+    pytest.param(True, id="with the native library", marks=pytest.mark.slow),  # compiles it: about a minute
+])
+def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
     # Built from a copy, so that the build's egg-info, build/ and compiled library stay out of the checkout.
     source = tmp_path / "source"
     source.mkdir()
@@ -37,10 +42,11 @@ def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path):
             shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
-         str(source), cwd=tmp_path)
+         str(source), cwd=tmp_path, env=None if native else {"PRUNELLM_NATIVE": "off"})
     (wheel,) = wheels.glob("prunellm-*.whl")
     files = zipfile.ZipFile(wheel).namelist()
-    assert any(name.startswith("prunellm/runtime/native/_prunellm_cpu") for name in files)  # setup.py compiled it
+    # setup.py compiled the library, or skipped it when asked
+    assert any(name.startswith("prunellm/runtime/native/_prunellm_cpu") for name in files) == native
     assert "prunellm/eval/tasks/prunellm_basics/prunellm_basics.yaml" in files  # package data
 
     venv = tmp_path / "venv"
@@ -57,4 +63,4 @@ def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path):
     assert version.strip() == f"prunellm {package_version()}"
     where = _run(str(python), "-c", "import prunellm, prunellm.runtime.cpu_kernels as k; "
                                     "print(prunellm.__file__); print(k.available())", cwd=tmp_path).split()
-    assert where[0].startswith(str(venv)) and where[1] == "True"  # the wheel's package and library, loaded
+    assert where[0].startswith(str(venv)) and where[1] == str(native)  # the wheel's package (and library), loaded
