@@ -87,8 +87,8 @@ def main() -> None:
     parser.add_argument("--method", default="sparsegpt")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--nm", default=None, help="n:m instead of --sparsity, e.g. 2:4")
-    parser.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                        help="the walker's forward dtype")
+    parser.add_argument("--forward-dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None,
+                        help="the walker's forward dtype (default: the walker's, auto in today's code)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()

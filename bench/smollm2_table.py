@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=32768)
     parser.add_argument("--only", default=None, help="comma-separated row labels to run (default: all)")
-    parser.add_argument("--forward-dtype", default=None, help="the walker's forward dtype (default: the model's)")
+    parser.add_argument("--forward-dtype", default="auto",
+                        help="the walker's forward dtype (auto: bfloat16 on a CPU with bf16 instructions, else float32)")
     parser.add_argument("--out", default="bench/results/smollm2_table.json")
     args = parser.parse_args()
 
@@ -83,6 +84,7 @@ def main() -> None:
     wanted = set(args.only.split(",")) if args.only else None
 
     rows = []
+    ran = set()  # the forward dtypes the prunes ran ("auto" resolved)
     for label, method_name, options in SETTINGS:
         if wanted and label not in wanted:
             continue
@@ -90,8 +92,9 @@ def main() -> None:
         seconds = 0.0
         if method_name is not None:
             started = time.perf_counter()
-            prune(candidate, tokenizer, build_method(method_name, **options), calibration,
-                  WalkConfig(progress=False, layer_errors=False, forward_dtype=args.forward_dtype))
+            result = prune(candidate, tokenizer, build_method(method_name, **options), calibration,
+                           WalkConfig(progress=False, layer_errors=False, forward_dtype=args.forward_dtype))
+            ran.add(result.forward_dtype)
             seconds = time.perf_counter() - started
         ppl = perplexity(candidate, test_ids, seqlen=args.seqlen, batch_size=4, progress=False)
         rows.append({"setting": label, "method": method_name, "options": options, "wikitext2_ppl": ppl,
@@ -100,7 +103,8 @@ def main() -> None:
         del candidate
 
     print(f"\nSmolLM2-135M, calibration {args.num_samples} x {args.seqlen} tokens of WikiText-2 validation; "
-          f"WikiText-2 test, first {test_ids.numel()} tokens, seqlen {args.seqlen}. Machine: {machine()}\n")
+          f"WikiText-2 test, first {test_ids.numel()} tokens, seqlen {args.seqlen}; forwards: {', '.join(sorted(ran))}. "
+          f"Machine: {machine()}\n")
     print("| setting | WikiText-2 ppl | prune time (s) |\n| --- | ---: | ---: |")
     for row in rows:
         print(f"| {row['setting']} | {row['wikitext2_ppl']:.2f} | {row['prune_seconds']:.1f} |")
@@ -108,7 +112,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     calibration_json = {**vars(calibration), "source": data_relative(calibration.source, data_dir)}
     out.write_text(json.dumps({"machine": machine(), "versions": library_versions(), "eval_tokens": test_ids.numel(),
-                               "forward_dtype": args.forward_dtype, "calibration": calibration_json, "rows": rows},
+                               "forward_dtype": ", ".join(sorted(ran)) or args.forward_dtype, "calibration": calibration_json, "rows": rows},
                               indent=2))
 
 

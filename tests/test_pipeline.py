@@ -80,3 +80,34 @@ def test_prepare_refuses_bad_settings_before_loading_anything(workspace, tmp_pat
     with pytest.raises(PrunellmError, match="--stream never holds the whole model"):
         prepare(Settings(model=workspace["model"], output=OutputSpec(path=str(tmp_path / "d")), stream=True,
                          evaluation=EvalConfig(("wikitext2",))))
+
+
+def test_the_forward_dtype_follows_the_cpu_is_recorded_and_replays(workspace, tmp_path, monkeypatch) -> None:
+    from prunellm.walker import forward_dtype
+    from tests.model_dirs import weights
+
+    def prune_to(out, *extra: str) -> dict:
+        assert main(["prune", workspace["model"], "--nm", "2:4", "--calib", workspace["text"], "--num-samples", "4",
+                     "--seqlen", "32", "--quiet", "--format", "hf", "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    def same(a: str, b: str) -> bool:
+        first, second = weights(tmp_path / a), weights(tmp_path / b)
+        assert first.keys() == second.keys() and first
+        return all(torch.equal(first[k], second[k]) for k in first)
+
+    monkeypatch.setattr(forward_dtype, "cpu_multiplies_bf16", lambda: True)  # a CPU with bf16 instructions
+    report = prune_to("bf16")
+    assert report["walk"]["forward_dtype"] == report["settings"]["walk"]["forward_dtype"] == "bfloat16"
+    report = prune_to("f32", "--forward-dtype", "float32")  # turned off
+    assert report["walk"]["forward_dtype"] == report["settings"]["walk"]["forward_dtype"] == "float32"
+    assert not same("bf16", "f32")
+    report = prune_to("stream", "--stream")  # the streamed walk follows the same default
+    assert report["walk"]["forward_dtype"] == "bfloat16" and same("bf16", "stream")
+
+    monkeypatch.setattr(forward_dtype, "cpu_multiplies_bf16", lambda: False)  # a CPU without
+    assert prune_to("plain")["walk"]["forward_dtype"] == "float32" and same("plain", "f32")
+    # a replay there runs the forwards the recipe recorded, not this CPU's default
+    assert main(["prune", "--recipe", str(tmp_path / "bf16"), "--out", str(tmp_path / "replay"), "--quiet"]) == 0
+    replayed = json.loads((tmp_path / "replay" / "report.json").read_text())
+    assert replayed["walk"]["forward_dtype"] == "bfloat16" and same("bf16", "replay")

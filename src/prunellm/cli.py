@@ -78,9 +78,9 @@ def _add_walk_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--first-block", type=int, default=0, help="first block to compress")
     group.add_argument("--last-block", type=int, default=None, help="last block to compress (default: the last)")
     group.add_argument("--offload-activations", action="store_true", help="keep calibration activations on CPU")
-    group.add_argument("--forward-dtype", choices=("bfloat16", "float16"), default=None,
-                       help="run the calibration forwards' products in this dtype (bfloat16: faster forwards on "
-                            "CPUs with bf16 instructions); weights and solves keep the model's")
+    group.add_argument("--forward-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                       help="the calibration forwards' products in this dtype (auto: bfloat16 on a CPU with bf16 "
+                            "instructions, faster; else the model's); weights and solves keep the model's")
     group.add_argument("--no-layer-errors", action="store_true", help="skip per-layer error (and its Hessian)")
 
 

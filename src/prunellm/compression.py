@@ -181,7 +181,8 @@ def build_report(*, model_source: str, model: nn.Module, method: Method, calibra
         "model": describe_model(model, model_source),
         "method": method.describe(),
         "calibration": calibration.describe(),
-        "walk": dataclasses.asdict(walk),
+        # the forward dtype that ran ("auto" resolved), whichever entry built `walk`
+        "walk": {**dataclasses.asdict(walk), "forward_dtype": result.forward_dtype or walk.forward_dtype},
         "allocation": {**dataclasses.asdict(allocation or AllocationConfig()), "targets": result.targets},
         "seed": calibration.seed,
         "versions": library_versions(),

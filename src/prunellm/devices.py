@@ -1,9 +1,12 @@
-"""Where the work runs: the --device option, parsed once for every command, and a model's visit there."""
+"""Where the work runs: the --device option, parsed once for every command, a model's visit there,
+and what the CPU can multiply natively."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,3 +41,30 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         yield model
     finally:
         model.to(home)
+
+
+# CPU features with bfloat16 dot products in hardware: x86's AVX512-BF16 and AMX-BF16, ARM's BF16
+# extension. Without one, bfloat16 products are emulated and no faster than float32.
+BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (BF16_FEATURES). Asks torch where it can
+    tell (torch.cpu.get_capabilities, torch >= 2.13), else reads /proc/cpuinfo's flags (x86) or
+    Features (ARM); False when neither answers."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        found = capabilities()
+        return any(found.get(name) is True for name in BF16_FEATURES)
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return any(name in flags for name in BF16_FEATURES)

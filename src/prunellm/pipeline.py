@@ -40,7 +40,7 @@ from .formats.choice import FormatChoice, fit_model, resolve_output
 from .methods import Method, build_method, method_names, option_specs
 from .methods.schemes import with_scheme
 from .methods.recommended import with_recommended
-from .walker import AllocationConfig, WalkConfig, WalkResult
+from .walker import AllocationConfig, WalkConfig, WalkResult, with_forward_dtype
 
 DEFAULTS = ("recommended", "paper")
 # The in-memory run's parts, re-exported: `from prunellm.pipeline import CalibrationConfig, prune`.
@@ -140,6 +140,10 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
         allocation_unit=settings.allocation_unit, can_allocate=not settings.stream, scheme=settings.scheme)
     device = group.device if group is not None else resolve_device(settings.walk.device)
     compute_dtype = resolve_dtype(settings.dtype, device)
+    # --forward-dtype auto follows this machine's CPU: pinned here, so that the report and a replay
+    # (recipe.py) on another CPU run the same forwards
+    model_dtype = compute_dtype if isinstance(compute_dtype, torch.dtype) else None
+    settings = dataclasses.replace(settings, walk=with_forward_dtype(settings.walk, device, model_dtype))
     output, choice = resolve_output(settings.output, method, stream=settings.stream)
     fmt = get_format(output.format)
     output = fmt.check(output, method, settings.model, compute_dtype)

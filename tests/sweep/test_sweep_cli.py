@@ -166,3 +166,21 @@ def test_non_sweep_directory_is_refused(workspace, tmp_path, capsys):
     assert main(sweep_args(workspace, out, "--overwrite")) != 0
     assert "holds no sweep" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_the_sweep_forwards_follow_the_cpu_and_resume_only_in_the_same_dtype(workspace, tmp_path, monkeypatch,
+                                                                            capsys):
+    from prunellm.walker import forward_dtype
+
+    args = sweep_args(workspace, tmp_path / "bf16", "--methods", "wanda", "--sparsities", "0.5", "--no-layer-errors")
+    monkeypatch.setattr(forward_dtype, "cpu_multiplies_bf16", lambda: True)
+    assert main(args) == 0
+    assert json.loads((tmp_path / "bf16" / "results.json").read_text())["spec"]["walk"]["forward_dtype"] == "bfloat16"
+    assert main(args + ["--sparsities", "0.5,0.6", "--resume", "--forward-dtype", "float32"]) != 0
+    assert "cannot resume" in capsys.readouterr().err  # float32 rows beside bfloat16 ones
+    # On a CPU without bf16 instructions the forwards are the model's float32, which the spec leaves
+    # out as it did before "auto": sweeps begun by older versions still resume.
+    monkeypatch.setattr(forward_dtype, "cpu_multiplies_bf16", lambda: False)
+    plain = sweep_args(workspace, tmp_path / "plain", "--methods", "wanda", "--sparsities", "0.5", "--no-layer-errors")
+    assert main(plain) == 0
+    assert "forward_dtype" not in json.loads((tmp_path / "plain" / "results.json").read_text())["spec"]["walk"]

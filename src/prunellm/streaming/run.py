@@ -37,7 +37,7 @@ from ..methods import Method
 from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows, check_layer_shapes
 from .host import StreamingHost
 from ..walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
-                     compress_model, find_blocks)
+                     compress_model, find_blocks, with_forward_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
     # (half-precision matmuls are slow there), else the checkpoint's dtype.
     skeleton = build_skeleton(LazyCheckpoint(source), resolve_dtype(dtype, device))
     model = skeleton.model
+    walk = with_forward_dtype(walk, device, model.dtype)  # "auto" resolved: the report and resume state say what ran
     saved = hf_save_dtype(save_dtype, stored=stored_dtype(source), compute=model.dtype,
                           quantizes=method_quantizes(method.describe()))
     blocks = find_blocks(model)

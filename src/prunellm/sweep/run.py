@@ -30,7 +30,8 @@ from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
 from ..io import check_output_dir, library_versions, save_model
 from ..compression import (CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows,
                            check_layer_shapes, describe_model)
-from ..walker import WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers
+from ..walker import (WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers,
+                      with_forward_dtype)
 from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
 from .settings import SweepSetting
 
@@ -79,6 +80,10 @@ class SweepConfig:
                      "exclude": list(walk.exclude), "first_block": walk.first_block, "last_block": walk.last_block,
                      "layer_errors": walk.layer_errors},
         }
+        if walk.forward_dtype not in (None, "auto") and f"torch.{walk.forward_dtype}" != spec["dtype"]:
+            # forwards in another dtype than the model's change results; the model's own (all that
+            # older versions ran by default) stays out, so that their sweeps still resume
+            spec["walk"]["forward_dtype"] = walk.forward_dtype
         return json.loads(json.dumps(spec))  # tuples as lists: equal to the spec read back from disk
 
 
@@ -120,6 +125,10 @@ class Sweep:
         self.out = Path(out_dir).expanduser()
         self.previous = prepare_output(self.out, resume=resume, overwrite=overwrite)
         self.device = resolve_device(config.walk.device)
+        # "auto" forwards resolved once: every row, its report and the spec name the same dtype
+        config = dataclasses.replace(config, walk=with_forward_dtype(config.walk, self.device,
+                                                                     next(model.parameters()).dtype))
+        self.config = config
         self.model_info = describe_model(model, model_source)
         if gguf_file is not None:  # what `prunellm export` reuses for a saved setting
             self.model_info["gguf_file"] = gguf_file

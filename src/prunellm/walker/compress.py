@@ -23,12 +23,10 @@ from ..solvers.quant import QuantGrid
 from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
 from ..layers import in_features, read_weight, weight_view, write_weight
 from .discovery import Blocks, find_blocks, find_linear_layers
+from .forward_dtype import FORWARD_CHOICES, autocast_dtype, resolve_forward_dtype
 from .statistics import InputGroup, StatisticsCollector, discover_input_groups
 
 log = logging.getLogger(__name__)
-
-
-FORWARD_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -39,10 +37,11 @@ class WalkConfig:
     first_block/last_block: the range of blocks to compress (inclusive; None = to the end).
     batch_size: calibration samples per block forward. offload_activations: keep calibration
     activations in CPU memory. layer_errors: report tr((W-Ŵ)H(W-Ŵ)ᵀ)/tr(WHWᵀ) per layer
-    (needs the full Hessian even for methods that do not). forward_dtype: "bfloat16" runs the
-    calibration forwards' matrix products in bf16 (torch.autocast; weights, Hessians and solves
-    stay in the model's dtype): faster forwards on a CPU with bf16 instructions, perplexity
-    within noise (see bench/README.md, section "Speed"); None computes in the model's dtype."""
+    (needs the full Hessian even for methods that do not). forward_dtype: the dtype of the
+    calibration forwards' matrix products (torch.autocast; weights, Hessians and solves stay in
+    the model's dtype). "auto": bfloat16 on a CPU with bf16 instructions (faster forwards,
+    perplexity within noise: bench/README.md), else the model's dtype (walker/forward_dtype.py);
+    "float32" turns that off; None (older recipes) is the model's dtype."""
 
     device: str | None = None
     true_sequential: bool = False
@@ -54,12 +53,12 @@ class WalkConfig:
     offload_activations: bool = False
     layer_errors: bool = True
     progress: bool = True
-    forward_dtype: str | None = None
+    forward_dtype: str | None = "auto"
 
     def __post_init__(self) -> None:
-        if self.forward_dtype not in FORWARD_DTYPES:
-            choices = ", ".join(name for name in FORWARD_DTYPES if name)
-            raise PrunellmError(f"forward dtype must be one of {choices}, got {self.forward_dtype!r}")
+        if self.forward_dtype is not None and self.forward_dtype not in FORWARD_CHOICES:
+            raise PrunellmError(f"forward dtype must be one of {', '.join(FORWARD_CHOICES)}, "
+                                f"got {self.forward_dtype!r}")
 
 
 @dataclass
@@ -80,6 +79,7 @@ class WalkResult:
     targets: dict[str, float] = field(default_factory=dict)  # per-layer sparsity of an allocation
     gguf_blocks: dict[str, GGUFBlocks] = field(default_factory=dict)  # layers left on a GGUF grid
     quant_grids: dict[str, QuantGrid] = field(default_factory=dict)  # layers left on a min-max grid
+    forward_dtype: str | None = None  # what the calibration forwards ran in ("auto" resolved)
 
     def sparsity(self) -> float:
         """Fraction of zeros over all compressed layers, weighted by their sizes (0 when none)."""
@@ -125,11 +125,12 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     blocks = find_blocks(model)
     last = check_walk_range(blocks, config)[-1]
     device = dist.device if dist is not None else resolve_device(config.device)
-    if config.forward_dtype == "float16" and device.type == "cpu":
-        # torch has no fast float16 matrix kernels for CPUs: such a walk would crawl
-        raise PrunellmError("--forward-dtype float16 is far slower than float32 on a CPU; use bfloat16")
+    model_dtype = next(model.parameters()).dtype
+    forward_dtype = resolve_forward_dtype(config.forward_dtype, device, model_dtype)
+    autocast = autocast_dtype(forward_dtype, device, model_dtype)
     if result is None:
         result = WalkResult()
+    result.forward_dtype = forward_dtype
     result.targets = dict(layer_sparsity or {})
     started = time.perf_counter()
     solve_seconds = 0.0
@@ -139,7 +140,7 @@ def compress_model(model: nn.Module, method: Method, calibration: torch.Tensor, 
     bar = tqdm(total=last + 1 - max(start, config.first_block), desc="blocks", unit="block", disable=not show)
     for step in walk_blocks(model, calibration, device=device, batch_size=config.batch_size,
                             offload_activations=config.offload_activations, blocks=blocks, host=host,
-                            resume=resume, stop=last, autocast=FORWARD_DTYPES[config.forward_dtype]):
+                            resume=resume, stop=last, autocast=autocast):
         if step.index < config.first_block:
             continue
         layers = find_linear_layers(step.block, step.name, config.include, config.exclude)
@@ -283,3 +284,9 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
     log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
     return record, grid
+
+
+def with_forward_dtype(config: WalkConfig, device: torch.device, model_dtype: torch.dtype | None) -> WalkConfig:
+    """`config` with its forward dtype resolved (forward_dtype.resolve_forward_dtype): what a
+    report and a recipe record, so that a replay on another CPU runs the same forwards."""
+    return dataclasses.replace(config, forward_dtype=resolve_forward_dtype(config.forward_dtype, device, model_dtype))
