@@ -68,7 +68,7 @@ def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_fro
                                str(config.new_tokens), "-r", str(max(config.repeats, 2)), "-o", "json"],
                               capture_output=True, text=True, check=True)
         (result,) = json.loads(done.stdout)
-        row = {"setting": f"llama.cpp {result['model_type'].split()[-1]}", "llama_cpp": True,
+        row = {"setting": f"llama.cpp {_type_name(result['model_type'])}", "llama_cpp": True,
                "decode_tokens_per_second": result["avg_ts"], "file_bytes": path.stat().st_size,
                "weight_bytes": result["model_size"], "directory": path.name, "perplexity": {}}
         if windows is not None:
@@ -77,6 +77,14 @@ def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_fro
             row["perplexity"] = {"wikitext2": llama_cpp_perplexity(path, windows, bos, threads=threads)}
         rows.append(row)
     return rows
+
+
+def _type_name(model_type: str) -> str:
+    """llama-bench's "llama 256M Q4_K - Medium" -> "Q4_K_M" (llama-quantize's name; Q2_K is "Q2_K - Medium")."""
+    kind = " ".join(model_type.split()[2:])
+    if kind == "Q2_K - Medium":
+        return "Q2_K"
+    return kind.replace(" - Small", "_S").replace(" - Medium", "_M").replace(" - Large", "_L")
 
 
 def _eval_windows(directory: Path) -> tuple[torch.Tensor, int | None]:

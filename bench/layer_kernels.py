@@ -165,6 +165,33 @@ def print_table(results: list[dict], cpu: dict[str, str], bandwidth: float, isa:
               f"{r['bytes'] / 1e6:7.1f} {r['gb_s']:6.1f} {r['of_bandwidth']:6.2f}")
 
 
+def markdown(results: list[dict]) -> str:
+    """bench/README.md's two tables: 1 token per shape, and the speed-up range by token count."""
+    shapes = list(dict.fromkeys(r["shape"] for r in results))
+    layouts = list(dict.fromkeys(r["layout"] for r in results))
+    counts = sorted({r["tokens"] for r in results})
+    at = {(r["shape"], r["tokens"], r["layout"]): r for r in results}
+    lines = ["| layout | " + " | ".join(f"{s.split()[1]} ms (×)" for s in shapes) + " | GB/s | of bandwidth |",
+             "| --- | " + " | ".join("---:" for _ in shapes) + " | ---: | ---: |"]
+    for layout in layouts:
+        rows = [at[(s, 1, layout)] for s in shapes if (s, 1, layout) in at]
+        if not rows:
+            continue
+        cells = " | ".join(f"{r['ms']:.2f} ({r['speedup']:.2f}×)" for r in rows)
+        gb = [r["gb_s"] for r in rows]
+        share = [r["of_bandwidth"] for r in rows]
+        lines.append(f"| {layout} | {cells} | {min(gb):.0f}-{max(gb):.0f} | {min(share):.2f}-{max(share):.2f} |")
+    lines += ["", "| layout | " + " | ".join(f"{c} token{'s' if c > 1 else ''}" for c in counts) + " |",
+              "| --- | " + " | ".join("---:" for _ in counts) + " |"]
+    for layout in layouts:
+        cells = []
+        for count in counts:
+            ups = [at[(s, count, layout)]["speedup"] for s in shapes if (s, count, layout) in at]
+            cells.append(f"{min(ups):.2f}-{max(ups):.2f}×" if ups else "–")
+        lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -173,7 +200,11 @@ def main() -> None:
                         help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
     parser.add_argument("--small", action="store_true", help="tiny shapes and buffer: a smoke test, not figures")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="print bench/README.md's tables from this JSON (no run)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())["results"]))
+        return
     if not cpu_kernels.available():
         raise SystemExit("native CPU kernels not built: reinstall prunellm with a C++ compiler")
     torch.set_num_threads(args.threads)
