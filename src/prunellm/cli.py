@@ -119,10 +119,12 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(spec.flag, type=spec.type, default=None, choices=spec.choices, help=spec.help + takes)
     group.add_argument("--scheme", default=None, type=str.upper, choices=scheme_names(),
                        help="quantization preset as llm-compressor names it (W4A16: 4-bit symmetric, groups of 128, "
-                            "act-order); flags given explicitly win. Default: the papers' per-row asymmetric grid")
+                            "act-order); flags given explicitly win. Default: see --defaults")
     group.add_argument("--defaults", default="recommended", choices=("recommended", "paper"),
                        help="recommended: options left unset come from methods/recommended.py (SparseGPT without "
-                            "quantization: --refine alps); paper: the methods as published")
+                            "quantization: --refine alps; 4 and 8 bits with no grid option set: W4A16's or W8A16's "
+                            "grid, groups of 128 or the largest of 64, 32 that divides the layers); paper: the "
+                            "methods as published (per-row asymmetric grid)")
     group.add_argument("--allocation", default=None,
                        help="uniform or owl: sparsity per block by outliers (default: uniform)")
     group.add_argument("--owl-lambda", type=float, default=None,
@@ -351,11 +353,14 @@ def run_prune(args: argparse.Namespace) -> None:
         settings = replay_settings(args.recipe, settings, given_flags(build_parser(), args.argv))
     group = init_from_env(settings.walk.device)  # one of several processes under torchrun, else None
     job = pipeline.prepare(settings, group)
-    if job.note is not None:
-        print(job.note)
+    note = job.note
+    if note is not None:
+        print(note)
     outcome = _run_job(job, ["prunellm", *args.argv])
     if outcome is None:
         return  # not the first process: it evaluates and saves
+    if job.note != note:  # the recommended grid fitted to the model's layers once it was loaded
+        print(job.note)
     result, name = outcome.result, job.method.name
     sparsity = f"sparsity {outcome.report['sparsity']['compressed_layers']:.2%}"
     if job.settings.stream:

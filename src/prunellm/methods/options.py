@@ -10,7 +10,7 @@ from typing import Any
 SPARSITY = "fraction of weights to zero (default 0.5)"
 NM = "n:m pattern, e.g. 2:4 (n zeros in every m inputs)"
 BITS = "quantize to 2-8 bits (GPTQ grid)"
-GROUP_SIZE = "inputs per quantization scale (default: per row)"
+GROUP_SIZE = "inputs per quantization scale (default: per row; 4 and 8 bits: see --defaults)"
 SYM = "symmetric quantization grid"
 ACT_ORDER = "GPTQ: quantize columns by decreasing Hessian diagonal (default on)"
 BLOCK_SIZE = "columns per lazy-update block (default 128)"
