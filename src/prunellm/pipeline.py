@@ -182,21 +182,27 @@ def _run_streamed(job: Job) -> Outcome | None:
     from .streaming import prune_streaming
 
     settings = job.settings
-    streamed = prune_streaming(settings.model, job.output.path, job.method, settings.calibration, settings.walk,
+    # A single-file format (GGUF) streams into a directory beside its file, then converts it.
+    directory = job.format.streamed_directory(job.output)
+    streamed = prune_streaming(settings.model, directory, job.method, settings.calibration, settings.walk,
                                dtype=settings.dtype, overwrite=job.output.overwrite,
                                save_dtype=job.output.save_dtype, allocation=job.allocation, group=job.group,
                                model_label=str(settings.model), report_extra={"defaults": settings.defaults})
     if job.group is not None and not job.group.is_main:
         return None
+    if job.format.single_file:
+        path, message = job.format.finish_streamed(streamed.out, job.output, streamed.report)
+        return Outcome(streamed.result, streamed.report, {}, {}, path, message, streamed.resumed_from)
     return Outcome(streamed.result, streamed.report, {}, {}, streamed.out,
                    f"saved to {streamed.out} ({streamed.report['saved_dtype']})", streamed.resumed_from)
 
 
 def _check_streamed(settings: Settings) -> None:
     output = settings.output
-    if settings.model is None or output.path is None or output.format != "hf":
-        raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
-                            f"(no --format {output.format}: convert the result with `prunellm export OUT --to ...`)")
+    if settings.model is None or output.path is None or not get_format(output.format).streams:
+        raise PrunellmError("--stream reads a safetensors model directory and writes one (or a .gguf): give MODEL "
+                            f"and --out (no --format {output.format}: convert the result with "
+                            "`prunellm export OUT --to ...`)")
     if settings.evaluation.datasets:
         raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
                             "`prunellm eval OUT` afterwards")

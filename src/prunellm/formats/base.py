@@ -71,6 +71,7 @@ class OutputFormat(ABC):
     single_file: ClassVar[bool] = False  # one file (GGUF) rather than a directory
     takes_save_dtype: ClassVar[bool] = True  # --save-dtype chooses what it stores
     takes_float_gguf_types: ClassVar[bool] = False  # --gguf-type f16/bf16/f32 (unquantized GGUF tensors)
+    streams: ClassVar[bool] = False  # a --stream run can write it (streamed_directory, finish_streamed)
     summary: ClassVar[str] = ""  # one line for --help
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
@@ -105,6 +106,15 @@ class OutputFormat(ABC):
         """Convert a directory written by `prunellm prune --out` (hf format) to this format;
         returns the path and the line that tells the user."""
         raise PrunellmError(f"prunellm cannot export to {self.name}")
+
+    def streamed_directory(self, output: OutputSpec) -> str:
+        """Where a `--stream` run writes its sharded checkpoint: output.path for a directory
+        format; a single-file format streams beside its file and converts in finish_streamed."""
+        return str(output.path) if not self.single_file else f"{output.path}.stream"
+
+    def finish_streamed(self, directory: Path, output: OutputSpec, report: dict[str, Any]) -> tuple[Path, str]:
+        """Turn a streamed run's directory into this format's file (single-file formats)."""
+        raise PrunellmError(f"--stream cannot write --format {self.name}")
 
     def default_export_path(self, directory: Path, output: OutputSpec) -> str:
         return f"{str(directory).rstrip('/')}-{self.name}"
