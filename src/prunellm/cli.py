@@ -175,13 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                         + ". Default: compressed-tensors for a quantization-only run, compressed for a sparse and "
                           "quantized one, else hf")
     output.add_argument("--gguf-type", default=None,
-                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
-                             "(with --format gguf also f16, bf16, f32: unquantized)")
+                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, "
+                             "q6_k, q3_k_m, q4_k_m, q5_k_m (with --format gguf also f16, bf16, f32: unquantized)")
     output.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                         help="dtype of the saved weights. hf (auto): the source's for a sparse result, the compute "
                              "dtype for a quantized one; compressed (auto): float16 for a float32 model, else its own")
     output.add_argument("--gguf-other-type", default="keep",
-                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
+                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in a .gguf source; "
+                             "f16 from a Hugging Face model)")
     output.add_argument("--out", default=None,
                         help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -196,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", default="gguf", choices=tuple(name for name in format_names() if name != "hf"),
                         help="target format")
     export.add_argument("--type", default=None,
-                        help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
-                             "f16, bf16, f32")
+                        help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q3_k, q4_k, q5_k, "
+                             "q6_k, q3_k_m, q4_k_m, q5_k_m, f16, bf16, f32")
     export.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                         help="compressed: dtype of stored values (auto: float16 for a float32 model)")
     export.add_argument("--other-type", default="keep", help="type of embeddings, head and other tensors")

@@ -246,14 +246,20 @@ def _run_streamed(job: Job, command: list[str] | None) -> Outcome | None:
     if _waits_for_model(settings):  # the layers' shapes, from a meta-device skeleton: no weights read
         fit_to_model(job, build_skeleton(LazyCheckpoint(settings.model), job.compute_dtype).model)
     provenance = _provenance(job, command)
-    streamed = prune_streaming(settings.model, job.output.path, job.method, settings.calibration, settings.walk,
+    # A single-file format (GGUF) streams into a directory beside its file, then converts it.
+    directory = job.format.streamed_directory(job.output)
+    streamed = prune_streaming(settings.model, directory, job.method, settings.calibration, settings.walk,
                                dtype=settings.dtype, overwrite=job.output.overwrite,
                                save_dtype=job.output.save_dtype, allocation=job.allocation, group=job.group,
                                model_label=str(settings.model), report_extra=provenance)
     if job.group is not None and not job.group.is_main:
         return None
-    message = closing_lines(job, streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})")
-    return Outcome(streamed.result, streamed.report, {}, {}, streamed.out, message, streamed.resumed_from)
+    if job.format.single_file:
+        path, message = job.format.finish_streamed(streamed.out, job.output, streamed.report)
+    else:
+        path, message = streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})"
+    return Outcome(streamed.result, streamed.report, {}, {}, path, closing_lines(job, path, message),
+                   streamed.resumed_from)
 
 
 def _provenance(job: Job, command: list[str] | None) -> dict[str, Any]:
@@ -302,9 +308,10 @@ def _absolute(value: str | None) -> str | None:
 
 
 def _check_streamed(settings: Settings, output: OutputSpec) -> None:
-    if settings.model is None or output.path is None or output.format != "hf":
-        raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
-                            f"(no --format {output.format}: convert the result with `prunellm export OUT --to ...`)")
+    if settings.model is None or output.path is None or not get_format(output.format).streams:
+        raise PrunellmError("--stream reads a safetensors model directory and writes one (or a .gguf): give MODEL "
+                            f"and --out (no --format {output.format}: convert the result with "
+                            "`prunellm export OUT --to ...`)")
     if settings.evaluation.datasets:
         raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
                             "`prunellm eval OUT` afterwards")
