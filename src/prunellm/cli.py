@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     gen.add_argument("--seed", type=int, default=0)
     _add_runtime_options(gen)
+    _add_own_loop_option(gen)
 
     infer = commands.add_parser("bench-infer", help="prefill and decode speed and memory, dense vs compressed",
                                 epilog=EPILOG)
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--cuda-graph", action="store_true",
                        help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
                             "work rather than Python's kernel launches")
+    _add_own_loop_option(infer)
     infer.add_argument("--out", default=None, help="also write the rows to this JSON file")
     infer.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     infer.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -293,6 +295,12 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     _add_budget_option(parser)
     _add_head_bits_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_own_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--own-loop", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a CPU, decode Llama and Qwen2 models on prunellm's own loop (static cache, "
+                             "one token's attention as plain products); --no-own-loop: Hugging Face's")
 
 
 def _add_head_bits_option(parser: argparse.ArgumentParser) -> None:
@@ -425,7 +433,7 @@ def run_generate(args: argparse.Namespace) -> None:
     model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args),
                  head_bits=args.head_bits)
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, seed=args.seed)
+                               temperature=args.temperature, seed=args.seed, own_loop=args.own_loop)
     print(args.prompt + generation.text)
     print(f"{generation.new_tokens} tokens in {generation.seconds:.2f} s ({generation.tokens_per_second:.1f} tokens/s)",
           file=sys.stderr)
@@ -453,7 +461,8 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
-                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits)
+                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits,
+                         own_loop=args.own_loop)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:
