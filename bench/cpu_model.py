@@ -2,24 +2,36 @@
 compressed on the native kernels, one row per compressed layout.
 
     python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
+        [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
 
 Each DIR is a `prunellm prune --format compressed` output. For each, `prunellm bench-infer`'s
 measurement (runtime/bench_infer.py: each variant in a child process of its own, so that its
 peak memory is its own; batch 1, random prompt tokens, best of --repeats) gives the compressed
 variant (the native kernels at decode, prefill expanding each layer per call). A DIR pruned by
-`noop` gives the dense row (every layer expanded at load, in the stored dtype). Perplexity is the one the prune
-reported in DIR/report.json (measured on the stored values), file size the directory's
-compressed.safetensors. The plot draws perplexity against decode tokens/s and against the
-weights' memory.
+`noop` gives the two dense rows (every layer expanded at load, in the stored dtype): decode
+through torch's products ("dense-torch") and through the native kernels reading the dense
+weights in place (prunellm's default on a CPU); "x dense" is against the faster. Perplexity is
+the one the prune reported in DIR/report.json (measured on the stored values), file size the
+directory's compressed.safetensors.
+
+--llama adds llama.cpp's own rows: each GGUF file's decode speed by `llama-bench` (-p 0 -n
+NEW_TOKENS, the same threads, from $PRUNELLM_LLAMA_BIN), and with --llama-ppl its perplexity
+scored by llama.cpp (llama-cpp-python) on the windows of the first DIR's report (same text,
+tokenizer, window length and token count: like with like). The plot draws perplexity against
+decode tokens/s and against the file size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from prunellm.runtime.bench_infer import InferConfig, compare, machine_description
 
@@ -33,13 +45,63 @@ def measure(directories: list[Path], config: InferConfig) -> dict:
         common = {"perplexity": report["perplexity"]["compressed"], "ppl_seqlen": report["perplexity"]["seqlen"],
                   "ppl_tokens": report["perplexity"]["max_tokens"], "directory": directory.name}
         if report["method"]["method"] == "noop":
-            row = compare(directory, config, ("dense",))[0]
-            rows.insert(0, {"setting": "dense", **row, **common, "file_bytes": None})
+            torch_row, kernel_row = compare(directory, config, ("dense-torch", "dense"))
+            rows[:0] = [{"setting": "dense bf16 (torch)", **torch_row, **common, "file_bytes": None},
+                        {"setting": "dense bf16 (kernels)", **kernel_row, **common, "file_bytes": None}]
             continue
         row = compare(directory, config, ("compressed",))[0]
         rows.append({"setting": describe(report["method"]), **row, **common,
                      "file_bytes": (directory / "compressed.safetensors").stat().st_size})
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
+
+
+def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_from: Path | None) -> list[dict]:
+    """llama.cpp's decode speed of each GGUF file (llama-bench), and its perplexity on the
+    windows of `windows_from`'s report when given."""
+    binary = Path(os.environ.get("PRUNELLM_LLAMA_BIN", "")) / "llama-bench"
+    if not binary.is_file():
+        raise SystemExit(f"llama-bench not found at {binary}: `make llama-tools` builds it (PRUNELLM_LLAMA_BIN)")
+    windows, bos = _eval_windows(windows_from) if windows_from is not None else (None, None)
+    rows = []
+    for path in files:
+        done = subprocess.run([str(binary), "-m", str(path), "-t", str(threads), "-p", "0", "-n",
+                               str(config.new_tokens), "-r", str(max(config.repeats, 2)), "-o", "json"],
+                              capture_output=True, text=True, check=True)
+        (result,) = json.loads(done.stdout)
+        row = {"setting": f"llama.cpp {_type_name(result['model_type'])}", "llama_cpp": True,
+               "decode_tokens_per_second": result["avg_ts"], "file_bytes": path.stat().st_size,
+               "weight_bytes": result["model_size"], "directory": path.name, "perplexity": {}}
+        if windows is not None:
+            from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
+
+            row["perplexity"] = {"wikitext2": llama_cpp_perplexity(path, windows, bos, threads=threads)}
+        rows.append(row)
+    return rows
+
+
+def _type_name(model_type: str) -> str:
+    """llama-bench's "llama 256M Q4_K - Medium" -> "Q4_K_M" (llama-quantize's name; Q2_K is "Q2_K - Medium")."""
+    kind = " ".join(model_type.split()[2:])
+    if kind == "Q2_K - Medium":
+        return "Q2_K"
+    return kind.replace(" - Small", "_S").replace(" - Medium", "_M").replace(" - Large", "_L")
+
+
+def _eval_windows(directory: Path) -> tuple[torch.Tensor, int | None]:
+    """The windows the prune of `directory` scored (its report's text, window and token count)."""
+    from prunellm.compression import bos_for
+    from prunellm.eval.evaluate import eval_token_ids
+    from prunellm.eval.perplexity import eval_windows
+    from prunellm.formats import load_model
+
+    report = json.loads((directory / "report.json").read_text())
+    model, tokenizer = load_model(directory)
+    bos = bos_for(model, tokenizer)
+    del model
+    ppl = report["perplexity"]
+    ids = eval_token_ids("wikitext2", tokenizer, seqlen=ppl["seqlen"], max_tokens=ppl["max_tokens"],
+                         bos_token_id=bos)
+    return eval_windows(ids, ppl["seqlen"], bos), bos
 
 
 def describe(method: dict) -> str:
@@ -52,17 +114,17 @@ def describe(method: dict) -> str:
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    dense = next(row for row in rows if row["setting"] == "dense")
+    dense = max(row["decode_tokens_per_second"] for row in rows if row["setting"].startswith("dense"))
     lines = ["| setting | decode tok/s | × dense | prefill tok/s | weights MiB | run peak MiB | file MiB | ppl |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         ppl = next(iter(row["perplexity"].values()), None) if row["perplexity"] else None
         file_mib = f"{row['file_bytes'] / 2**20:.1f}" if row["file_bytes"] else "–"
+        prefill = f"{row['prefill_tokens_per_second']:.0f}" if "prefill_tokens_per_second" in row else "–"
+        peak = f"{row['run_peak_memory_bytes'] / 2**20:.0f}" if "run_peak_memory_bytes" in row else "–"
         lines.append(f"| {row['setting']} | {row['decode_tokens_per_second']:.1f} | "
-                     f"{row['decode_tokens_per_second'] / dense['decode_tokens_per_second']:.2f} | "
-                     f"{row['prefill_tokens_per_second']:.0f} | {row['weight_bytes'] / 2**20:.1f} | "
-                     f"{row['run_peak_memory_bytes'] / 2**20:.0f} | {file_mib} | "
-                     f"{'–' if ppl is None else f'{ppl:.2f}'} |")
+                     f"{row['decode_tokens_per_second'] / dense:.2f} | {prefill} | {row['weight_bytes'] / 2**20:.1f} | "
+                     f"{peak} | {file_mib} | {'–' if ppl is None else f'{ppl:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -72,16 +134,18 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(row["setting"], row["decode_tokens_per_second"], row["weight_bytes"] / 2**20,
-               next(iter(row["perplexity"].values()))) for row in result["rows"] if row["perplexity"]]
+    points = [(row["setting"], row["decode_tokens_per_second"], (row["file_bytes"] or row["weight_bytes"]) / 2**20,
+               next(iter(row["perplexity"].values())), row.get("llama_cpp", False))
+              for row in result["rows"] if row["perplexity"]]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, speed, mib, ppl in points:
-        axes[0].scatter(speed, ppl)
+    for name, speed, mib, ppl, llama in points:
+        style = dict(marker="s", color="tab:gray") if llama else dict(marker="o", color="tab:blue")
+        axes[0].scatter(speed, ppl, **style)
         axes[0].annotate(name, (speed, ppl), fontsize=7)
-        axes[1].scatter(mib, ppl)
+        axes[1].scatter(mib, ppl, **style)
         axes[1].annotate(name, (mib, ppl), fontsize=7)
     axes[0].set(xlabel="decode tokens/s (batch 1)", ylabel="WikiText-2 perplexity", yscale="log")
-    axes[1].set(xlabel="weights in memory, MiB", ylabel="WikiText-2 perplexity", yscale="log")
+    axes[1].set(xlabel="file MiB (dense rows: weights in memory)", ylabel="WikiText-2 perplexity", yscale="log")
     figure.suptitle(result["machine"], fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -93,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--llama", type=Path, nargs="*", default=[], help="GGUF files for llama.cpp's rows")
+    parser.add_argument("--llama-ppl", action="store_true", help="also score the GGUF files' perplexity")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
     result = measure(args.directories, config)
+    result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
+                                 args.directories[0] if args.llama_ppl else None)
     print(result["machine"])
     print(table(result))
     if args.out:

@@ -1,14 +1,19 @@
 """One linear layer at decode on this CPU: dense torch against the native kernels reading the
 compressed layouts (runtime/cpu_kernels.py).
 
-    python bench/layer_kernels.py [--threads 2] [--tokens 1 4 16] [--out bench/results/layer_kernels.json]
+    python bench/layer_kernels.py [--threads 2] [--tokens 1 4 16] [--working-set-mib 512] \
+        [--out bench/results/layer_kernels.json]
 
 Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down) and
-token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), then
-each layout through the kernels, with its time, speed-up over dense, bytes read, GB/s, and the
-share of this machine's read bandwidth (measured here: torch summing a 1 GiB buffer on the
-same threads). "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one:
-1.0 means the kernel streams as fast as memory allows. Weights are random on the layouts'
+token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), dense
+bfloat16 through the kernels (read in place, as `prunellm.load` runs a dense layer at decode),
+then each layout through the kernels, with its time, speed-up over dense, bytes read, GB/s, and
+the share of this machine's read bandwidth (measured here: torch summing a 1 GiB buffer on the
+same threads). Each row cycles through copies of its layer in distinct memory, at least
+--working-set-mib in all, as a model's layers follow one another: a single layer timed in a
+loop would sit in the last-level cache (32 MiB on the machine of bench/README.md) and flatter
+every figure. "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one: 1.0
+means the kernel streams as fast as memory allows. Weights are random on the layouts'
 patterns: kernel speed does not depend on the values. `--small` runs tiny shapes (a smoke test).
 """
 
@@ -103,31 +108,48 @@ def layer(name: str, rows: int, cols: int, seed: int = 0):
     return compress_weight(scale * (codes - zero), grid, nm=(2, 4) if name.startswith("2:4") else None)
 
 
-def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, bandwidth: float) -> list[dict]:
+def copies_for(nbytes: int, working_set: int) -> int:
+    """Copies of a layer of `nbytes` that make up the working set (at least 2)."""
+    return max(2, -(-working_set // max(nbytes, 1)))
+
+
+def cycled(fn, weights: list) -> float:
+    """Median seconds of one call of fn, cycling through `weights` (distinct memory)."""
+    return timed(lambda: [fn(w) for w in weights]) / len(weights)
+
+
+def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, bandwidth: float,
+        working_set: int) -> list[dict]:
     results = []
     for shape_name, (rows, cols) in shapes.items():
-        dense_fp32 = torch.randn(rows, cols)
-        dense_bf16 = dense_fp32.to(torch.bfloat16)
+        base = torch.randn(rows, cols)
+        fp32 = [base.clone() for _ in range(copies_for(rows * cols * 4, working_set))]
+        bf16 = [base.to(torch.bfloat16) for _ in range(copies_for(rows * cols * 2, working_set))]
+        in_place = [cpu_kernels.prepare_dense(w) for w in bf16]  # the dense bf16 copies, read by the kernels
         natives = {}
         for name in LAYOUTS:
             packed = layer(name, rows, cols)
-            natives[name] = cpu_kernels.prepare(packed.spec, packed.tensors)
+            first = cpu_kernels.prepare(packed.spec, packed.tensors)
+            # each prepare repacks into buffers of its own: distinct memory per copy
+            natives[name] = [first] + [cpu_kernels.prepare(packed.spec, packed.tensors)
+                                       for _ in range(copies_for(first.nbytes, working_set) - 1)]
         for count in tokens:
             x = torch.randn(count, cols)
             x16 = x.to(torch.bfloat16)
-            fp32 = timed(lambda: F.linear(x, dense_fp32))
-            bf16 = timed(lambda: F.linear(x16, dense_bf16))
-            dense = min(fp32, bf16)
-            dense_bytes = rows * cols * (4 if fp32 <= bf16 else 2)
-            rows_out = [("dense fp32 (torch)", fp32, rows * cols * 4), ("dense bf16 (torch)", bf16, rows * cols * 2)]
-            for name, native in natives.items():
-                seconds = timed(lambda: cpu_kernels.matmul(x, native))
-                rows_out.append((name, seconds, native.nbytes))
+            t32 = cycled(lambda w: F.linear(x, w), fp32)
+            t16 = cycled(lambda w: F.linear(x16, w), bf16)
+            dense = min(t32, t16)
+            dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
+            rows_out = [("dense fp32 (torch)", t32, rows * cols * 4), ("dense bf16 (torch)", t16, rows * cols * 2),
+                        ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(x, w), in_place), rows * cols * 2)]
+            for name, weights in natives.items():
+                rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(x, w), weights), weights[0].nbytes))
             for name, seconds, nbytes in rows_out:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
                                 "gb_s": nbytes / seconds / 1e9, "of_bandwidth": nbytes / seconds / bandwidth,
                                 "dense_bytes": dense_bytes, "threads": threads})
+        del fp32, bf16, in_place, natives
     return results
 
 
@@ -143,24 +165,59 @@ def print_table(results: list[dict], cpu: dict[str, str], bandwidth: float, isa:
               f"{r['bytes'] / 1e6:7.1f} {r['gb_s']:6.1f} {r['of_bandwidth']:6.2f}")
 
 
+def markdown(results: list[dict]) -> str:
+    """bench/README.md's two tables: 1 token per shape, and the speed-up range by token count."""
+    shapes = list(dict.fromkeys(r["shape"] for r in results))
+    layouts = list(dict.fromkeys(r["layout"] for r in results))
+    counts = sorted({r["tokens"] for r in results})
+    at = {(r["shape"], r["tokens"], r["layout"]): r for r in results}
+    lines = ["| layout | " + " | ".join(f"{s.split()[1]} ms (×)" for s in shapes) + " | GB/s | of bandwidth |",
+             "| --- | " + " | ".join("---:" for _ in shapes) + " | ---: | ---: |"]
+    for layout in layouts:
+        rows = [at[(s, 1, layout)] for s in shapes if (s, 1, layout) in at]
+        if not rows:
+            continue
+        cells = " | ".join(f"{r['ms']:.2f} ({r['speedup']:.2f}×)" for r in rows)
+        gb = [r["gb_s"] for r in rows]
+        share = [r["of_bandwidth"] for r in rows]
+        lines.append(f"| {layout} | {cells} | {min(gb):.0f}-{max(gb):.0f} | {min(share):.2f}-{max(share):.2f} |")
+    lines += ["", "| layout | " + " | ".join(f"{c} token{'s' if c > 1 else ''}" for c in counts) + " |",
+              "| --- | " + " | ".join("---:" for _ in counts) + " |"]
+    for layout in layouts:
+        cells = []
+        for count in counts:
+            ups = [at[(s, count, layout)]["speedup"] for s in shapes if (s, count, layout) in at]
+            cells.append(f"{min(ups):.2f}-{max(ups):.2f}×" if ups else "–")
+        lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--working-set-mib", type=int, default=512,
+                        help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
     parser.add_argument("--small", action="store_true", help="tiny shapes and buffer: a smoke test, not figures")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="print bench/README.md's tables from this JSON (no run)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())["results"]))
+        return
     if not cpu_kernels.available():
         raise SystemExit("native CPU kernels not built: reinstall prunellm with a C++ compiler")
     torch.set_num_threads(args.threads)
     cpu = cpu_description()
     bandwidth = read_bandwidth(0.0625 if args.small else 1.0)
-    results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth)
+    working_set = (1 if args.small else args.working_set_mib) * 2**20
+    results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set)
     print_table(results, cpu, bandwidth, cpu_kernels.isa())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "kernels": cpu_kernels.isa(),
                                         "read_bandwidth_gb_s": bandwidth / 1e9, "small": args.small,
+                                        "working_set_mib": working_set / 2**20,
                                         "results": results}, indent=1) + "\n")
 
 

@@ -107,8 +107,8 @@ BAD = {
                                       "q4_0 stores one scale per 32 inputs; group_size 128 cannot be held"),
     "sparse K-quant": (["--gguf-type", "q4_k", "--sparsity", "0.5"], "q4_k cannot keep pruned weights at exactly zero"),
     "unknown GGUF type": (["--method", "gptq", "--gguf-type", "q3_x"], "unknown GGUF type 'q3_x'"),
-    "GGUF output from a non-GGUF model": (["--method", "gptq", "--gguf-type", "q4_0", "--format", "gguf"],
-                                          "--format gguf needs a .gguf model"),
+    "GGUF output from a model whose tokenizer GGUF cannot hold": (
+        ["--method", "gptq", "--gguf-type", "q4_0", "--format", "gguf"], "this one is WordLevel"),
     "GGUF output without a type": (["--format", "gguf"], "--format gguf needs --gguf-type"),
     "float GGUF type without GGUF output": (["--gguf-type", "f16"], "only applies with --format gguf"),
     "unknown device": (["--device", "gpu"], "unknown device 'gpu': use cpu, cuda or cuda:N"),

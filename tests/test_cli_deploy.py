@@ -55,6 +55,9 @@ def test_generate_and_bench_infer(compressed, capsys):
     assert main(["generate", str(compressed), "--prompt", "w1 w2", "--max-new-tokens", "5", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("w1 w2") and "5 tokens in" in captured.err
+    assert main(["generate", str(compressed), "--prompt", "w1 w2", "--max-new-tokens", "5", "--device", "cpu",
+                 "--no-own-loop"]) == 0  # Hugging Face's generate: the same text
+    assert capsys.readouterr().out == captured.out
     assert main(["bench-infer", str(compressed), "--prompt-tokens", "8", "--new-tokens", "3", "--repeats", "1",
                  "--device", "cpu"]) == 0
     table = capsys.readouterr().out

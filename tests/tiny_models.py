@@ -58,3 +58,49 @@ def word_tokenizer(words: list[str], vocab_size: int = VOCAB):
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
     backend.train_from_iterator([" ".join(words)], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+TEXT = " ".join(f"w{i} the quick brown fox jumps over the lazy dog, said {i}." for i in range(60))
+
+
+def byte_bpe_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer (the kind SmolLM2, Qwen2 and Llama 3 use), trained offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([TEXT], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|endoftext|>")
+
+
+def sentencepiece_bpe_tokenizer(vocab_size: int = 360):
+    """A SentencePiece-style BPE tokenizer with byte fallback, laid out as Gemma's: <pad>, <eos>,
+    <bos>, <unk>, the 256 <0xXX> byte tokens, then pieces spelled with "▁", BOS added."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    trained = Tokenizer(models.BPE())
+    trained.normalizer = normalizers.Replace(" ", "\u2581")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials) - 256, show_progress=False)
+    trained.train_from_iterator([TEXT], trainer=trainer)
+    learned = json_model(trained)
+    pieces = sorted(learned["vocab"], key=learned["vocab"].get)
+    vocab = {t: i for i, t in enumerate([*specials, *(f"<0x{b:02X}>" for b in range(256)), *pieces])}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+
+
+def json_model(backend) -> dict:
+    import json
+
+    return json.loads(backend.to_str())["model"]

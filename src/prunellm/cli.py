@@ -119,10 +119,12 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(spec.flag, type=spec.type, default=None, choices=spec.choices, help=spec.help + takes)
     group.add_argument("--scheme", default=None, type=str.upper, choices=scheme_names(),
                        help="quantization preset as llm-compressor names it (W4A16: 4-bit symmetric, groups of 128, "
-                            "act-order); flags given explicitly win. Default: the papers' per-row asymmetric grid")
+                            "act-order); flags given explicitly win. Default: see --defaults")
     group.add_argument("--defaults", default="recommended", choices=("recommended", "paper"),
                        help="recommended: options left unset come from methods/recommended.py (SparseGPT without "
-                            "quantization: --refine alps); paper: the methods as published")
+                            "quantization: --refine alps; 4 and 8 bits with no grid option set: W4A16's or W8A16's "
+                            "grid, groups of 128 or the largest of 64, 32 that divides the layers); paper: the "
+                            "methods as published (per-row asymmetric grid)")
     group.add_argument("--allocation", default=None,
                        help="uniform or owl: sparsity per block by outliers (default: uniform)")
     group.add_argument("--owl-lambda", type=float, default=None,
@@ -173,13 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                         + ". Default: compressed-tensors for a quantization-only run, compressed for a sparse and "
                           "quantized one, else hf")
     output.add_argument("--gguf-type", default=None,
-                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m "
-                             "(with --format gguf also f16, bf16, f32: unquantized)")
+                        help="quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, "
+                             "q6_k, q3_k_m, q4_k_m, q5_k_m (with --format gguf also f16, bf16, f32: unquantized)")
     output.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                         help="dtype of the saved weights. hf (auto): the source's for a sparse result, the compute "
                              "dtype for a quantized one; compressed (auto): float16 for a float32 model, else its own")
     output.add_argument("--gguf-other-type", default="keep",
-                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in the source)")
+                        help="GGUF: type of embeddings, head and uncompressed layers (keep = as in a .gguf source; "
+                             "f16 from a Hugging Face model)")
     output.add_argument("--out", default=None,
                         help="output directory (hf, with report.json) or .gguf file (gguf, report beside it)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -194,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", default="gguf", choices=tuple(name for name in format_names() if name != "hf"),
                         help="target format")
     export.add_argument("--type", default=None,
-                        help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q4_k, q6_k, q4_k_m, "
-                             "f16, bf16, f32")
+                        help="gguf: type of the compressed layers: q4_0, q5_0, q8_0, q4_1, q5_1, q3_k, q4_k, q5_k, "
+                             "q6_k, q3_k_m, q4_k_m, q5_k_m, f16, bf16, f32")
     export.add_argument("--save-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                         help="compressed: dtype of stored values (auto: float16 for a float32 model)")
     export.add_argument("--other-type", default="keep", help="type of embeddings, head and other tensors")
@@ -214,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     gen.add_argument("--seed", type=int, default=0)
     _add_runtime_options(gen)
+    _add_own_loop_option(gen)
 
     infer = commands.add_parser("bench-infer", help="prefill and decode speed and memory, dense vs compressed",
                                 epilog=EPILOG)
@@ -228,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--cuda-graph", action="store_true",
                        help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
                             "work rather than Python's kernel launches")
+    _add_own_loop_option(infer)
     infer.add_argument("--out", default=None, help="also write the rows to this JSON file")
     infer.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     infer.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -292,6 +297,12 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_own_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--own-loop", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a CPU, decode Llama and Qwen2 models on prunellm's own loop (static cache, "
+                             "one token's attention as plain products); --no-own-loop: Hugging Face's")
+
+
 def _add_head_bits_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-bits", type=int, choices=(8, 4), default=None,
                         help="quantize the output head (round-to-nearest, groups of 128 inputs) for the native CPU "
@@ -351,11 +362,14 @@ def run_prune(args: argparse.Namespace) -> None:
         settings = replay_settings(args.recipe, settings, given_flags(build_parser(), args.argv))
     group = init_from_env(settings.walk.device)  # one of several processes under torchrun, else None
     job = pipeline.prepare(settings, group)
-    if job.note is not None:
-        print(job.note)
+    note = job.note
+    if note is not None:
+        print(note)
     outcome = _run_job(job, ["prunellm", *args.argv])
     if outcome is None:
         return  # not the first process: it evaluates and saves
+    if job.note != note:  # the recommended grid fitted to the model's layers once it was loaded
+        print(job.note)
     result, name = outcome.result, job.method.name
     sparsity = f"sparsity {outcome.report['sparsity']['compressed_layers']:.2%}"
     if job.settings.stream:
@@ -419,7 +433,7 @@ def run_generate(args: argparse.Namespace) -> None:
     model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args),
                  head_bits=args.head_bits)
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, seed=args.seed)
+                               temperature=args.temperature, seed=args.seed, own_loop=args.own_loop)
     print(args.prompt + generation.text)
     print(f"{generation.new_tokens} tokens in {generation.seconds:.2f} s ({generation.tokens_per_second:.1f} tokens/s)",
           file=sys.stderr)
@@ -447,7 +461,8 @@ def run_bench_infer(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
-                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits)
+                         dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits,
+                         own_loop=args.own_loop)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

@@ -114,6 +114,12 @@ def check_layer_shapes(model: nn.Module, method: Method, walk: WalkConfig) -> No
                 raise PrunellmError(f"{name}: {error}") from None
 
 
+def layer_inputs(model: nn.Module, walk: WalkConfig) -> dict[str, int]:
+    """The in_features of every layer a walk with `walk` compresses, by name (what the
+    recommended grid's group size is fitted to: methods/recommended.py)."""
+    return {name: in_features(layer) for name, layer in target_layers(model, walk).items()}
+
+
 def prune(model: nn.Module, tokenizer: Any, method: Method, calibration: CalibrationConfig | None = None,
           walk: WalkConfig | None = None, allocation: AllocationConfig | None = None,
           dist: Group | None = None) -> WalkResult:

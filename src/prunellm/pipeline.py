@@ -13,7 +13,9 @@ Where the paper's method and the recommended defaults are named: `build_method("
 otherwise. `Settings.defaults = "recommended"` (the default everywhere: CLI, Python, sweep)
 fills the options the user left unset from methods/recommended.py's table (today: ALPS
 refinement for SparseGPT without quantization); `defaults = "paper"` (`--defaults paper`)
-fills nothing. The report records the resolved method and which defaults applied.
+fills nothing. For a 4- or 8-bit run they fill the grid (W4A16's or W8A16's, its group size
+fitted to the model's layers once it is loaded: `fit_to_model`). The report records the
+resolved method, which defaults applied and what they filled in.
 
 `Settings.scheme` ("W4A16", ...; methods/schemes.py) fills the grid options the user left unset
 from a named preset, and is recorded in the report. The output format, when the user names
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 
 from .compression import (CalibrationConfig, EvalConfig, bos_for, build_report, check_layer_shapes, describe_model,
-                          perplexities, prune)
+                          layer_inputs, perplexities, prune)
 from .devices import resolve_device
 from .distributed import Group
 from .errors import PrunellmError
@@ -39,14 +41,14 @@ from .data.sources import describe_source
 from .formats.choice import FormatChoice, fit_model, resolve_output
 from .methods import Method, build_method, method_names, option_specs
 from .methods.schemes import with_scheme
-from .methods.recommended import with_recommended
+from .methods.recommended import recommended_grid, with_recommended
 from .walker import AllocationConfig, WalkConfig, WalkResult, with_forward_dtype
 
 DEFAULTS = ("recommended", "paper")
 # The in-memory run's parts, re-exported: `from prunellm.pipeline import CalibrationConfig, prune`.
 __all__ = ["DEFAULTS", "CalibrationConfig", "EvalConfig", "Job", "Outcome", "Settings", "bos_for", "build_report",
-           "check_layer_shapes", "check_output_file", "describe_model", "export", "perplexities", "prepare", "prune",
-           "resolve_method", "run", "settings_record"]
+           "check_layer_shapes", "check_output_file", "describe_model", "export", "fit_to_model", "perplexities",
+           "prepare", "prune", "resolve_method", "run", "settings_record"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Job:
     format: OutputFormat
     device: torch.device
     compute_dtype: torch.dtype | str
-    note: str | None  # what the recommended defaults filled in, for the user; None when nothing
+    note: str | None  # what the recommended defaults filled in (run: fitted to the model); None: nothing
     group: Group | None = None
     format_choice: FormatChoice | None = None  # the format, and why when the user named none
 
@@ -107,10 +109,12 @@ class Outcome:
 
 def resolve_method(name: str, options: dict[str, Any], *, defaults: str = "recommended",
                    allocation: str | None = None, owl_lambda: float | None = None, owl_threshold: float = 5.0,
-                   allocation_unit: str = "block", can_allocate: bool = True, scheme: str | None = None
-                   ) -> tuple[Method, AllocationConfig, str | None]:
+                   allocation_unit: str = "block", can_allocate: bool = True, scheme: str | None = None,
+                   layer_inputs: dict[str, int] | None = None) -> tuple[Method, AllocationConfig, str | None]:
     """(method, allocation, note): the method with the scheme's preset and the defaults applied
-    to the options the user left unset. Bad options fail here, before any loading."""
+    to the options the user left unset. Bad options fail here, before any loading.
+    layer_inputs: the in_features of the layers the run compresses (`compression.layer_inputs`),
+    once the model is known: the recommended grid's group size fits them."""
     if defaults not in DEFAULTS:
         raise PrunellmError(f"unknown defaults {defaults!r}: choose {' or '.join(DEFAULTS)}")
     if scheme is not None:
@@ -121,7 +125,7 @@ def resolve_method(name: str, options: dict[str, Any], *, defaults: str = "recom
     note = None
     if defaults == "recommended":
         options, allocation, owl_lambda, note = with_recommended(name, options, allocation, owl_lambda,
-                                                                 can_allocate=can_allocate)
+                                                                 can_allocate=can_allocate, layer_inputs=layer_inputs)
     method = build_method(name, **options)
     allocation_config = AllocationConfig(allocation or "uniform", *([] if owl_lambda is None else [owl_lambda]),
                                          owl_threshold=owl_threshold, unit=allocation_unit)
@@ -134,10 +138,7 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
     from .data import load_eval_text
     from .io.load import resolve_dtype
 
-    method, allocation, note = resolve_method(
-        settings.method, dict(settings.options), defaults=settings.defaults, allocation=settings.allocation,
-        owl_lambda=settings.owl_lambda, owl_threshold=settings.owl_threshold,
-        allocation_unit=settings.allocation_unit, can_allocate=not settings.stream, scheme=settings.scheme)
+    method, allocation, note = _resolve(settings)
     device = group.device if group is not None else resolve_device(settings.walk.device)
     compute_dtype = resolve_dtype(settings.dtype, device)
     # --forward-dtype auto follows this machine's CPU: pinned here, so that the report and a replay
@@ -157,20 +158,45 @@ def prepare(settings: Settings, group: Group | None = None) -> Job:
     return Job(settings, method, allocation, output, fmt, device, compute_dtype, note, group, choice)
 
 
+def _resolve(settings: Settings, layer_inputs: dict[str, int] | None = None
+             ) -> tuple[Method, AllocationConfig, str | None]:
+    return resolve_method(
+        settings.method, dict(settings.options), defaults=settings.defaults, allocation=settings.allocation,
+        owl_lambda=settings.owl_lambda, owl_threshold=settings.owl_threshold,
+        allocation_unit=settings.allocation_unit, can_allocate=not settings.stream, scheme=settings.scheme,
+        layer_inputs=layer_inputs)
+
+
+def _waits_for_model(settings: Settings) -> bool:
+    """Whether the method depends on the model's layers: the recommended grid's group size."""
+    return settings.defaults == "recommended" and settings.scheme is None and \
+        recommended_grid(settings.method, settings.options) is not None
+
+
+def fit_to_model(job: Job, model: torch.nn.Module) -> None:
+    """Resolve the job's method again with the layers of `model` (a loaded model or a streamed
+    run's skeleton) known: the recommended grid's group size becomes the largest that divides
+    them all (methods/recommended.py), and the note says which. Nothing else changes."""
+    if _waits_for_model(job.settings):
+        job.method, job.allocation, job.note = _resolve(job.settings, layer_inputs(model, job.settings.walk))
+
+
 def run(job: Job, command: list[str] | None = None) -> Outcome | None:
     """Load, compress, evaluate and write the job. Returns None in a process other than the
     first of a group (every process ends with the same model; the first evaluates and saves).
     command: the command line that asked for the run, recorded in the report beside the
-    resolved settings (`settings_record`) that replay it."""
-    provenance = {**_report_extra(job.settings), "settings": settings_record(job), "command": command}
+    resolved settings (`settings_record`) that replay it. The method's grid is fitted to the
+    model first (`fit_to_model`): job.method and job.note may change."""
     if job.settings.stream:
-        return _run_streamed(job, provenance)
+        return _run_streamed(job, command)
     from .formats import load_model
     from .io.default_model import gguf_file, model_label
     from .io.dtypes import round_weights
 
-    settings, method, group = job.settings, job.method, job.group
+    settings, group = job.settings, job.group
     model, tokenizer = load_model(settings.model, dtype=settings.dtype, compute_device=job.device)
+    fit_to_model(job, model)
+    method, provenance = job.method, _provenance(job, command)
     choice = job.format_choice or FormatChoice(job.format.name)
     job.format, job.output, job.format_choice = fit_model(job.format, choice, job.output, model, method, settings.walk)
     eval_kwargs = dict(default_seqlen=settings.calibration.seqlen, data_dir=settings.calibration.data_dir,
@@ -215,26 +241,41 @@ def closing_lines(job: Job, path: Path, message: str) -> str:
     return "\n".join(lines)
 
 
-def _run_streamed(job: Job, provenance: dict[str, Any]) -> Outcome | None:
+def _run_streamed(job: Job, command: list[str] | None) -> Outcome | None:
+    from .io.lazy import LazyCheckpoint
+    from .io.skeleton import build_skeleton
     from .streaming import prune_streaming
 
     settings = job.settings
-    streamed = prune_streaming(settings.model, job.output.path, job.method, settings.calibration, settings.walk,
+    if _waits_for_model(settings):  # the layers' shapes, from a meta-device skeleton: no weights read
+        fit_to_model(job, build_skeleton(LazyCheckpoint(settings.model), job.compute_dtype).model)
+    provenance = _provenance(job, command)
+    # A single-file format (GGUF) streams into a directory beside its file, then converts it.
+    directory = job.format.streamed_directory(job.output)
+    streamed = prune_streaming(settings.model, directory, job.method, settings.calibration, settings.walk,
                                dtype=settings.dtype, overwrite=job.output.overwrite,
                                save_dtype=job.output.save_dtype, allocation=job.allocation, group=job.group,
                                model_label=str(settings.model), report_extra=provenance)
     if job.group is not None and not job.group.is_main:
         return None
-    message = closing_lines(job, streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})")
-    return Outcome(streamed.result, streamed.report, {}, {}, streamed.out, message, streamed.resumed_from)
+    if job.format.single_file:
+        path, message = job.format.finish_streamed(streamed.out, job.output, streamed.report)
+    else:
+        path, message = streamed.out, f"saved to {streamed.out} ({streamed.report['saved_dtype']})"
+    return Outcome(streamed.result, streamed.report, {}, {}, path, closing_lines(job, path, message),
+                   streamed.resumed_from)
 
 
-def _report_extra(settings: Settings) -> dict[str, Any]:
-    """The settings the report records beside the resolved method: the defaults and the scheme."""
+def _provenance(job: Job, command: list[str] | None) -> dict[str, Any]:
+    """What the report records beside the resolved method: the defaults (and what they filled
+    in), the scheme, the settings that replay the run and the command line that asked for it."""
+    settings = job.settings
     extra: dict[str, Any] = {"defaults": settings.defaults}
+    if job.note is not None:
+        extra["recommended_defaults"] = job.note
     if settings.scheme is not None:
         extra["scheme"] = settings.scheme.upper()
-    return extra
+    return {**extra, "settings": settings_record(job), "command": command}
 
 
 def settings_record(job: Job) -> dict[str, Any]:
@@ -271,9 +312,10 @@ def _absolute(value: str | None) -> str | None:
 
 
 def _check_streamed(settings: Settings, output: OutputSpec) -> None:
-    if settings.model is None or output.path is None or output.format != "hf":
-        raise PrunellmError("--stream reads a safetensors model directory and writes one: give MODEL and --out DIR "
-                            f"(no --format {output.format}: convert the result with `prunellm export OUT --to ...`)")
+    if settings.model is None or output.path is None or not get_format(output.format).streams:
+        raise PrunellmError("--stream reads a safetensors model directory and writes one (or a .gguf): give MODEL "
+                            f"and --out (no --format {output.format}: convert the result with "
+                            "`prunellm export OUT --to ...`)")
     if settings.evaluation.datasets:
         raise PrunellmError("--stream never holds the whole model, so it cannot evaluate it: drop --eval and run "
                             "`prunellm eval OUT` afterwards")

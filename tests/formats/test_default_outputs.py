@@ -18,7 +18,7 @@ from prunellm.formats.choice import default_format
 from prunellm.methods import build_method, option_specs
 from prunellm.methods.schemes import SCHEMES, with_scheme
 from prunellm.pipeline import resolve_method
-from tests.model_dirs import make_workspace, model_dir
+from tests.model_dirs import make_workspace, model_dir, weights
 from tests.tiny_models import tokens
 
 pytest.importorskip("compressed_tensors")
@@ -168,7 +168,8 @@ def test_the_scheme_is_recorded_and_the_grid_is_the_presets(outputs) -> None:
     config = json.loads((outputs["w4a16"] / "config.json").read_text())["quantization_config"]
     weights = config["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["symmetric"], weights["group_size"]) == (4, True, 16)
-    assert "scheme" not in json.loads((outputs["gptq-4bit"] / "report.json").read_text())
+    asym = json.loads((outputs["gptq-4bit"] / "report.json").read_text())
+    assert "scheme" not in asym and "recommended_defaults" not in asym  # --group-size given: the user's grid
 
 
 # -- reading every format back -------------------------------------------------------------------
@@ -242,3 +243,101 @@ def test_a_scheme_whose_groups_do_not_divide_a_layer_is_refused_in_one_line(work
     err = capsys.readouterr().err.strip()
     assert "group_size 128 does not divide" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# -- the recommended grid: W4A16's unless the user chose one -------------------------------------
+
+def wide_llama(root: Path, hidden: int) -> Path:
+    """A tiny Llama `hidden` wide (MLP twice that): 192 is 1.5 groups of 128, as SmolLM2's 576 is 4.5."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.model_dirs import WORDS
+    from tests.tiny_models import VOCAB, word_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256, vocab_size=VOCAB)
+    path = root / f"llama-{hidden}"
+    LlamaForCausalLM(config).save_pretrained(path)
+    word_tokenizer(WORDS).save_pretrained(path)
+    return path
+
+
+def grid_of(path: Path) -> tuple[int, bool, int | None]:
+    config = json.loads((path / "config.json").read_text())["quantization_config"]
+    weights = config["config_groups"]["group_0"]["weights"]
+    return weights["num_bits"], weights["symmetric"], weights["group_size"]
+
+
+def assert_runs_packed(path: Path) -> None:
+    """What test_transformers_runs_a_symmetric_export_packed_as_prunellm_evaluates_it checks."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    parameters = dict(loaded.get_submodule("model.layers.0.self_attn.q_proj").named_parameters())
+    assert "weight_packed" in parameters and "weight" not in parameters
+    reference, _ = load_model(path)
+    torch.testing.assert_close(logits(loaded), logits(reference), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, group", [(None, 64), (192, 64), (256, 128)])  # None: the tiny Llama, 64 wide
+def test_a_4_bit_run_writes_the_w4a16_grid_with_groups_that_divide_the_model(workspace, tmp_path, capsys, hidden,
+                                                                             group) -> None:
+    ws = workspace if hidden is None else {**workspace, "model": str(wide_llama(tmp_path, hidden))}
+    capsys.readouterr()
+    out = tmp_path / "gptq"
+    assert prune(ws, out, "--method", "gptq", "--bits", "4") == 0
+    printed = capsys.readouterr().out
+    assert detect_format(out).name == "compressed-tensors" and grid_of(out) == (4, True, group)
+    report = json.loads((out / "report.json").read_text())
+    assert {k: report["method"][k] for k in ("group_size", "sym", "act_order")} == \
+        {"group_size": group, "sym": True, "act_order": True}
+    # What was filled in is printed (fitted to the model once loaded) and recorded.
+    note = report["recommended_defaults"]
+    assert note in printed and f"--sym --act-order --group-size {group} (W4A16" in note and "--defaults paper" in note
+    assert ("128 does not divide" in note) == (group != 128)
+    assert report["settings"]["options"]["group_size"] == group  # a replay builds this grid, whatever the defaults
+    assert_runs_packed(out)
+
+
+def test_the_fitted_grid_replays_to_the_same_weights(workspace, tmp_path, capsys) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert prune(workspace, first, "--method", "gptq", "--bits", "4") == 0
+    capsys.readouterr()
+    assert main(["prune", "--recipe", str(first), "--out", str(second), "--quiet"]) == 0
+    assert "recommended defaults" not in capsys.readouterr().out  # every grid option written out: nothing to fill
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_defaults_paper_keeps_the_papers_per_row_asymmetric_grid(workspace, tmp_path, capsys) -> None:
+    capsys.readouterr()
+    out = tmp_path / "paper"
+    assert prune(workspace, out, "--method", "gptq", "--bits", "4", "--defaults", "paper") == 0
+    assert "recommended defaults" not in capsys.readouterr().out
+    assert grid_of(out) == (4, False, None)  # per row ("channel"), zero points
+    report = json.loads((out / "report.json").read_text())
+    assert report["defaults"] == "paper" and "recommended_defaults" not in report
+    assert (report["method"]["group_size"], report["method"]["sym"]) == (None, False)
+
+
+def test_a_streamed_run_fits_the_grid_to_the_model_too(workspace, tmp_path) -> None:
+    out = tmp_path / "stream"
+    assert prune(workspace, out, "--method", "wanda", "--sparsity", "0.5", "--bits", "8", "--stream") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {k: report["method"][k] for k in ("bits", "group_size", "sym", "act_order")} == \
+        {"bits": 8, "group_size": 64, "sym": True, "act_order": True}
+    assert "W8A16" in report["recommended_defaults"]
+
+
+@pytest.mark.parametrize("options, grid", [
+    ({"bits": 4, "sym": True}, (None, True, True)),  # one grid option given: the rest keep the method's own
+    ({"bits": 4, "group_size": 32}, (32, False, True)),
+    ({"bits": 4, "act_order": False}, (None, False, False)),
+    ({"bits": 3}, (None, False, True)),  # other widths: the papers' grid
+])
+def test_explicit_grid_options_win(options, grid) -> None:
+    method, _, note = resolve_method("gptq", options)
+    assert (method.config.group_size, method.config.sym, method.config.act_order) == grid and note is None
+    method, _, note = resolve_method("gptq", {"bits": 4}, scheme="W4A16", layer_inputs={"q": 64})
+    assert method.config.group_size == 128 and note is None  # a scheme named is taken as it is (and refused there)

@@ -81,6 +81,36 @@ def test_k_quants_fall_back_like_llama_cpp_for_widths_256_does_not_divide() -> N
         gptq(*layer_problem(rows=8, cols=48), GPTQConfig(gguf="q4_0"))
 
 
+def test_q3_k_and_q5_k_fall_back_like_llama_cpp() -> None:
+    assert layer_gguf_type("q3_k", 640) == "q4_0"
+    assert layer_gguf_type("q5_k", 640) == "q5_1"
+    assert layer_gguf_type("q5_k", 512) == "q5_k"
+
+
+def test_q5_k_m_gives_q6_k_where_q4_k_m_does() -> None:
+    n = 30
+    for role in ("attn_v", "ffn_down", "attn_q", "attn_output", None):
+        for i in range(n):
+            q4, q5 = mixed_layer_type("q4_k_m", role, i, n), mixed_layer_type("q5_k_m", role, i, n)
+            assert (q4, q5) in (("q6_k", "q6_k"), ("q4_k", "q5_k"))
+    assert mixed_layer_type("q5_k_m", "ffn_down", 0, n) == "q6_k"
+
+
+def test_q3_k_m_mixture_follows_llama_cpps_rules() -> None:
+    n = 32
+    assert [mixed_layer_type("q3_k_m", "attn_v", i, n) for i in range(4)] == ["q5_k", "q5_k", "q4_k", "q4_k"]
+    assert [mixed_layer_type("q3_k_m", "ffn_down", i, n) for i in range(3)] == ["q5_k", "q5_k", "q4_k"]
+    assert {mixed_layer_type("q3_k_m", "attn_output", i, n) for i in range(n)} == {"q4_k"}
+    assert {mixed_layer_type("q3_k_m", role, i, n) for role in ("attn_q", "attn_k", "ffn_up", "ffn_gate", None)
+            for i in range(n)} == {"q3_k"}
+
+
+@pytest.mark.parametrize("mix", ["q3_k_m", "q5_k_m"])
+def test_mixtures_with_a_type_that_cannot_keep_zeros_refuse_pruning(mix: str) -> None:
+    with pytest.raises(PrunellmError, match=rf"\(which {mix} gives some layers\) cannot keep pruned weights"):
+        SparseGPTConfig(sparsity=0.5, gguf=mix)
+
+
 def test_q4_k_m_mixture_follows_llama_cpps_use_more_bits_rule() -> None:
     n = 30  # SmolLM2's depth
     more = [i for i in range(n) if mixed_layer_type("q4_k_m", "ffn_down", i, n) == "q6_k"]
@@ -90,7 +120,7 @@ def test_q4_k_m_mixture_follows_llama_cpps_use_more_bits_rule() -> None:
     assert mixed_layer_type("q4_0", "ffn_down", 0, n) == "q4_0"
 
 
-@pytest.mark.parametrize("name", ["q4_0", "q5_1", "q8_0", "q4_k", "q6_k"])
+@pytest.mark.parametrize("name", ["q4_0", "q5_1", "q8_0", "q3_k", "q4_k", "q5_k", "q6_k"])
 def test_gptq_onto_gguf_beats_round_to_nearest_and_exports_exactly(name: str) -> None:
     W, H = layer_problem(rows=32, cols=256)
     importance = torch.diagonal(H)
@@ -102,7 +132,7 @@ def test_gptq_onto_gguf_beats_round_to_nearest_and_exports_exactly(name: str) ->
         assert relative_layer_error(W, result.weight, H) < relative_layer_error(W, rtn.round(W), H)
 
 
-@pytest.mark.parametrize("name", ["q4_0", "q5_0", "q4_1", "q8_0", "q6_k"])
+@pytest.mark.parametrize("name", ["q4_0", "q5_0", "q4_1", "q8_0", "q3_k", "q6_k"])
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": "2:4"}])
 def test_sparsegpt_onto_gguf_keeps_its_zeros_and_exports_exactly(name: str, pattern: dict) -> None:
     W, H = layer_problem(rows=32, cols=256)

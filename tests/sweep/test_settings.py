@@ -24,6 +24,15 @@ def test_group_size_belongs_to_the_quantized_settings_only():
     assert quantized.build().config.group_size == 32
 
 
+def test_a_quantized_setting_gets_the_grid_prune_gives():
+    # As `prunellm prune`: W4A16's grid with groups fitted to the model's layers, the paper's with "paper".
+    quantized = parse_grid("wanda", "0.5", None, "4")[0]
+    config = quantized.build("recommended", {"q": 576, "down": 1536}).config
+    assert (config.group_size, config.sym, config.act_order) == (64, True, True)
+    config = quantized.build("paper", {"q": 576, "down": 1536}).config
+    assert (config.group_size, config.sym) == (None, False)
+
+
 def test_defaults_follow_the_paper_unless_only_patterns_are_asked():
     assert [s.sparsity for s in parse_grid("wanda")] == list(DEFAULT_SPARSITIES)
     assert [s.nm for s in parse_grid("wanda", None, "2:4,4:8")] == ["2:4", "4:8"]

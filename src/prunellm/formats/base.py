@@ -73,6 +73,7 @@ class OutputFormat(ABC):
     single_file: ClassVar[bool] = False  # one file (GGUF) rather than a directory
     takes_save_dtype: ClassVar[bool] = True  # --save-dtype chooses what it stores
     takes_float_gguf_types: ClassVar[bool] = False  # --gguf-type f16/bf16/f32 (unquantized GGUF tensors)
+    streams: ClassVar[bool] = False  # a --stream run can write it (streamed_directory, finish_streamed)
     summary: ClassVar[str] = ""  # one line for --help
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
@@ -111,6 +112,15 @@ class OutputFormat(ABC):
     def how_to_load(self, path: Path) -> str:
         """One line for the user: what loads the output at `path`."""
         return f"load: `prunellm eval {path}`"
+
+    def streamed_directory(self, output: OutputSpec) -> str:
+        """Where a `--stream` run writes its sharded checkpoint: output.path for a directory
+        format; a single-file format streams beside its file and converts in finish_streamed."""
+        return str(output.path) if not self.single_file else f"{output.path}.stream"
+
+    def finish_streamed(self, directory: Path, output: OutputSpec, report: dict[str, Any]) -> tuple[Path, str]:
+        """Turn a streamed run's directory into this format's file (single-file formats)."""
+        raise PrunellmError(f"--stream cannot write --format {self.name}")
 
     def default_export_path(self, directory: Path, output: OutputSpec) -> str:
         return f"{str(directory).rstrip('/')}-{self.name}"

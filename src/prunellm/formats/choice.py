@@ -12,7 +12,7 @@ quantizes writes a packed checkpoint unless asked otherwise:
 |   quantizes with a --save-dtype         |                     |                                   |
 | quantizes onto GGUF grids, --out *.gguf | gguf                | the file llama.cpp reads          |
 | quantizes onto GGUF grids, --out DIR    | hf (+ its grids)    | `prunellm export DIR --to gguf`   |
-| --stream                                | hf                  | a streamed run writes shards      |
+| --stream (other than to a .gguf file)   | hf                  | a streamed run writes shards      |
 
 Without the compressed-tensors package, the quantization-only row writes the compressed format
 (the reason says so). Once the model is loaded, `fit_model` sends a default compressed-tensors
@@ -61,7 +61,7 @@ def default_format(method: dict[str, Any], *, path: str | None = None, stream: b
     dtype asked for stored values (compressed-tensors takes none)."""
     gguf, bits = method.get("gguf"), method.get("bits")
     quantizes = gguf is not None or (isinstance(bits, int) and bits < 16)
-    if stream:
+    if stream and not (gguf is not None and path is not None and str(path).endswith(".gguf")):
         hint = "; `prunellm export OUT --to compressed` packs it" if quantizes else ""
         return FormatChoice("hf", f"a streamed run writes safetensors shards{hint}")
     if not quantizes:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class HFFormat(OutputFormat):
     name = "hf"
     summary = "a Hugging Face directory (safetensors)"
+    streams = True  # what a --stream run writes, shard by shard
 
     def check(self, output: OutputSpec, method: Method, source: str | Path | None,
               compute_dtype: torch.dtype | str) -> OutputSpec:

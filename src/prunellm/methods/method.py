@@ -159,11 +159,12 @@ class Method(ABC):
 
 
 # Hugging Face layer names of the roles llama.cpp's mixtures give more bits (see gguf_grids).
-_ROLE_SUFFIXES = {"attn_v": ("v_proj",), "ffn_down": ("down_proj", "fc2", "dense_4h_to_h", "mlp.c_proj", "w2")}
+_ROLE_SUFFIXES = {"attn_v": ("v_proj",), "ffn_down": ("down_proj", "fc2", "dense_4h_to_h", "mlp.c_proj", "w2"),
+                  "attn_output": ("o_proj", "self_attn.out_proj", "attn.c_proj", "attention.dense", "self_attn.dense")}
 
 
 def layer_role(name: str) -> str | None:
-    """'attn_v', 'ffn_down' or None for a module name such as model.layers.3.mlp.down_proj."""
+    """'attn_v', 'ffn_down', 'attn_output' or None for a module name such as model.layers.3.mlp.down_proj."""
     for role, suffixes in _ROLE_SUFFIXES.items():
         if any(name == s or name.endswith("." + s) for s in suffixes):
             return role

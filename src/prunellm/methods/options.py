@@ -10,14 +10,14 @@ from typing import Any
 SPARSITY = "fraction of weights to zero (default 0.5)"
 NM = "n:m pattern, e.g. 2:4 (n zeros in every m inputs)"
 BITS = "quantize to 2-8 bits (GPTQ grid)"
-GROUP_SIZE = "inputs per quantization scale (default: per row)"
+GROUP_SIZE = "inputs per quantization scale (default: per row; 4 and 8 bits: see --defaults)"
 SYM = "symmetric quantization grid"
 ACT_ORDER = "GPTQ: quantize columns by decreasing Hessian diagonal (default on)"
 BLOCK_SIZE = "columns per lazy-update block (default 128)"
 DAMP_FRAC = "Hessian damping, fraction of mean diagonal"
 HESSIAN_SHRINK = ("GPTQ: quantize with (1-a)*H + a*diag(H), a in [0, 1] (default 0; 0.5 wins with small "
                   "calibration sets)")
-GGUF = "quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, q4_k_m"
+GGUF = "quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, q6_k, q3_k_m, q4_k_m, q5_k_m"
 
 
 def option(default: Any, help: str, *, type: type | None = None, choices: tuple[str, ...] | None = None,

@@ -10,8 +10,9 @@ without activation order (SparseGPT's joint sweep, which prunes in column order)
 grid alone.
 
 Options the user gives explicitly win over the preset's (`--scheme W4A16 --group-size 64`).
-Without a scheme, the options keep their own defaults: the papers' grid, per row and
-asymmetric (`--bits 4` alone).
+Without a scheme, the recommended defaults (methods/recommended.py) give a 4- or 8-bit run
+whose user set no grid option W4A16's or W8A16's grid, with its group fitted to the model;
+`--defaults paper` keeps the options' own defaults: the papers' grid, per row and asymmetric.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class InferConfig:
     dense_budget: int | None = None  # bytes of layers the compressed variant may expand at load
     cuda_graph: bool = False  # decode steps replayed from a captured CUDA graph (CUDA only)
     head_bits: int | None = None  # the compressed variant's output head quantized (CPU: 8 or 4)
+    own_loop: bool = True  # CPU decode steps on runtime/decode_loop.py where it runs the model
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -124,13 +125,20 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool = False) -> tuple[float, float]:
+def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool = False,
+             own_loop: bool = True) -> tuple[float, float]:
     """Seconds of the prefill (prompt -> first token) and of `new_tokens` - 1 greedy decode steps,
     on a static key/value cache. cuda_graph: each decode step replays one captured CUDA graph,
-    so that what is timed is the GPU's work, not Python launching a few hundred kernels."""
+    so that what is timed is the GPU's work, not Python launching a few hundred kernels.
+    own_loop: on a CPU, a model runtime/decode_loop.py runs decodes on it (the prefill is still
+    the model's own call), what `prunellm generate` does."""
     from transformers import StaticCache
 
+    from .decode_loop import supports
+
     device = prompt.device
+    if own_loop and not cuda_graph and supports(model):
+        return _loop_run(model, prompt, new_tokens)
     warmup = 2 if cuda_graph else 0  # eager steps before a capture (they fill cache slots too)
     cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + new_tokens + warmup + 1)
     _sync(device)
@@ -148,6 +156,27 @@ def _one_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda
             token = model(token, use_cache=True, **{cache_argument(model): cache}).logits[:, -1].argmax(
                 dim=-1, keepdim=True)
     _sync(device)
+    return prefill, time.perf_counter() - started
+
+
+def _own_loop(model: torch.nn.Module, config: InferConfig) -> bool:
+    """Whether _one_run decodes `model` on runtime/decode_loop.py under `config`."""
+    from .decode_loop import supports
+
+    return config.own_loop and not config.cuda_graph and supports(model)
+
+
+def _loop_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """_one_run on runtime/decode_loop.py (CPU)."""
+    from .decode_loop import DecodeLoop
+
+    loop = DecodeLoop(model, prompt.shape[1] + new_tokens, prompt.shape[0])
+    started = time.perf_counter()
+    token = loop.prefill(prompt).argmax(dim=-1)  # (B,)
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        token = loop.step(token).argmax(dim=-1)
     return prefill, time.perf_counter() - started
 
 
@@ -198,14 +227,16 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     prompt = torch.randint(vocab, (config.batch_size, config.prompt_tokens), generator=generator).to(device)
     if config.cuda_graph and device.type != "cuda":
         raise PrunellmError("--cuda-graph needs a CUDA device")
-    _one_run(model, prompt[:, :8], 2)  # warm-up: kernel compilation and tuning, allocator
+    # warm-up: kernel compilation and tuning, allocator
+    _one_run(model, prompt[:, :8], 2, own_loop=config.own_loop)
     # The runs' own peak (prefill and decode, what the model holds while running), still counted
     # from before the load: on a CPU the load's transient copies are not in it.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
         _reset_host_peak()
-    runs = [_one_run(model, prompt, config.new_tokens, config.cuda_graph) for _ in range(config.repeats)]
+    runs = [_one_run(model, prompt, config.new_tokens, config.cuda_graph, config.own_loop)
+            for _ in range(config.repeats)]
     prefill = min(r[0] for r in runs)
     decode = min(r[1] for r in runs)
     steps = max(config.new_tokens - 1, 1)
@@ -213,6 +244,7 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     return {"variant": variant, "device": str(device), "load_seconds": load_seconds,
             "weight_bytes": weight_bytes(model), "peak_memory_bytes": max(load_peak, run_peak),
             "run_peak_memory_bytes": run_peak, "layer_paths": layer_paths(model),
+            "decode_loop": "prunellm" if _own_loop(model, config) else "transformers",
             "prefill_tokens_per_second": config.batch_size * config.prompt_tokens / prefill,
             "decode_tokens_per_second": config.batch_size * steps / decode,
             "decode_ms_per_step": 1000 * decode / steps, "prefill_ms": 1000 * prefill, **asdict(config)}

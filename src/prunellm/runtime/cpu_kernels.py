@@ -50,6 +50,7 @@ NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
 ABI_VERSION = 3  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
+_X_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class _PnlWeight(ctypes.Structure):
@@ -67,6 +68,9 @@ class NativeWeight:
     shape: tuple[int, int]  # (R, C)
     layout: KernelLayout
     struct: _PnlWeight
+
+    def __post_init__(self) -> None:
+        self.ref = ctypes.byref(self.struct)  # made once: matmul passes it on every call
 
     @property
     def nbytes(self) -> int:
@@ -184,7 +188,14 @@ def supported_levels() -> list[str]:
 
 def isa() -> str:
     """The level in use: PRUNELLM_CPU_KERNEL when set, else the best this CPU runs."""
-    forced = os.environ.get(ENV, "").strip().lower()
+    return _level_for(os.environ.get(ENV, ""))
+
+
+@functools.cache
+def _level_for(setting: str) -> str:
+    """isa() for one value of the variable, worked out once (it is on every decode call's path;
+    a refused value raises each time: exceptions are not cached)."""
+    forced = setting.strip().lower()
     if not forced:
         return _best_level()
     lib = _require()
@@ -257,19 +268,23 @@ def prepare_dense(weight: torch.Tensor) -> NativeWeight | None:
 
 def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     """x (T, C) float32 or bfloat16 -> y (T, R) = x @ Wᵀ in x's dtype, summed in float32."""
-    lib = _require()
+    # Called per layer per decode step: the checks are the cheapest that say the same (is_cpu
+    # rather than a device object, one read of the shape), the level is cached per setting.
+    lib = _library if _library is not None else _require()
     rows, cols = weight.shape
-    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+    if not isinstance(x, torch.Tensor) or not x.is_cpu or x.dtype not in _X_DTYPES:
         raise PrunellmError("x must be a CPU tensor of float32 or bfloat16")
-    if x.dim() != 2 or x.shape[1] != cols or x.shape[0] < 1:
-        raise PrunellmError(f"x has shape {tuple(x.shape)}, expected (tokens, {cols})")
+    shape = x.shape
+    if len(shape) != 2 or shape[1] != cols or shape[0] < 1:
+        raise PrunellmError(f"x has shape {tuple(shape)}, expected (tokens, {cols})")
     x = x.contiguous()
-    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
-    done = lib.pnl_matmul(ctypes.byref(weight.struct), x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[0],
-                          y.data_ptr(), torch.get_num_threads(), LEVELS[isa()])
+    bf16 = x.dtype == torch.bfloat16
+    y = torch.empty(shape[0], rows, dtype=torch.float32)
+    done = lib.pnl_matmul(weight.ref, x.data_ptr(), bf16, shape[0], y.data_ptr(), torch.get_num_threads(),
+                          LEVELS[isa()])
     if done != 0:
         raise RuntimeError(f"native CPU kernel failed (code {done})")
-    return y if x.dtype == torch.float32 else y.to(torch.bfloat16)
+    return y.to(torch.bfloat16) if bf16 else y
 
 
 def expand(weight: NativeWeight) -> torch.Tensor:

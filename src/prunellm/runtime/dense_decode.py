@@ -14,15 +14,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import cpu_kernels
-from .linear import CPU_KERNEL_MAX_TOKENS
 
 # float32 stays with torch: its one-token product (MKL's) already streams float32 at memory
 # speed, and the kernels would read the same four bytes a weight.
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+# Tokens per call up to which the kernel reads a dense weight: one. From two tokens torch's
+# bfloat16 product is as fast or faster (bench/README.md, "Per-layer CPU kernels").
+DENSE_KERNEL_MAX_TOKENS = 1
 
 
 class DecodeLinear(nn.Linear):
-    """An nn.Linear whose calls of at most CPU_KERNEL_MAX_TOKENS tokens go through the native
+    """An nn.Linear whose calls of at most DENSE_KERNEL_MAX_TOKENS tokens go through the native
     kernel reading its own weight. Holds the layer's Parameters themselves: tied weights stay
     tied, and the state dict is the layer's."""
 
@@ -38,7 +40,7 @@ class DecodeLinear(nn.Linear):
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
         # The kernel reads the weight's memory as it was at load: a weight moved or cast since
         # (model.to(...)) takes torch's path.
-        if flat.shape[0] > CPU_KERNEL_MAX_TOKENS or self.weight.data_ptr() != self._storage \
+        if flat.shape[0] > DENSE_KERNEL_MAX_TOKENS or self.weight.data_ptr() != self._storage \
                 or x.dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled() and x.requires_grad:
             return F.linear(x, self.weight, self.bias)
         y = cpu_kernels.matmul(flat, self.native)  # (tokens, out), x's dtype

@@ -8,10 +8,11 @@ exactly as llama.cpp and the `gguf` package dequantize it (same float32 operatio
 order), so that exporting loses nothing. Parameters are float32 tensors holding exact fp16 or
 small-integer values, one row of `n_params` per (row, block).
 
-Exact zeros: q8_0, q4_0, q5_0 and q6_k are symmetric, zero is always on their grid. q4_1 and
-q5_1 store value = d·q + m; with `keep_zero` the fit makes m an exact integer multiple of -d
+Exact zeros: q8_0, q4_0, q5_0, q3_k and q6_k are symmetric, zero is always on their grid. q4_1
+and q5_1 store value = d·q + m; with `keep_zero` the fit makes m an exact integer multiple of -d
 (d is rounded up to few enough mantissa bits for d·z to be an exact fp16), so zero is on the
-grid. q4_k stores d·sc·q - dmin·mn with independent 6-bit scale and min: it cannot keep zeros.
+grid. q4_k and q5_k store d·sc·q - dmin·mn with independent 6-bit scale and min: they cannot
+keep zeros, nor can a mixture that gives some layers one of them (q3_k_m, q4_k_m, q5_k_m).
 """
 
 from __future__ import annotations
@@ -192,19 +193,22 @@ class OffsetGrid(GGUFGrid):
 
 
 class Q4KGrid(GGUFGrid):
-    """q4_k: 256 inputs = 8 sub-blocks of 32; value = (d·sc_j)·q - dmin·mn_j, q in [0, 15],
-    sc_j and mn_j 6-bit integers, d and dmin fp16. params: [d, dmin, sc_0..7, mn_0..7]."""
+    """q4_k (and q5_k): 256 inputs = 8 sub-blocks of 32; value = (d·sc_j)·q - dmin·mn_j, q in
+    [0, 15] ([0, 31] for q5_k), sc_j and mn_j 6-bit integers, d and dmin fp16.
+    params: [d, dmin, sc_0..7, mn_0..7]."""
 
-    name = "q4_k"
     block = 256
     sub = 32
     n_params = 18
     holds_zero = False
 
+    def __init__(self, name: str = "q4_k", bits: int = 4) -> None:
+        self.name, self.maxq = name, 2**bits - 1
+
     def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
         subs = w.reshape(w.shape[0], 8, self.sub)  # (N, 8, 32)
         h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
-        scale, offset = _searched_scale_offset(subs, h, 15)  # (N, 8) each
+        scale, offset = _searched_scale_offset(subs, h, self.maxq)  # (N, 8) each
         d = _fp16(scale.amax(dim=-1) / 63)
         dmin = _fp16(offset.amax(dim=-1) / 63)
         sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), 0, 63)
@@ -213,7 +217,7 @@ class Q4KGrid(GGUFGrid):
 
     def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
                   importance: torch.Tensor | None = None) -> torch.Tensor:
-        scale, offset = _searched_scale_offset(w, importance, 15)  # (N,)
+        scale, offset = _searched_scale_offset(w, importance, self.maxq)  # (N,)
         params = params.clone()
         params[:, 2 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), 0, 63)
         params[:, 10 + j] = torch.clamp(torch.round(_safe_div(offset, params[:, 1])), 0, 63)
@@ -227,7 +231,7 @@ class Q4KGrid(GGUFGrid):
 
     def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         scale, offset = self._scale_offset(params, pos)
-        return torch.clamp(torch.round(_safe_div(w + offset, scale)), 0, 15)
+        return torch.clamp(torch.round(_safe_div(w + offset, scale)), 0, self.maxq)
 
     def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         scale, offset = self._scale_offset(params, pos)
@@ -269,6 +273,42 @@ class Q6KGrid(GGUFGrid):
         return self._scale(params, pos) * codes
 
 
+class Q3KGrid(GGUFGrid):
+    """q3_k: 256 inputs = 16 sub-blocks of 16; value = (d·sc_j)·c, c in [-4, 3], sc_j a 6-bit
+    signed integer in [-32, 31], d fp16 (negative when the largest sub-block scale is: as
+    llama.cpp, that scale maps to -32). params: [d, sc_0..15]. Symmetric: zero is on the grid."""
+
+    name = "q3_k"
+    block = 256
+    sub = 16
+    n_params = 17
+    holds_zero = True
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        subs = w.reshape(w.shape[0], 16, self.sub)  # (N, 16, 16)
+        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
+        scale = _searched_scale(subs, h, -4, 3)  # (N, 16)
+        d = _fp16(_signed_absmax(scale) / -32)
+        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), -32, 31)
+        return torch.cat([d[:, None], sc], dim=-1)
+
+    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+        params = params.clone()
+        scale = _searched_scale(w, importance, -4, 3)
+        params[:, 1 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), -32, 31)
+        return params
+
+    def _scale(self, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return (params[:, :1] * params[:, 1:17])[:, pos // self.sub]  # exact: 11 bits times 6
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(_safe_div(w, self._scale(params, pos))), -4, 3)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._scale(params, pos) * codes
+
+
 def _round_up_to_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
     """The smallest value >= x (x >= 0) with at most `bits` significant binary digits."""
     mantissa, exponent = torch.frexp(x)  # x = mantissa · 2^exponent, mantissa in [0.5, 1)
@@ -283,16 +323,26 @@ GGUF_GRIDS: dict[str, GGUFGrid] = {
         SymmetricGrid("q5_0", -16, 15, -16.0),
         OffsetGrid("q4_1", 4),
         OffsetGrid("q5_1", 5),
+        Q3KGrid(),
         Q4KGrid(),
+        Q4KGrid("q5_k", 5),
         Q6KGrid(),
     )
 }
 
 
-# llama.cpp's mixtures: (base type, type of the layers that get more bits). Q4_K_M gives Q6_K
-# to attn_v and ffn_down in the first and last eighth of the blocks and every third between.
-GGUF_MIXES: dict[str, tuple[str, str]] = {"q4_k_m": ("q4_k", "q6_k")}
-MIX_ROLES = ("attn_v", "ffn_down")
+# llama.cpp's mixtures (llama-quantize's _M types), by their base type and the types some roles
+# get (llama_tensor_get_type, for models without experts):
+# - q4_k_m, q5_k_m: q6_k for attn_v and ffn_down in the first and last eighth of the blocks and
+#   every third block between (`use_more_bits`);
+# - q3_k_m: q5_k for attn_v in the first two blocks and q4_k after; q5_k for ffn_down in the
+#   first sixteenth of the blocks and q4_k after; q4_k for attn_output.
+GGUF_MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "q4_k_m": ("q4_k", ("q6_k",)),
+    "q5_k_m": ("q5_k", ("q6_k",)),
+    "q3_k_m": ("q3_k", ("q4_k", "q5_k")),
+}
+MIX_ROLES = ("attn_v", "ffn_down", "attn_output")
 
 
 def gguf_grid(name: str) -> GGUFGrid:
@@ -304,20 +354,35 @@ def gguf_grid(name: str) -> GGUFGrid:
     return GGUF_GRIDS[key]
 
 
+def _use_more_bits(block: int, n_blocks: int) -> bool:
+    eighth = n_blocks // 8
+    return block < eighth or block >= 7 * n_blocks // 8 or (block - eighth) % 3 == 2
+
+
 def mixed_layer_type(name: str, role: str | None, block: int, n_blocks: int) -> str:
-    """The type a mixture gives one layer (role 'attn_v', 'ffn_down' or other), as llama.cpp's
-    `use_more_bits` rule does; a plain type is returned unchanged."""
+    """The type a mixture gives one layer (role 'attn_v', 'ffn_down', 'attn_output' or other),
+    as llama.cpp's quantizer does; a plain type is returned unchanged."""
     key = name.lower()
     if key not in GGUF_MIXES:
         return key
-    base, more = GGUF_MIXES[key]
-    eighth = n_blocks // 8
-    more_bits = block < eighth or block >= 7 * n_blocks // 8 or (block - eighth) % 3 == 2
-    return more if role in MIX_ROLES and more_bits else base
+    base = GGUF_MIXES[key][0]
+    if key == "q3_k_m":
+        if role == "attn_v":
+            return "q5_k" if block < 2 else "q4_k"
+        if role == "ffn_down":
+            return "q5_k" if block < n_blocks // 16 else "q4_k"
+        return "q4_k" if role == "attn_output" else base
+    return "q6_k" if role in ("attn_v", "ffn_down") and _use_more_bits(block, n_blocks) else base
+
+
+def mix_types(name: str) -> tuple[str, ...]:
+    """Every type a GGUF type or mixture can give a layer (the plain type alone for a plain one)."""
+    key = name.lower()
+    return (GGUF_MIXES[key][0], *GGUF_MIXES[key][1]) if key in GGUF_MIXES else (gguf_grid(key).name,)
 
 
 # What llama.cpp's quantizer uses for a tensor whose rows a K-quant's 256-blocks cannot tile.
-K_FALLBACK = {"q4_k": "q5_0", "q6_k": "q8_0"}
+K_FALLBACK = {"q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 
 
 def layer_gguf_type(name: str, in_features: int) -> str:
@@ -333,9 +398,13 @@ def check_gguf_problem(name: str, in_features: int | None, sparse: bool) -> GGUF
     """The grid for a layer problem (in_features None: any width; otherwise with llama.cpp's
     fallback for K-quants), or a one-line error if the type cannot hold it."""
     grid = gguf_grid(name)
-    if sparse and not grid.holds_zero:
-        raise PrunellmError(f"{grid.name} cannot keep pruned weights at exactly zero (its blocks store "
-                            f"d·sc·q - dmin·m); use q4_0, q5_0, q8_0, q6_k or q4_1/q5_1 with sparsity")
+    if sparse:
+        # A mixture keeps zeros only if every type it gives a layer does (q3_k_m's q4_k/q5_k do not).
+        for member in mix_types(name):
+            if not GGUF_GRIDS[member].holds_zero:
+                mixed = f" (which {name.lower()} gives some layers)" if member != name.lower() else ""
+                raise PrunellmError(f"{member}{mixed} cannot keep pruned weights at exactly zero (its blocks store "
+                                    f"d·sc·q - dmin·m); use q4_0, q5_0, q8_0, q3_k, q6_k or q4_1/q5_1 with sparsity")
     if in_features is not None:
         grid = gguf_grid(layer_gguf_type(name, in_features))
     if in_features is not None and in_features % grid.block:

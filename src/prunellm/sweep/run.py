@@ -29,7 +29,7 @@ from ..eval import eval_token_ids, eval_windows, perplexity
 from ..eval.zero_shot import TaskSuite, ZeroShotConfig, lm_eval_version
 from ..io import check_output_dir, library_versions, save_model
 from ..compression import (CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows,
-                           check_layer_shapes, describe_model)
+                           check_layer_shapes, describe_model, layer_inputs)
 from ..walker import (WalkConfig, check_walk_range, compress_model, find_blocks, read_weight, target_layers,
                       with_forward_dtype)
 from .results import DENSE, MODELS_DIR, PLOTS_DIR, RESULTS_CSV, RESULTS_JSON, SweepResults, load_results
@@ -140,8 +140,9 @@ class Sweep:
             suite = TaskSuite.load(config.zero_shot)
         self.suite = suite
         check_walk_range(find_blocks(model), config.walk)  # before the dense evaluation, not after it
+        self.layer_inputs = layer_inputs(model, config.walk)  # what the recommended grid's groups fit
         for setting in settings:
-            check_layer_shapes(model, setting.build(config.defaults), config.walk)
+            check_layer_shapes(model, setting.build(config.defaults, self.layer_inputs), config.walk)
         self.bos = bos_for(model, tokenizer)
         calibration = config.calibration
         self.windows = calibration_windows(calibration, tokenizer, self.bos)  # (N, T)
@@ -184,7 +185,7 @@ class Sweep:
 
     def _setting_row(self, setting: SweepSetting, dense: dict[str, Any]) -> dict[str, Any]:
         pruned = copy.deepcopy(self.model)
-        method = setting.build(self.config.defaults)
+        method = setting.build(self.config.defaults, self.layer_inputs)
         torch.manual_seed(self.config.calibration.seed)
         started = time.perf_counter()
         result = compress_model(pruned, method, self.windows, self.config.walk)

@@ -67,11 +67,13 @@ class SweepSetting:
                 options["group_size"] = self.group_size
         return options
 
-    def build(self, defaults: str = "recommended") -> Method:
-        """The method of this setting, with `defaults` applied as `prunellm prune` applies them."""
+    def build(self, defaults: str = "recommended", layer_inputs: dict[str, int] | None = None) -> Method:
+        """The method of this setting, with `defaults` applied as `prunellm prune` applies them.
+        layer_inputs: the model's layers (`compression.layer_inputs`), which the recommended
+        grid's group size fits."""
         from ..pipeline import resolve_method
 
-        return resolve_method(self.method, self.options(), defaults=defaults)[0]
+        return resolve_method(self.method, self.options(), defaults=defaults, layer_inputs=layer_inputs)[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "key": self.key, "label": self.label, "series": self.series,

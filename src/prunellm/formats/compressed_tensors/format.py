@@ -76,7 +76,7 @@ class CompressedTensorsFormat(OutputFormat):
         else:
             transformers = (f"AutoModelForCausalLM.from_pretrained('{path}', quantization_config="
                             "CompressedTensorsConfig(dequantize=True)) (an asymmetric grid does not run packed in "
-                            "transformers; --scheme W4A16 writes a symmetric one)")
+                            "transformers; --scheme W4A16, or --bits 4 with no grid flag, writes a symmetric one)")
         return f"load: `vllm serve {path}`; transformers: {transformers}; `prunellm eval {path}`"
 
     def detect(self, path: Path) -> bool:

@@ -6,12 +6,15 @@ which the llama.cpp project maintains for hundreds of architectures. Re-deriving
 Hugging Face config by hand would duplicate that converter and drift from it. So the exporter
 copies every key of the source GGUF, keeps its tensor names, order and layouts, and replaces
 only the tensors the solver changed, packed onto exactly the grid the solver used. See
-docs/gguf.md.
+docs/gguf.md. (A model loaded from Hugging Face has no source GGUF: hf_writer.py writes it whole.)
 
 Layout: tensor names come from the `gguf` package's own map from Hugging Face names; for
 architectures whose converter permutes the rows of q/k for rotary embeddings (llama), the same
 permutation is applied. Every replaced tensor is checked against the source tensor it replaces
 (shape, and a share of equal signs that a wrong layout cannot reach).
+
+Memory: the header is planned from shapes and types; then each tensor is read, laid out,
+packed, written and dropped before the next, so the export holds one layer's copy at a time.
 """
 
 from __future__ import annotations
@@ -66,9 +69,13 @@ class GGUFExportConfig:
 
 @dataclass
 class _Replacement:
+    """A compressed layer and the source tensor it replaces. Its weight is read, laid out and
+    packed only when its turn to be written comes (one tensor's copy at a time)."""
+
     source_name: str
-    weight: torch.Tensor  # (out, in) in the GGUF's row order
-    blocks: GGUFBlocks | None  # None: written as floats of the export type
+    layer: str  # module name
+    type: str  # what is stored: a float type or a GGUF grid
+    blocks: GGUFBlocks | None  # the solver's grid in the model's row order; None: fitted when written
 
 
 def export_gguf(
@@ -89,25 +96,31 @@ def export_gguf(
 
     reader = _open_source(source)
     arch = _field(reader, "general.architecture")
-    plan = _plan(model, layers, reader, arch, config, dry_run=False)
+    plan = _plan(model, layers, reader, arch, config)
     out = Path(out_path).expanduser()
     if out.is_dir():
         raise PrunellmError(f"GGUF output path is a directory: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling_name(out, "tmp")
+    modules = dict(model.named_modules())
     try:
         writer = gguf.GGUFWriter(tmp, arch)
         _copy_metadata(reader, writer, config.type if plan else config.other_type, extra_metadata or {})
-        payloads = []
+        # Two passes: the header needs every tensor's size, known from shapes and types alone;
+        # then each tensor's bytes are computed, written and dropped before the next one's.
         for tensor in reader.tensors:
-            data, qtype = _tensor_payload(tensor, plan.get(tensor.name), config)
-            writer.add_tensor_info(tensor.name, data.shape, data.dtype, data.nbytes, qtype)
-            payloads.append(data)
+            writer.add_tensor_info(tensor.name, *_tensor_layout(tensor, plan.get(tensor.name), config))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for data in payloads:
+        for tensor in reader.tensors:
+            replacement = plan.get(tensor.name)
+            if replacement is not None:
+                data = _replacement_payload(modules, replacement, tensor, arch, reader)
+            else:
+                data = _tensor_payload(tensor, config)[0]
             writer.write_tensor_data(data)
+            del data
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -121,7 +134,7 @@ def check_gguf_export(model: nn.Module, layer_names: list[str], source: str | Pa
     """Refuse, before any work, an export that cannot succeed: an unreadable source, an
     architecture or layer the exporter cannot map, shapes that differ, a type a width cannot hold."""
     reader = _open_source(source)
-    _plan(model, dict.fromkeys(layer_names), reader, _field(reader, "general.architecture"), config, dry_run=True)
+    _plan(model, dict.fromkeys(layer_names), reader, _field(reader, "general.architecture"), config)
 
 
 def _open_source(source: str | Path) -> Any:
@@ -152,9 +165,9 @@ def _field(reader: Any, key: str) -> Any:
 
 
 def _plan(model: nn.Module, layers: dict[str, GGUFBlocks | None], reader: Any, arch: str,
-          config: GGUFExportConfig, dry_run: bool) -> dict[str, _Replacement]:
-    """Map every compressed layer to the source tensor it replaces, checking everything first.
-    dry_run: check names, shapes and types only (before compression: no fitting, no layout check)."""
+          config: GGUFExportConfig) -> dict[str, _Replacement]:
+    """Map every compressed layer to the source tensor it replaces, checking names, shapes and
+    types (the layout check needs the weight: it runs when the tensor is written)."""
     import gguf
 
     arch_ids = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -170,31 +183,59 @@ def _plan(model: nn.Module, layers: dict[str, GGUFBlocks | None], reader: Any, a
         if target is None or target not in source_tensors:
             raise PrunellmError(f"cannot map layer '{name}' to a tensor of the {arch} GGUF")
         source_tensor = source_tensors[target]
-        weight = _weight_of(modules.get(name), name)  # (out, in)
-        if tuple(int(d) for d in reversed(source_tensor.shape)) != tuple(weight.shape):
-            raise PrunellmError(f"layer '{name}' has shape {tuple(weight.shape)} but GGUF tensor {target} "
+        shape = tuple(_weight_view(modules.get(name), name).shape)  # (out, in), no copy
+        if tuple(int(d) for d in reversed(source_tensor.shape)) != shape:
+            raise PrunellmError(f"layer '{name}' has shape {shape} but GGUF tensor {target} "
                                 f"has {tuple(int(d) for d in reversed(source_tensor.shape))}")
-        weight = _to_gguf_rows(weight, target, arch, reader)
         if config.type in FLOAT_TYPES:
-            if not dry_run:
-                _check_layout(weight, source_tensor, name)
-            plan[target] = _Replacement(target, weight, None)
+            plan[target] = _Replacement(target, name, config.type, None)
             continue
-        expected = layer_gguf_type(_tensor_type(config.type, target, n_blocks), weight.shape[1])
-        check_gguf_problem(expected, weight.shape[1], sparse=False)
-        if dry_run:
-            continue
-        sparse = bool((weight == 0).float().mean() > 0.05)
-        if blocks is None:
-            blocks = _fit_here(weight, expected, sparse, name)
-        else:
-            if blocks.type != expected:
-                raise PrunellmError(f"layer '{name}' was quantized onto {blocks.type}; it cannot be exported as "
-                                    f"{config.type} (prune again with that GGUF type)")
-            blocks = GGUFBlocks(blocks.type, _to_gguf_rows(blocks.params, target, arch, reader))
-        _check_layout(weight, source_tensor, name)
-        plan[target] = _Replacement(target, weight, blocks)
+        expected = layer_gguf_type(_tensor_type(config.type, target, n_blocks), shape[1])
+        check_gguf_problem(expected, shape[1], sparse=False)
+        if blocks is not None and blocks.type != expected:
+            raise PrunellmError(f"layer '{name}' was quantized onto {blocks.type}; it cannot be exported as "
+                                f"{config.type} (prune again with that GGUF type)")
+        plan[target] = _Replacement(target, name, expected, blocks)
     return plan
+
+
+def _replacement_payload(modules: dict[str, Any], replacement: _Replacement, source_tensor: Any, arch: str,
+                         reader: Any) -> np.ndarray:
+    """The bytes of one compressed layer in the GGUF's row order, checked against the tensor it replaces."""
+    name, target = replacement.layer, replacement.source_name
+    weight = _to_gguf_rows(_weight_of(modules.get(name), name), target, arch, reader)  # (out, in) float32
+    _check_layout(weight, source_tensor, name)
+    if replacement.type in FLOAT_TYPES:
+        return _float_payload(weight.numpy(), replacement.type)[0]
+    blocks = replacement.blocks
+    if blocks is None:
+        blocks = _fit_here(weight, replacement.type, bool((weight == 0).float().mean() > 0.05), name)
+    else:
+        blocks = GGUFBlocks(blocks.type, _to_gguf_rows(blocks.params, target, arch, reader))
+    return pack_gguf_blocks(blocks, blocks.round(weight))
+
+
+def _tensor_layout(tensor: Any, replacement: _Replacement | None,
+                   config: GGUFExportConfig) -> tuple[tuple[int, ...], Any, int, Any]:
+    """(shape, dtype, nbytes, ggml type) of what _replacement_payload or _tensor_payload will
+    write for one source tensor, from shapes and types alone."""
+    import gguf
+
+    if replacement is None and (config.other_type == "keep" or len(tensor.shape) < 2):
+        data = tensor.data  # the source's bytes, memory-mapped
+        return data.shape, data.dtype, data.nbytes, tensor.tensor_type if data.dtype == np.uint8 else None
+    shape = tuple(int(d) for d in reversed(tensor.shape))  # (rows, cols)
+    if replacement is not None:
+        type_name = replacement.type
+    else:
+        other = config.other_type
+        type_name = other if other in FLOAT_TYPES else layer_gguf_type(other, shape[-1])
+    if type_name in ("f32", "f16"):
+        dtype = np.dtype(np.float32 if type_name == "f32" else np.float16)
+        return shape, dtype, int(np.prod(shape)) * dtype.itemsize, None
+    qtype = gguf.GGMLQuantizationType[type_name.upper()]
+    byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qtype
 
 
 def _tensor_type(type_name: str, target: str, n_blocks: int) -> str:
@@ -211,16 +252,20 @@ def _fit_here(weight: torch.Tensor, type_name: str, sparse: bool, name: str) -> 
     grid = gguf_grid(type_name)
     if sparse and not grid.holds_zero:
         raise PrunellmError(f"layer '{name}' is sparse and {grid.name} cannot keep its zeros; choose a type "
-                            f"that holds zero (q4_0, q5_0, q8_0, q6_k, q4_1, q5_1)")
+                            f"that holds zero (q4_0, q5_0, q8_0, q3_k, q6_k, q4_1, q5_1)")
     return fit_gguf_blocks(type_name, weight, keep_zero=sparse)
 
 
 def _weight_of(module: Any, name: str) -> torch.Tensor:
-    from prunellm.layers import read_weight
+    return _weight_view(module, name).to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def _weight_view(module: Any, name: str) -> torch.Tensor:
+    from prunellm.layers import weight_view
 
     if module is None:
         raise PrunellmError(f"model has no layer '{name}'")
-    return read_weight(module).detach().to(torch.float32).cpu()
+    return weight_view(module)
 
 
 def _to_gguf_rows(t: torch.Tensor, target: str, arch: str, reader: Any) -> torch.Tensor:
@@ -255,16 +300,11 @@ def _check_layout(weight: torch.Tensor, source_tensor: Any, name: str) -> None:
                             f"({agree:.0%} of signs agree): the model was not loaded from this GGUF")
 
 
-def _tensor_payload(tensor: Any, replacement: _Replacement | None, config: GGUFExportConfig) -> tuple[np.ndarray, Any]:
-    """The bytes (or float array) to write for one source tensor and its ggml type."""
+def _tensor_payload(tensor: Any, config: GGUFExportConfig) -> tuple[np.ndarray, Any]:
+    """The bytes (or float array) to write for one source tensor no layer replaces, and its ggml type."""
     import gguf
     from gguf.quants import dequantize
 
-    if replacement is not None and replacement.blocks is not None:
-        blocks = replacement.blocks
-        return pack_gguf_blocks(blocks, blocks.round(replacement.weight)), gguf.GGMLQuantizationType[blocks.type.upper()]
-    if replacement is not None:
-        return _float_payload(replacement.weight.numpy(), config.type)
     other = config.other_type
     if other == "keep" or len(tensor.shape) < 2:
         qtype = tensor.tensor_type
@@ -315,5 +355,6 @@ def _file_type(type_name: str) -> Any:
 
     if type_name == "keep":
         return None
-    key = {"q4_k": "MOSTLY_Q4_K_S", "f32": "ALL_F32", "q6_k": "MOSTLY_Q6_K"}.get(type_name, f"MOSTLY_{type_name.upper()}")
+    key = {"q3_k": "MOSTLY_Q3_K_S", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S", "f32": "ALL_F32",
+           "q6_k": "MOSTLY_Q6_K"}.get(type_name, f"MOSTLY_{type_name.upper()}")
     return getattr(gguf.LlamaFileType, key, None)
