@@ -238,75 +238,69 @@ class Q4KGrid(GGUFGrid):
         return scale * codes - offset
 
 
-class Q6KGrid(GGUFGrid):
-    """q6_k: 256 inputs = 16 sub-blocks of 16; value = (d·sc_j)·c, c in [-32, 31], sc_j an
-    8-bit signed integer, d fp16. params: [d, sc_0..15]."""
+class _SignedSubBlockGrid(GGUFGrid):
+    """256 inputs = 16 sub-blocks of 16; value = (d·sc_j)·c with a signed code c in
+    [code_lo, code_hi] and a signed integer sub-block scale sc_j in [scale_lo, scale_hi], d fp16.
+    params: [d, sc_0..15]. Symmetric: zero is on the grid. Subclasses set the ranges and how d
+    is taken from the sub-block scales (`_block_scale`)."""
+
+    block = 256
+    sub = 16
+    n_params = 17
+    holds_zero = True
+    code_lo: int
+    code_hi: int
+    scale_lo: int
+    scale_hi: int
+
+    def _block_scale(self, scale: torch.Tensor) -> torch.Tensor:
+        """d (N,) from the sub-blocks' float scales (N, 16)."""
+        raise NotImplementedError
+
+    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
+        subs = w.reshape(w.shape[0], 16, self.sub)  # (N, 16, 16)
+        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
+        scale = _searched_scale(subs, h, self.code_lo, self.code_hi)  # (N, 16)
+        d = self._block_scale(scale)
+        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), self.scale_lo, self.scale_hi)
+        return torch.cat([d[:, None], sc], dim=-1)
+
+    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+        params = params.clone()
+        scale = _searched_scale(w, importance, self.code_lo, self.code_hi)
+        params[:, 1 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), self.scale_lo, self.scale_hi)
+        return params
+
+    def _scale(self, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return (params[:, :1] * params[:, 1:17])[:, pos // self.sub]  # exact: 11 bits times 8 at most
+
+    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(_safe_div(w, self._scale(params, pos))), self.code_lo, self.code_hi)
+
+    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._scale(params, pos) * codes
+
+
+class Q6KGrid(_SignedSubBlockGrid):
+    """q6_k: c in [-32, 31], sc_j an 8-bit signed integer ([-127, 127]), d = max |scale| / 127."""
 
     name = "q6_k"
-    block = 256
-    sub = 16
-    n_params = 17
-    holds_zero = True
+    code_lo, code_hi, scale_lo, scale_hi = -32, 31, -127, 127
 
-    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
-        subs = w.reshape(w.shape[0], 16, self.sub)  # (N, 16, 16)
-        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
-        scale = _searched_scale(subs, h, -32, 31)  # (N, 16)
-        d = _fp16(scale.abs().amax(dim=-1) / 127)
-        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), -127, 127)
-        return torch.cat([d[:, None], sc], dim=-1)
-
-    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
-                  importance: torch.Tensor | None = None) -> torch.Tensor:
-        params = params.clone()
-        scale = _searched_scale(w, importance, -32, 31)
-        params[:, 1 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), -127, 127)
-        return params
-
-    def _scale(self, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return (params[:, :1] * params[:, 1:17])[:, pos // self.sub]  # exact: 11 bits times 8
-
-    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(_safe_div(w, self._scale(params, pos))), -32, 31)
-
-    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self._scale(params, pos) * codes
+    def _block_scale(self, scale: torch.Tensor) -> torch.Tensor:
+        return _fp16(scale.abs().amax(dim=-1) / 127)
 
 
-class Q3KGrid(GGUFGrid):
-    """q3_k: 256 inputs = 16 sub-blocks of 16; value = (d·sc_j)·c, c in [-4, 3], sc_j a 6-bit
-    signed integer in [-32, 31], d fp16 (negative when the largest sub-block scale is: as
-    llama.cpp, that scale maps to -32). params: [d, sc_0..15]. Symmetric: zero is on the grid."""
+class Q3KGrid(_SignedSubBlockGrid):
+    """q3_k: c in [-4, 3], sc_j a 6-bit signed integer in [-32, 31], d fp16 (negative when the
+    largest sub-block scale is: as llama.cpp, that scale maps to -32)."""
 
     name = "q3_k"
-    block = 256
-    sub = 16
-    n_params = 17
-    holds_zero = True
+    code_lo, code_hi, scale_lo, scale_hi = -4, 3, -32, 31
 
-    def fit(self, w: torch.Tensor, keep_zero: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
-        subs = w.reshape(w.shape[0], 16, self.sub)  # (N, 16, 16)
-        h = None if importance is None else importance.expand_as(w).reshape(subs.shape)
-        scale = _searched_scale(subs, h, -4, 3)  # (N, 16)
-        d = _fp16(_signed_absmax(scale) / -32)
-        sc = torch.clamp(torch.round(_safe_div(scale, d[:, None])), -32, 31)
-        return torch.cat([d[:, None], sc], dim=-1)
-
-    def refit_sub(self, w: torch.Tensor, params: torch.Tensor, j: int,
-                  importance: torch.Tensor | None = None) -> torch.Tensor:
-        params = params.clone()
-        scale = _searched_scale(w, importance, -4, 3)
-        params[:, 1 + j] = torch.clamp(torch.round(_safe_div(scale, params[:, 0])), -32, 31)
-        return params
-
-    def _scale(self, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return (params[:, :1] * params[:, 1:17])[:, pos // self.sub]  # exact: 11 bits times 6
-
-    def codes(self, w: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(_safe_div(w, self._scale(params, pos))), -4, 3)
-
-    def values(self, codes: torch.Tensor, params: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self._scale(params, pos) * codes
+    def _block_scale(self, scale: torch.Tensor) -> torch.Tensor:
+        return _fp16(_signed_absmax(scale) / -32)
 
 
 def _round_up_to_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
