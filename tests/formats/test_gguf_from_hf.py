@@ -362,7 +362,8 @@ def real_gguf(name: str, tmp_path) -> str:
     return assembler.assemble(str(tmp_path / "gemma-3-270m-q4_k_m.gguf"))
 
 
-@pytest.mark.parametrize("name", ["smollm2", "qwen2", "gemma3"])
+# Gemma-3's file is assembled from its part packages (about half a minute): slow run only.
+@pytest.mark.parametrize("name", ["smollm2", "qwen2", pytest.param("gemma3", marks=pytest.mark.slow)])
 def test_real_vocabularies_are_written_as_their_shipped_gguf_holds_them(name, tmp_path) -> None:
     """transformers' tokenizer of each shipped GGUF, written back: the file's own vocabulary."""
     from prunellm.io import load_tokenizer
