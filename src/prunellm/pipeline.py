@@ -292,7 +292,6 @@ def settings_record(job: Job) -> dict[str, Any]:
     # report.json's calibration says: such a run replays only with the data given again.
     source = settings.calibration.source
     source = _absolute(source) if isinstance(source, (str, Path)) else describe_source(source)
-    settings = dataclasses.replace(settings, calibration=dataclasses.replace(settings.calibration, source=None))
     resolved = dataclasses.replace(
         settings, model=_absolute(settings.model), options=job.method.config.as_dict(), allocation=allocation.kind,
         owl_lambda=allocation.owl_lambda, owl_threshold=allocation.owl_threshold, allocation_unit=allocation.unit,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.atomic import sibling_name
+from prunellm.io.atomic import atomic_path
 from prunellm.formats.gguf.pack import pack_gguf_blocks
 from prunellm.solvers.gguf_grids import (GGUF_GRIDS, GGUF_MIXES, MIX_ROLES, GGUFBlocks, fit_gguf_blocks, gguf_grid,
                                          check_gguf_problem, layer_gguf_type, mixed_layer_type)
@@ -101,9 +100,8 @@ def export_gguf(
     if out.is_dir():
         raise PrunellmError(f"GGUF output path is a directory: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_name(out, "tmp")
     modules = dict(model.named_modules())
-    try:
+    with atomic_path(out) as tmp:  # temporary beside it, fsynced and renamed; removed on error
         writer = gguf.GGUFWriter(tmp, arch)
         _copy_metadata(reader, writer, config.type if plan else config.other_type, extra_metadata or {})
         # Two passes: the header needs every tensor's size, known from shapes and types alone;
@@ -122,10 +120,6 @@ def export_gguf(
             writer.write_tensor_data(data)
             del data
         writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("wrote %s (%d tensors replaced, %.1f MB)", out, len(plan), out.stat().st_size / 1e6)
     return out
 

@@ -16,7 +16,6 @@ copy and its packed bytes.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from prunellm.errors import PrunellmError
-from prunellm.io.atomic import sibling_name
+from prunellm.io.atomic import atomic_path
 from prunellm.solvers.gguf_grids import GGUFBlocks, check_gguf_problem, fit_gguf_blocks, layer_gguf_type
 
 from .arch import ArchSpec, arch_for, permute_rows
@@ -72,8 +71,7 @@ def export_hf_gguf(model: nn.Module, tokenizer: Any, layers: dict[str, GGUFBlock
     if out.is_dir():
         raise PrunellmError(f"GGUF output path is a directory: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_name(out, "tmp")
-    try:
+    with atomic_path(out) as tmp:  # temporary beside it, fsynced and renamed; removed on error
         writer = gguf.GGUFWriter(tmp, spec.gguf_name)
         _write_metadata(writer, model, spec, config, extra_metadata or {})
         write_vocab(writer, vocab)
@@ -89,10 +87,6 @@ def export_hf_gguf(model: nn.Module, tokenizer: Any, layers: dict[str, GGUFBlock
             writer.write_tensor_data(data)
             del data  # one tensor's bytes at a time
         writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("wrote %s (%d tensors, %.1f MB)", out, len(plan), out.stat().st_size / 1e6)
     return out
 
