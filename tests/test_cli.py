@@ -98,6 +98,8 @@ BAD = {
     "bits too low": (["--bits", "1"], "bits must be between 2 and 8"),
     "bits too high": (["--method", "gptq", "--bits", "9"], "bits must be between 2 and 8"),
     "group does not divide": (["--bits", "4", "--group-size", "48"], "group_size 48 does not divide"),
+    "shrinkage out of range": (["--method", "gptq", "--hessian-shrink", "1.5"],
+                               "hessian_shrink must be in [0, 1] or 'auto', got 1.5"),
     "unknown method": (["--method", "obs"], "unknown method 'obs'"),
     "option the method lacks": (["--method", "gptq", "--sparsity", "0.5"], "does not take sparsity"),
     "unknown dataset": (["--calib", "wikitext9"], "wikitext9"),

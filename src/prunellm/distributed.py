@@ -51,8 +51,10 @@ class Group:
         return windows.tensor_split(self.world)[self.rank]
 
     def reduce_statistics(self, accumulators: list[HessianAccumulator]) -> None:
-        """Every rank's accumulators become the ones over all ranks' tokens (in place)."""
-        for acc in accumulators:
+        """Every rank's accumulators become the ones over all ranks' tokens (in place), their
+        held-out parts too."""
+        held = [acc.held_out for acc in accumulators if acc.held_out is not None]
+        for acc in [*accumulators, *held]:
             count = torch.tensor([float(acc.num_tokens)], dtype=torch.float64, device=acc.H.device)
             dist.all_reduce(count)
             total = acc.H.mul_(acc.num_tokens)  # each H is a mean over its own tokens: sum, then divide

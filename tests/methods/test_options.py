@@ -8,7 +8,7 @@ import torch
 from prunellm.errors import PrunellmError
 from prunellm.methods import Method, build_method, method_names, option_specs, register
 from prunellm.methods import registry
-from prunellm.methods.options import SPARSITY, option
+from prunellm.methods.options import SPARSITY, option, shrink_setting
 from prunellm.methods.quantize_after import QuantOptions
 from prunellm.solvers import SolveResult
 
@@ -18,12 +18,13 @@ def test_every_option_has_help_a_type_and_its_methods():
     assert {"sparsity", "nm", "bits", "group_size", "sym", "act_order", "per_row", "hessian_shrink", "block_size",
             "damp_frac", "refine", "refine_iters", "gguf", "keep_zeros", "refit_scales"} <= set(specs)
     for spec in specs.values():
-        assert spec.help and spec.type in (int, float, str, bool) and spec.methods
+        assert spec.help and spec.type in (int, float, str, bool, shrink_setting) and spec.methods
     assert specs["bits"].defaults == {"gptq": 4, "magnitude": 16, "sparsegpt": 16, "wanda": 16}
     assert specs["bits"].default is None and specs["sparsity"].default == 0.5
     assert specs["per_row"].methods == ("magnitude",)
     assert "sparsegpt" not in specs["act_order"].methods
     assert specs["nm"].type is str and specs["group_size"].type is int
+    assert specs["hessian_shrink"].type("auto") == "auto" and specs["hessian_shrink"].type("0.5") == 0.5
     assert specs["refine"].choices == ("none", "lsq", "alps") and specs["refine"].flag == "--refine"
     assert specs["refine_iters"].flag == "--refine-iters"
     assert {name for name, spec in specs.items() if spec.flag is None} == {"gguf", "keep_zeros", "refit_scales"}

@@ -1,7 +1,8 @@
 import pytest
 
 from prunellm.methods import build_method
-from prunellm.methods.recommended import NM, PLAIN, UNSTRUCTURED, fit_group_size, recommended, with_recommended
+from prunellm.methods.recommended import (NM, PLAIN, RECOMMENDED_SHRINK, SHRINK_NOTE, UNSTRUCTURED, fit_group_size, recommended,
+                                          with_recommended)
 from prunellm.walker import AllocationConfig
 
 
@@ -27,7 +28,10 @@ def test_nm_is_never_allocated():
                                              ("gptq", {"bits": 4, "group_size": 16})])
 def test_unmeasured_methods_and_quantized_runs_stay_plain(method, options):
     assert recommended(method, options) == PLAIN
-    assert with_recommended(method, options, None, None) == (options, "uniform", None, None)
+    shrink = {"hessian_shrink": RECOMMENDED_SHRINK} if method == "gptq" else {}  # GPTQ's one recommendation
+    filled, allocation, owl_lambda, note = with_recommended(method, options, None, None)
+    assert (filled, allocation, owl_lambda) == ({**options, **shrink}, "uniform", None)
+    assert note is None if not shrink else note == f"recommended defaults: {SHRINK_NOTE}"
 
 
 @pytest.mark.parametrize("method, options, grid", [
@@ -39,7 +43,8 @@ def test_unmeasured_methods_and_quantized_runs_stay_plain(method, options):
 def test_4_and_8_bit_runs_get_the_ecosystems_grid(method, options, grid):
     assert recommended(method, options) == PLAIN  # no refinement or allocation for a quantized run
     filled, allocation, _, note = with_recommended(method, options, None, None)
-    assert filled == {**options, **grid} and allocation == "uniform"
+    shrink = {"hessian_shrink": RECOMMENDED_SHRINK} if method == "gptq" else {}
+    assert filled == {**options, **grid, **shrink} and allocation == "uniform"
     assert note.startswith("recommended defaults: --sym") and "--defaults paper" in note
     build_method(method, **filled)
 
@@ -49,7 +54,21 @@ def test_4_and_8_bit_runs_get_the_ecosystems_grid(method, options, grid):
 def test_a_grid_the_user_chose_is_kept_whole(options):
     # Any grid option given: the user chose the grid, and the others keep the method's own defaults.
     filled, _, _, note = with_recommended("gptq", options, None, None)
-    assert filled == options and note is None
+    assert filled == {**options, "hessian_shrink": RECOMMENDED_SHRINK} and note == f"recommended defaults: {SHRINK_NOTE}"
+
+
+@pytest.mark.parametrize("method, options", [("gptq", {"gguf": "q4_0"}), ("gptq", {"bits": 4})])
+def test_gptq_shrinks_its_hessian_unless_told(method, options):
+    filled, _, _, note = with_recommended(method, options, None, None)
+    assert filled["hessian_shrink"] == RECOMMENDED_SHRINK == 0.5 and "--hessian-shrink 0.5" in note
+    assert build_method(method, **filled).held_out_every == 0  # a fixed α: no windows held out
+    assert build_method(method, **{**filled, "hessian_shrink": "auto"}).held_out_every > 0
+    for chosen in (0.0, 0.5, "auto"):
+        filled, _, _, _ = with_recommended(method, {**options, "hessian_shrink": chosen}, None, None)
+        assert filled["hessian_shrink"] == chosen
+    # A prune with bits keeps the published plain Hessian (only GPTQ alone was measured).
+    filled, _, _, _ = with_recommended("sparsegpt", {"sparsity": 0.5, **options}, None, None)
+    assert "hessian_shrink" not in filled and build_method("sparsegpt", **filled).held_out_every == 0
 
 
 @pytest.mark.parametrize("inputs, size", [

@@ -1,3 +1,4 @@
+import sys
 import weakref
 
 import pytest
@@ -186,6 +187,40 @@ def test_extra_damping_is_reported_with_the_layer_name(caplog):
         compress_model(model, Indefinite(sparsity=0.5), tokens(), WalkConfig(last_block=0, **QUIET))
     messages = [r.getMessage() for r in caplog.records if "not positive definite" in r.getMessage()]
     assert any("model.layers.0.self_attn.q_proj" in m for m in messages)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_auto_shrinkage_is_chosen_per_layer_on_held_out_windows_and_recorded(batch_size, monkeypatch):
+    from prunellm.solvers import shrink_choice
+
+    seen = []
+    choose = shrink_choice.choose_shrink
+
+    def spy(W, H, held_out, solve, candidates=shrink_choice.CANDIDATES):
+        seen.append(held_out.share)
+        return choose(W, H, held_out, solve, candidates)
+
+    monkeypatch.setattr(sys.modules["prunellm.solvers.gptq"], "choose_shrink", spy)
+    model = tiny_model("llama")
+    result = compress_model(model, build_method("gptq", bits=3, hessian_shrink="auto"), tokens(num=8),
+                            WalkConfig(batch_size=batch_size, **QUIET))
+    assert result.layers and all(r.hessian_shrink in shrink_choice.CANDIDATES for r in result.layers)
+    assert len(seen) == len(result.layers) and set(seen) == {2 / 8}  # windows 1 and 5 of 8, in any batching
+    # Plain GPTQ records no choice, and its walk collects no held-out windows.
+    plain = compress_model(tiny_model("llama"), build_method("gptq", bits=3), tokens(num=8), WalkConfig(**QUIET))
+    assert all(r.hessian_shrink is None for r in plain.layers)
+
+
+def test_auto_shrinkage_with_one_calibration_window_falls_back_to_the_plain_hessian(caplog, monkeypatch):
+    monkeypatch.setattr(sys.modules["prunellm.walker.compress"], "_warned_no_held_out", False)
+    model, reference = tiny_model("llama"), tiny_model("llama")
+    with caplog.at_level("WARNING", logger="prunellm.walker.compress"):
+        auto = compress_model(model, build_method("gptq", bits=3, hessian_shrink="auto"), tokens(num=1),
+                              WalkConfig(**QUIET))
+    compress_model(reference, build_method("gptq", bits=3), tokens(num=1), WalkConfig(**QUIET))
+    assert all(r.hessian_shrink is None for r in auto.layers)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert sum("at least 2 calibration windows" in r.getMessage() for r in caplog.records) == 1  # once
 
 
 def test_a_walk_resumed_from_saved_inputs_continues_identically():

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..solvers import MagnitudeConfig, SolveResult, magnitude
+from ..solvers import HeldOut, MagnitudeConfig, SolveResult, magnitude
 from .method import Method
 from .options import NM, SPARSITY, option, solver_config
 from .quantize_after import QuantOptions
@@ -38,5 +38,6 @@ class Magnitude(Method):
     needs = "none"
 
     def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+              restore_hessian: Callable[[torch.Tensor], None] | None = None,
+              held_out: HeldOut | None = None) -> SolveResult:
         return magnitude(weight, self.config.group(MagnitudeOptions).solver_config())

@@ -13,8 +13,9 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from ..errors import PrunellmError
-from ..solvers import SolveResult
+from ..solvers import HeldOut, SolveResult
 from ..solvers.gguf_grids import GGUF_MIXES, mixed_layer_type
+from ..solvers.shrink_choice import AUTO, HELD_OUT_EVERY
 from .quantize_after import QuantOptions, quantize_after
 from .refinement import RefineOptions, refine
 
@@ -93,7 +94,8 @@ class Method(ABC):
 
     @abstractmethod
     def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+              restore_hessian: Callable[[torch.Tensor], None] | None = None,
+              held_out: HeldOut | None = None) -> SolveResult:
         """The method's own solver call: its prune (or GPTQ alone, or nothing). Lending as in
         `compress`; it is lent only when no refinement or quantization follows."""
 
@@ -111,7 +113,8 @@ class Method(ABC):
         return "hessian" if self._refinement() or self.quantized_after() else self.needs
 
     def compress(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-                 restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+                 restore_hessian: Callable[[torch.Tensor], None] | None = None,
+                 held_out: HeldOut | None = None) -> SolveResult:
         """weight: (out, in) float32; hessian: (in, in), (in,) or None as `statistics` says. A
         method that asks for the diagonal also takes the full Hessian (collected anyway when
         the walker reports layer errors).
@@ -123,18 +126,36 @@ class Method(ABC):
         float32 less, 462 MiB for a LLaMA-7B down_proj); after the call it holds no meaning."""
         refinement, after = self._refinement(), self.quantized_after()
         if refinement is None and after is None:
-            return self.solve(weight, hessian, consume_weight=consume_weight, restore_hessian=restore_hessian)
+            return self.solve(weight, hessian, consume_weight=consume_weight, restore_hessian=restore_hessian,
+                              held_out=held_out)
         # Both aim at the dense weight again, with the Hessian: the solve works on copies.
-        result = self.solve(weight, hessian)
+        result = self.solve(weight, hessian, held_out=held_out)
         if refinement is not None:
             result = refine(weight, hessian, result, refinement, nm=getattr(self.config, "nm", None),
                             per_row=bool(getattr(self.config, "per_row", False)))
-        return result if after is None else quantize_after(result, hessian, **after)
+        return result if after is None else quantize_after(result, hessian, **after, held_out=held_out)
 
     @property
     def overwrites_lent_hessian(self) -> bool:
         """Whether `compress` uses a lent Hessian (`restore_hessian`): a host backs one up only then."""
         return False
+
+    @property
+    def held_out_every(self) -> int:
+        """k > 0: its solve scores choices on held-out calibration windows (one in k, see
+        HessianAccumulator), which the walker then collects: a quantization after the prune with
+        hessian_shrink="auto". 0: none needed."""
+        after = self.quantized_after()
+        return HELD_OUT_EVERY if after is not None and after["hessian_shrink"] == AUTO else 0
+
+    def without_held_out(self) -> "Method":
+        """The same method choosing nothing on held-out windows (too few calibration windows to
+        hold any out): "auto" shrinkage becomes 0, the paper's GPTQ."""
+        if getattr(self.config, "hessian_shrink", None) != AUTO:
+            return self
+        clone = copy.copy(self)
+        clone.config = self.config.replace(hessian_shrink=0.0)
+        return clone
 
     def with_sparsity(self, sparsity: float) -> "Method":
         """The same method with another unstructured sparsity (per-layer targets of an allocation)."""

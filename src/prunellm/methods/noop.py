@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..solvers import SolveResult
+from ..solvers import HeldOut, SolveResult
 from .method import Method
 from .registry import register
 
@@ -18,5 +18,6 @@ class Noop(Method):
     needs = "hessian"  # still collects statistics, so layer errors (zero) are reported
 
     def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+              restore_hessian: Callable[[torch.Tensor], None] | None = None,
+              held_out: HeldOut | None = None) -> SolveResult:
         return SolveResult(weight.clone(), torch.zeros_like(weight, dtype=torch.bool))

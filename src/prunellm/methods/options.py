@@ -15,8 +15,8 @@ SYM = "symmetric quantization grid"
 ACT_ORDER = "GPTQ: quantize columns by decreasing Hessian diagonal (default on)"
 BLOCK_SIZE = "columns per lazy-update block (default 128)"
 DAMP_FRAC = "Hessian damping, fraction of mean diagonal"
-HESSIAN_SHRINK = ("GPTQ: quantize with (1-a)*H + a*diag(H), a in [0, 1] (default 0; 0.5 wins with small "
-                  "calibration sets)")
+HESSIAN_SHRINK = ("GPTQ: quantize with (1-a)*H + a*diag(H), a in [0, 1] (recommended default of --method gptq: "
+                  "0.5; as published: 0), or 'auto': a chosen per layer on held-out calibration windows")
 GGUF = "quantize onto a GGUF block type: q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, q6_k, q3_k_m, q4_k_m, q5_k_m"
 
 
@@ -28,6 +28,11 @@ def option(default: Any, help: str, *, type: type | None = None, choices: tuple[
     (nm: "2:4", a str). choices: the values allowed. flag False: no command-line flag of its own
     (gguf comes from --gguf-type; GPTQ's keep_zeros and refit_scales are for the Python API)."""
     return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices, "flag": flag})
+
+
+def shrink_setting(text: str) -> float | str:
+    """--hessian-shrink's value: 'auto' or a number (the solver checks its range)."""
+    return "auto" if text.strip().lower() == "auto" else float(text)
 
 
 def solver_config(options: Any, config_class: type) -> Any:

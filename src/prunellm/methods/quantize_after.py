@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..solvers import GPTQConfig, SolveResult, gptq
+from ..solvers import GPTQConfig, HeldOut, SolveResult, gptq
 from ..solvers.checks import check_bits, check_gguf_options
 from ..solvers.gguf_grids import check_gguf_problem
-from .options import ACT_ORDER, BITS, BLOCK_SIZE, DAMP_FRAC, GGUF, GROUP_SIZE, HESSIAN_SHRINK, SYM, option
+from .options import (ACT_ORDER, BITS, BLOCK_SIZE, DAMP_FRAC, GGUF, GROUP_SIZE, HESSIAN_SHRINK, SYM, option,
+                      shrink_setting)
 
 
 @dataclass
@@ -24,7 +25,7 @@ class QuantOptions:
     block_size: int = option(128, BLOCK_SIZE)
     damp_frac: float = option(0.01, DAMP_FRAC)
     gguf: str | None = option(None, GGUF, flag=False)
-    hessian_shrink: float = option(0.0, HESSIAN_SHRINK)
+    hessian_shrink: float | str = option(0.0, HESSIAN_SHRINK, type=shrink_setting)
 
     def __post_init__(self) -> None:
         # The rest (block_size, hessian_shrink, ...) GPTQConfig checks when the layer is quantized.
@@ -40,13 +41,14 @@ class QuantOptions:
 
 def quantize_after(pruned: SolveResult, hessian: torch.Tensor, *, bits: int, group_size: int | None, sym: bool,
                    block_size: int, damp_frac: float, gguf: str | None, act_order: bool = True,
-                   hessian_shrink: float = 0.0) -> SolveResult:
+                   hessian_shrink: float | str = 0.0, held_out: HeldOut | None = None) -> SolveResult:
     """GPTQ on the pruned weight, its zeros kept and its mask carried over. The one place that
     builds the GPTQ of a method's "quantize after" (QuantOptions' fields, or SparseGPT's after a
-    refinement, which has no act_order or hessian_shrink: GPTQ's defaults then)."""
+    refinement, which has no act_order or hessian_shrink: GPTQ's defaults then). held_out: what
+    hessian_shrink="auto" scores its candidates on (solvers.gptq)."""
     config = GPTQConfig(bits=bits if bits < 16 else 4,  # bits unused with a GGUF type
                         gguf=gguf, group_size=group_size, sym=sym, act_order=act_order, block_size=block_size,
                         damp_frac=damp_frac, keep_zeros=True, hessian_shrink=hessian_shrink)
-    quantized = gptq(pruned.weight, hessian, config)
+    quantized = gptq(pruned.weight, hessian, config, held_out=held_out)
     quantized.mask = pruned.mask
     return quantized

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..solvers import SolveResult, SparseGPTConfig, sparsegpt
+from ..solvers import HeldOut, SolveResult, SparseGPTConfig, sparsegpt
 from .method import Method
 from .options import BITS, BLOCK_SIZE, DAMP_FRAC, GGUF, GROUP_SIZE, NM, SPARSITY, SYM, option, solver_config
 from .refinement import RefineOptions
@@ -64,7 +64,8 @@ class SparseGPT(Method):
                 "block_size": config.block_size, "damp_frac": config.damp_frac, "gguf": config.gguf}
 
     def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+              restore_hessian: Callable[[torch.Tensor], None] | None = None,
+              held_out: HeldOut | None = None) -> SolveResult:
         config = self.config.group(SparseGPTOptions).solver_config()
         if self.config.refines:  # quantized after the refinement instead
             config = dataclasses.replace(config, bits=16, gguf=None)

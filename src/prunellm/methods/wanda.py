@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..solvers import SolveResult, WandaConfig, wanda
+from ..solvers import HeldOut, SolveResult, WandaConfig, wanda
 from .method import Method
 from .options import NM, SPARSITY, option, solver_config
 from .quantize_after import QuantOptions
@@ -37,6 +37,7 @@ class Wanda(Method):
     needs = "diag"
 
     def solve(self, weight: torch.Tensor, hessian: torch.Tensor | None, *, consume_weight: bool = False,
-              restore_hessian: Callable[[torch.Tensor], None] | None = None) -> SolveResult:
+              restore_hessian: Callable[[torch.Tensor], None] | None = None,
+              held_out: HeldOut | None = None) -> SolveResult:
         diag = torch.diagonal(hessian) if hessian.dim() == 2 else hessian
         return wanda(weight, diag, self.config.group(WandaOptions).solver_config())

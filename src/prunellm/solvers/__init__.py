@@ -13,12 +13,13 @@ from .masks import lowest_fraction_mask, nm_mask
 from .quant import QuantGrid, fit_minmax, quantize
 from .refine import refine_on_mask
 from .result import SolveResult
+from .shrink_choice import HeldOut
 from .sparsegpt import SparseGPTConfig, sparsegpt
 from .wanda import WandaConfig, wanda, wanda_scores
 
 __all__ = [
     "GPTQConfig", "gptq", "HessianAccumulator", "InverseHessian", "damped_inverse", "layer_error",
     "relative_layer_error", "shrink_to_diagonal", "MagnitudeConfig", "magnitude", "lowest_fraction_mask", "nm_mask",
-    "QuantGrid", "fit_minmax", "quantize", "SolveResult", "SparseGPTConfig", "sparsegpt",
+    "QuantGrid", "fit_minmax", "quantize", "SolveResult", "HeldOut", "SparseGPTConfig", "sparsegpt",
     "WandaConfig", "wanda", "wanda_scores", "outlier_ratio", "owl_sparsities", "refine_on_mask",
 ]

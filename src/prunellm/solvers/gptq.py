@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from .gguf_refit import refit_block_scales
 from .hessian import damped_inverse, shrink_to_diagonal
 from .quant import QuantGrid, fit_minmax
 from .result import SolveResult
+from .shrink_choice import AUTO, HeldOut, check_shrink, choose_shrink
 from .sweep import GGUFSweepGrid, SweepGrid
 
 
@@ -29,8 +31,9 @@ class GPTQConfig:
     replaces group_size, its grid replaces bits and sym (see gguf_grids).
     hessian_shrink: α in [0, 1]: quantize against (1 - α)·H + α·diag(H) (see
     shrink_to_diagonal): with a few thousand calibration tokens GPTQ fits H's noisy
-    correlations, and shrinking them generalizes better (see bench/README.md, section "GGUF
-    export against llama.cpp"). 0 = the paper's GPTQ.
+    correlations, and shrinking them generalizes better on some models (see bench/README.md,
+    section "GGUF export against llama.cpp"). 0 = the paper's GPTQ. "auto": α chosen for the
+    layer by its error on held-out calibration windows (shrink_choice; `gptq` needs held_out).
     refit_scales: with a one-scale GGUF grid (q4_0, q5_0, q8_0), re-solve the block scales for
     the chosen codes afterwards (see gguf_refit); a row keeps the result only if it helps.
     """
@@ -43,13 +46,12 @@ class GPTQConfig:
     damp_frac: float = 0.01
     keep_zeros: bool = True
     gguf: str | None = None
-    hessian_shrink: float = 0.0
+    hessian_shrink: float | str = 0.0
     refit_scales: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
-        if not 0.0 <= self.hessian_shrink <= 1.0:
-            raise PrunellmError(f"hessian_shrink must be in [0, 1], got {self.hessian_shrink}")
+        check_shrink(self.hessian_shrink)
         check_gguf_options(self.gguf, self.group_size)
         if self.bits == 16:
             raise PrunellmError("GPTQ needs bits between 2 and 8")
@@ -59,15 +61,26 @@ class GPTQConfig:
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig | None = None, *,
-         sweep: str = "fast", consume_weight: bool = False) -> SolveResult:
+         sweep: str = "fast", consume_weight: bool = False, held_out: HeldOut | None = None) -> SolveResult:
     """Quantize one layer, compensating each rounding error on the columns not yet quantized.
 
     W: (out_features, in_features) float32; H: (in, in). Example: with H = I there is nothing
     to compensate and GPTQ is round-to-nearest; with correlated inputs it is strictly better.
     sweep: "fast", "blocked" or "reference", as in `sparsegpt`. consume_weight: W (float32) may
-    be overwritten.
+    be overwritten. held_out: H of calibration windows also in H, that hessian_shrink="auto"
+    scores its candidates on; the result's hessian_shrink says which α it chose.
     """
     config = config or GPTQConfig()
+    if config.hessian_shrink == AUTO:
+        if held_out is None:
+            raise PrunellmError("hessian_shrink='auto' needs held-out calibration statistics "
+                                "(at least 2 calibration windows); give a number instead")
+        fixed = dataclasses.replace(config, hessian_shrink=0.0)
+        alpha, _ = choose_shrink(W, H, held_out, lambda w, h: gptq(w, h, fixed, sweep=sweep))
+        result = gptq(W, H, dataclasses.replace(config, hessian_shrink=alpha), sweep=sweep,
+                      consume_weight=consume_weight)
+        result.hessian_shrink = alpha
+        return result
     H = shrink_to_diagonal(H, config.hessian_shrink)
     run_sweep = sweep_function(sweep)
     if config.gguf is not None:

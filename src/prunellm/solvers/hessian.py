@@ -28,19 +28,35 @@ class HessianAccumulator:
     (panel i times the columns from i on): 5/8 of the full product's arithmetic with four
     panels (timed by bench/solver_parts.py: see bench/README.md, section "Speed"). Reading `H`
     mirrors it into the lower half.
+
+    held_out_every k > 0: of the calibration windows (the leading dimension of what `add` gets,
+    a (batch, tokens, cols) activation; a 2-D one is one window), those numbered 1, 1 + k,
+    1 + 2k, ... also go into `held_out`, an accumulator of their own: H over windows a solver did
+    not fit, to score a choice on (solvers/shrink_choice.py). They stay in H as well.
     """
 
     TRIANGLE_PANELS = 4
 
-    def __init__(self, columns: int, *, device: torch.device | str = "cpu", diag_only: bool = False) -> None:
+    def __init__(self, columns: int, *, device: torch.device | str = "cpu", diag_only: bool = False,
+                 held_out_every: int = 0) -> None:
         self.columns = columns
         self.diag_only = diag_only
         shape = (columns,) if diag_only else (columns, columns)
         self._H = torch.zeros(shape, dtype=torch.float32, device=device)
         self._mirrored = True
         self.num_tokens = 0
+        self.held_out_every = held_out_every
+        self.held_out = HessianAccumulator(columns, device=device, diag_only=diag_only) if held_out_every else None
+        self._windows = 0  # windows seen so far, for the held-out numbering
 
     def add(self, x: torch.Tensor) -> None:
+        if self.held_out is not None:
+            windows = x.reshape(-1, *x.shape[-2:]) if x.dim() >= 3 else x.reshape(1, -1, self.columns)  # (B, T, C)
+            k = self.held_out_every
+            held = [i for i in range(windows.shape[0]) if (self._windows + i) % k == 1 % k]
+            if held:
+                self.held_out.add(windows[held])
+            self._windows += windows.shape[0]
         x = x.reshape(-1, self.columns)  # (T, C)
         n = x.shape[0]
         if n == 0:

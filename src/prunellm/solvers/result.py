@@ -19,6 +19,7 @@ class SolveResult:
     grid: the quantization grid the weight lies on (min-max or a GGUF block format), or None.
     damp_frac: damping finally used (raised above the request if H was not positive definite).
     damp_retries: how many times damping was raised (0 when it was not).
+    hessian_shrink: the Hessian shrinkage GPTQ chose for the layer ("auto"), else None.
     """
 
     weight: torch.Tensor
@@ -26,6 +27,7 @@ class SolveResult:
     grid: QuantGrid | GGUFBlocks | None = None
     damp_frac: float | None = None
     damp_retries: int = 0
+    hessian_shrink: float | None = None
 
     @property
     def sparsity(self) -> float:

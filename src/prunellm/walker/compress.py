@@ -17,7 +17,7 @@ from ..devices import resolve_device
 from ..distributed import Group, solve_cost
 from ..errors import PrunellmError
 from ..methods import Method
-from ..solvers import relative_layer_error
+from ..solvers import HeldOut, relative_layer_error
 from ..solvers.gguf_grids import GGUFBlocks
 from ..solvers.quant import QuantGrid
 from .blockwalk import BlockHost, BlockStep, ResumePoint, walk_blocks
@@ -70,6 +70,7 @@ class LayerRecord:
     relative_error: float | None
     seconds: float
     damp_frac: float | None = None
+    hessian_shrink: float | None = None  # the shrinkage GPTQ chose for the layer ("auto"), else None
 
 
 @dataclass
@@ -172,18 +173,21 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
     parked = len(stages) == 1
     for stage in stages:
         hessians: dict[str, torch.Tensor | None] = {name: None for group in stage for name in group.names}
+        held_out: dict[str, HeldOut | None] = {}
         if needs != "none":
             # The layers leave memory before the Hessians arrive: the two never add up. (Only
             # layers the pass calls: one never called is left as it is, in memory.)
             called = {name: layers[name] for group in stage for name in group.names}
             with host.statistics_pass(step.index, called) if parked else nullcontext():
-                collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag")
+                collector = StatisticsCollector(layers, stage, device=step.device, diag_only=needs == "diag",
+                                                held_out_every=method.held_out_every if needs == "hessian" else 0)
                 for batch in range(step.num_batches):
                     collector.run(lambda: step.run(batch))
                 collector.remove()
             if dist is not None:
                 dist.reduce_statistics(collector.accumulators)
             hessians = collector.hessians()
+            held_out = collector.held_out()
             del collector  # its accumulators hold the Hessians too
         names = list(hessians)
         owners = dict(zip(names, _owners(names, layers, dist)))
@@ -199,12 +203,16 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
                 continue  # another process solves this one
             layer_method = method.with_sparsity(layer_sparsity[name]) if name in layer_sparsity else method
             layer_method = layer_method.for_layer(name, step.index, n_blocks)
+            held = held_out.pop(name, None)
+            if layer_method.held_out_every and held is None:
+                _warn_no_held_out()
+                layer_method = layer_method.without_held_out()
             lend = (layer_method.overwrites_lent_hessian and hessian is not None and hessian.dim() == 2
                     and all(h is not hessian for h in hessians.values()))  # its last use
             with host.backed_up(hessian) if lend else nullcontext() as restore:
                 by_name[name] = _compress_layer(name, layers[name], hessian, layer_method, step, config, bar,
-                                                host if parked else None, restore)
-            del hessian
+                                                host if parked else None, restore, held)
+            del hessian, held
             seconds += by_name[name][0].seconds
         if parked:
             for name in names:
@@ -220,6 +228,18 @@ def _compress_block(step: BlockStep, layers: dict[str, nn.Module], method: Metho
             elif isinstance(grid, QuantGrid):
                 result.quant_grids[record.name] = grid
     return seconds
+
+
+_warned_no_held_out = False
+
+
+def _warn_no_held_out() -> None:
+    """Once per process: hessian_shrink "auto" had no held-out windows to choose on."""
+    global _warned_no_held_out
+    if not _warned_no_held_out:
+        log.warning("hessian_shrink auto needs at least 2 calibration windows to hold one out: "
+                    "quantizing with the plain Hessian (0)")
+        _warned_no_held_out = True
 
 
 def _owners(names: list[str], layers: dict[str, nn.Module], dist: Group | None) -> list[int | None]:
@@ -245,12 +265,13 @@ def _share_solutions(names: list[str], owners: list[int | None], layers: dict[st
 
 def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, method: Method, step: BlockStep,
                     config: WalkConfig, bar: tqdm, parked_in: BlockHost | None = None,
-                    restore_hessian: Callable[[torch.Tensor], None] | None = None
+                    restore_hessian: Callable[[torch.Tensor], None] | None = None, held_out: HeldOut | None = None
                     ) -> tuple[LayerRecord, GGUFBlocks | QuantGrid | None]:
     """Solve one layer and write its new weight; returns its record and GGUF grid (if any).
     parked_in: the host the layer waits in; it comes back for the read, leaves again during the
     solve (the solver works on a copy) and comes back for the write. restore_hessian: the solve
-    may overwrite `hessian` (its last use); this refills it (host.backed_up)."""
+    may overwrite `hessian` (its last use); this refills it (host.backed_up). held_out: the
+    Hessian of held-out calibration windows, for a method that chooses on them."""
     started = time.perf_counter()
     if parked_in is not None:
         parked_in.unpark(step.index, name, layer)
@@ -258,7 +279,7 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     shape = tuple(weight.shape)
     if parked_in is not None:
         parked_in.park(step.index, {name: layer})
-    solved = method.compress(weight, hessian, consume_weight=True, restore_hessian=restore_hessian)
+    solved = method.compress(weight, hessian, consume_weight=True, restore_hessian=restore_hessian, held_out=held_out)
     del weight
     if parked_in is not None:
         parked_in.unpark(step.index, name, layer)
@@ -280,7 +301,7 @@ def _compress_layer(name: str, layer: nn.Module, hessian: torch.Tensor | None, m
     seconds = time.perf_counter() - started
     short = name[len(step.name) + 1:]
     zeros = 1.0 - torch.count_nonzero(solved.weight).item() / solved.weight.numel()  # no (R, C) temporary
-    record = LayerRecord(name, step.index, shape, zeros, error, seconds, solved.damp_frac)
+    record = LayerRecord(name, step.index, shape, zeros, error, seconds, solved.damp_frac, solved.hessian_shrink)
     bar.set_postfix_str(f"{short} {seconds:.2f}s err={error:.4f}" if error is not None else f"{short} {seconds:.2f}s")
     log.debug("%s: sparsity %.3f, relative error %s, %.2fs", name, record.sparsity, error, seconds)
     return record, grid

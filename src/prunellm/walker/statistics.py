@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..solvers import HessianAccumulator
+from ..solvers import HeldOut, HessianAccumulator
 
 
 @dataclass
@@ -74,9 +74,10 @@ class StatisticsCollector:
     """
 
     def __init__(self, layers: dict[str, nn.Module], groups: list[InputGroup], *, device: torch.device,
-                 diag_only: bool = False, stop_early: bool = True) -> None:
+                 diag_only: bool = False, stop_early: bool = True, held_out_every: int = 0) -> None:
         self.groups = groups
-        self.accumulators = [HessianAccumulator(g.columns, device=device, diag_only=diag_only) for g in groups]
+        self.accumulators = [HessianAccumulator(g.columns, device=device, diag_only=diag_only,
+                                                held_out_every=held_out_every) for g in groups]
         self.stop_early = stop_early
         self._pending: dict[int, int] = {}  # group -> calls still to come in this pass
         # Before any other pre-hook: a pass cut short here runs nothing more of the layer (a host
@@ -109,6 +110,17 @@ class StatisticsCollector:
     def hessians(self) -> dict[str, torch.Tensor]:
         """Layer name -> its (shared) Hessian."""
         return {name: acc.H for group, acc in zip(self.groups, self.accumulators) for name in group.names}
+
+    def held_out(self) -> dict[str, HeldOut | None]:
+        """Layer name -> the Hessian of its held-out windows (held_out_every); None where there
+        are none, or nothing but them (fewer than 2 calibration windows)."""
+        out: dict[str, HeldOut | None] = {}
+        for group, acc in zip(self.groups, self.accumulators):
+            held = acc.held_out
+            usable = held is not None and 0 < held.num_tokens < acc.num_tokens
+            part = HeldOut(held.H, held.num_tokens / acc.num_tokens) if usable else None
+            out.update({name: part for name in group.names})
+        return out
 
     def remove(self) -> None:
         for handle in self._handles:
