@@ -2,14 +2,15 @@
 compressed layouts (runtime/cpu_kernels.py).
 
     python bench/layer_kernels.py [--threads 2] [--tokens 1 4 16] [--working-set-mib 512] \
-        [--out bench/results/layer_kernels.json]
+        [--kernel-x bfloat16|float32] [--out bench/results/layer_kernels.json]
 
 Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down) and
 token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), dense
 bfloat16 through the kernels (read in place, as `prunellm.load` runs a dense layer at decode),
-then each layout through the kernels, with its time, speed-up over dense, bytes read, GB/s, and
-the share of this machine's read bandwidth (measured here: torch summing a 1 GiB buffer on the
-same threads). Each row cycles through copies of its layer in distinct memory, at least
+then each layout through the kernels (activations bfloat16, as a bfloat16 forward hands them,
+which the avx512bf16 level multiplies without widening; --kernel-x float32 for float32 ones),
+with its time, speed-up over dense, bytes read, GB/s, and the share of this machine's read
+bandwidth (measured here: torch summing a 1 GiB buffer on the same threads). Each row cycles through copies of its layer in distinct memory, at least
 --working-set-mib in all, as a model's layers follow one another: a single layer timed in a
 loop would sit in the last-level cache (32 MiB on the machine of bench/README.md) and flatter
 every figure. "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one: 1.0
@@ -119,7 +120,7 @@ def cycled(fn, weights: list) -> float:
 
 
 def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, bandwidth: float,
-        working_set: int) -> list[dict]:
+        working_set: int, kernel_x: torch.dtype = torch.bfloat16) -> list[dict]:
     results = []
     for shape_name, (rows, cols) in shapes.items():
         base = torch.randn(rows, cols)
@@ -136,14 +137,15 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
         for count in tokens:
             x = torch.randn(count, cols)
             x16 = x.to(torch.bfloat16)
+            xk = x.to(kernel_x)  # the kernels' activations: a bfloat16 forward hands them bfloat16
             t32 = cycled(lambda w: F.linear(x, w), fp32)
             t16 = cycled(lambda w: F.linear(x16, w), bf16)
             dense = min(t32, t16)
             dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
             rows_out = [("dense fp32 (torch)", t32, rows * cols * 4), ("dense bf16 (torch)", t16, rows * cols * 2),
-                        ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(x, w), in_place), rows * cols * 2)]
+                        ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(xk, w), in_place), rows * cols * 2)]
             for name, weights in natives.items():
-                rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(x, w), weights), weights[0].nbytes))
+                rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights), weights[0].nbytes))
             for name, seconds, nbytes in rows_out:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
@@ -198,6 +200,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--working-set-mib", type=int, default=512,
                         help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
+    parser.add_argument("--kernel-x", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="the activations' dtype in the kernels' rows (torch's dense rows take both)")
     parser.add_argument("--small", action="store_true", help="tiny shapes and buffer: a smoke test, not figures")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="print bench/README.md's tables from this JSON (no run)")
@@ -211,11 +215,13 @@ def main() -> None:
     cpu = cpu_description()
     bandwidth = read_bandwidth(0.0625 if args.small else 1.0)
     working_set = (1 if args.small else args.working_set_mib) * 2**20
-    results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set)
-    print_table(results, cpu, bandwidth, cpu_kernels.isa())
+    results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set,
+                  getattr(torch, args.kernel_x))
+    print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "kernels": cpu_kernels.isa(),
+                                        "kernel_x": args.kernel_x,
                                         "read_bandwidth_gb_s": bandwidth / 1e9, "small": args.small,
                                         "working_set_mib": working_set / 2**20,
                                         "results": results}, indent=1) + "\n")

@@ -4,8 +4,10 @@ For every layout, value kind and instruction-set level this CPU runs (forced thr
 PRUNELLM_CPU_KERNEL, the portable one always among them), x @ Wᵀ from the packed layer equals
 x.float() @ decompress_weight(packed).float().T up to float32 rounding of the sum: within 1e-4
 of the row's magnitude, sum |x| |w|. Shapes are odd on purpose (C not a multiple of 64, R not
-of 16) and groups of inputs are per row, 32, 128, a size the AVX-512 kernel leaves to the
-portable one (40), and one that cuts n:m groups.
+of 16) and groups of inputs are per row, 32, 64, 128, 256, a size the AVX-512 kernel leaves to
+the portable one (40), and one that cuts n:m groups. With bfloat16 activations the avx512bf16
+level multiplies bfloat16 values and 4-bit codes of bfloat16 / float32 layers by vdpbf16ps
+(groups of whole 64 columns; the rest as avx512): every case and 1 to 16 tokens again, in float32.
 """
 
 from __future__ import annotations
@@ -84,9 +86,11 @@ CASES = [
     "qbitmask:4:row:200", "qbitmask:4:32:160", "qbitmask:4:128:384", "qbitmask:8:row:200", "qbitmask:8:32:160",
     "qbitmask:4:40:200", "qbitmask:2:32:160", "qbitmask:4:32:160:float16", "qbitmask:4:32:160:bfloat16",
     "qnm2-4:4:row:200", "qnm2-4:4:128:384", "qnm2-4:8:32:160", "qnm2-4:4:32:160:bfloat16", "qnm4-8:4:4:200",
-    "qnm2-4:4:2:200",
+    "qnm2-4:4:2:200", "qbitmask:4:64:320", "qbitmask:4:64:320:bfloat16", "qbitmask:4:row:200:bfloat16",
+    "qbitmask:4:256:512", "qbitmask:4:128:384:bfloat16", "qnm2-4:4:64:256:bfloat16", "qnm2-4:4:row:200:bfloat16",
     "qquant:4:row:200", "qquant:4:128:384", "qquant:8:32:160", "qquant:8:row:200", "qquant:2:32:160",
-    "qquant:4:40:200", "qquant:4:32:160:float16",
+    "qquant:4:40:200", "qquant:4:32:160:float16", "qquant:4:64:192", "qquant:4:128:384:bfloat16",
+    "qquant:4:row:200:bfloat16", "qquant:4:256:512:bfloat16",
 ]
 
 
@@ -142,6 +146,51 @@ def test_kernel_equals_expand_then_multiply(layers, level, threads, case) -> Non
         _close(y, x, dense)
 
 
+def _float_sums(x: torch.Tensor, native: cpu_kernels.NativeWeight) -> torch.Tensor:
+    """The library's float32 sums for bfloat16 activations (matmul rounds them to bfloat16)."""
+    y = torch.empty(x.shape[0], native.shape[0], dtype=torch.float32)
+    done = cpu_kernels._require().pnl_matmul(native.ref, x.data_ptr(), 1, x.shape[0], y.data_ptr(),
+                                             torch.get_num_threads(), cpu_kernels.LEVELS[cpu_kernels.isa()])
+    assert done == 0
+    return y
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bfloat16_activations_sum_as_expand_then_multiply(layers, level, threads, case) -> None:
+    """Every token count a pass takes (1 to 16), activations exactly bfloat16: the vdpbf16ps
+    kernel where the level has it, the float32 kernels' widening elsewhere."""
+    packed, dense, native = layers[case]
+    for tokens in range(1, 17):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dense_weight_in_place_with_bfloat16_activations(level, dtype) -> None:
+    weight = torch.randn(203, 320, generator=torch.Generator().manual_seed(2)).to(dtype)  # rows not of 16
+    native = cpu_kernels.prepare_dense(weight)
+    for tokens in (1, 2, 3, 4, 7, 16, 21):
+        x = torch.randn(tokens, 320, generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, weight.float())
+
+
+@pytest.mark.skipif(cpu_kernels.available() and "avx512bf16" not in cpu_kernels.supported_levels(),
+                    reason="this CPU lacks AVX512_BF16")
+@pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384", "qquant:4:row:200:bfloat16"])
+def test_the_bf16_level_takes_bfloat16_activations_to_vdpbf16ps(layers, monkeypatch, case) -> None:
+    """What only vdpbf16ps does: it reads bfloat16 subnormals as zero. Activations of 2^-130
+    (subnormal in bfloat16) sum to zero there and to a tiny nonzero through float32 (avx512);
+    float32 activations of the same value take the float32 kernel at either level."""
+    packed, dense, native = layers[case]
+    x = torch.full((2, dense.shape[1]), 2.0**-130).to(torch.bfloat16)
+    assert float(x[0, 0]) == 2.0**-130
+    monkeypatch.setenv(cpu_kernels.ENV, "avx512bf16")
+    flushed, widened = _float_sums(x, native), cpu_kernels.matmul(x.float(), native)
+    assert bool((flushed == 0).all()) and bool((widened != 0).any())
+    monkeypatch.setenv(cpu_kernels.ENV, "avx512")
+    assert torch.equal(_float_sums(x, native), widened)
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
 
@@ -164,7 +213,8 @@ def test_bfloat16_activations_give_bfloat16(layers, level, case) -> None:
     y = cpu_kernels.matmul(x, native)
     assert y.dtype == torch.bfloat16
     reference = x.float() @ dense.T
-    assert torch.equal(y, cpu_kernels.matmul(x.float(), native).to(torch.bfloat16))
+    if level != "avx512bf16":  # the same float32 sums as float32 activations, then rounded
+        assert torch.equal(y, cpu_kernels.matmul(x.float(), native).to(torch.bfloat16))
     assert bool(((y.float() - reference).abs() <= 2**-8 * reference.abs() + 1e-4 * (x.float().abs() @ dense.abs().T)
                  + 1e-6).all())
 

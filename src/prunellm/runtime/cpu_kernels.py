@@ -10,9 +10,12 @@ streams those bytes and expands them in registers, one pass over the weight for 
     y = matmul(x, native)             # x (T, C) float32 or bfloat16 -> y (T, R), same dtype
     w = expand(native)                # the dense (R, C) weight, bit for bit the format's expansion
 
-Products are summed in float32. The instruction set is chosen by the CPU's features (avx512:
-F/BW/VL/DQ/VBMI2, avx2: AVX2/FMA/F16C, else portable C++), or forced by the environment
-variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512; a forced level this CPU lacks is refused.
+Products are summed in float32. The instruction set is chosen by the CPU's features
+(avx512bf16: avx512 plus AVX512_BF16, whose vdpbf16ps multiplies bfloat16 activations by
+bfloat16 values and 4-bit codes of bfloat16/float32 layers directly, the rest as avx512;
+avx512: F/BW/VL/DQ/VBMI2; avx2: AVX2/FMA/F16C; else portable C++), or forced by the environment
+variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512|avx512bf16; a forced level this CPU lacks is
+refused.
 Rows are split over torch.get_num_threads() threads: torch's own OpenMP workers where torch
 runs on OpenMP (its runtime's GOMP_parallel is handed to the library at load), else the
 library's own pool. A pool beside torch's spinning workers fought them for the cores.
@@ -44,11 +47,11 @@ from .cpu_layout import FLOAT_DTYPES, KIND, KernelLayout, build, container_bits
 
 log = logging.getLogger(__name__)
 
-LEVELS = {"portable": 0, "avx2": 1, "avx512": 2}
+LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 3  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 4  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 

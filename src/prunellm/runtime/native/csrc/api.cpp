@@ -44,19 +44,22 @@ bool cpu_has(int level) {
         return cpu_has(PNL_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vbmi2");
+    if (level == PNL_AVX512_BF16)
+        return cpu_has(PNL_AVX512) && __builtin_cpu_supports("avx512bf16");
 #endif
     return level == PNL_PORTABLE;
 }
 
 PnlKernel kernel_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (level == PNL_AVX512) return pnl_rows_avx512;
+    if (level == PNL_AVX512 || level == PNL_AVX512_BF16) return pnl_rows_avx512;  // float32 activations
     if (level == PNL_AVX2) return pnl_rows_avx2;
 #endif
     return pnl_rows_portable;
 }
 
-// A job's work on rows [begin, end): a kernel, or the expansion (expand_part below).
+// A job's work on rows [begin, end): a kernel, or the expansion (expand_part below); or, where
+// kernel_bf16 is set, that kernel on the bfloat16 activations xb.
 struct Job {
     PnlKernel kernel;
     const PnlWeight* w;
@@ -65,6 +68,8 @@ struct Job {
     float* y;
     int parts;
     size_t scratch_bytes;
+    PnlKernelBf16 kernel_bf16 = nullptr;
+    const uint16_t* xb = nullptr;
 };
 
 // A part's rows: contiguous, balanced by count, in multiples of 8 (whole cache lines of y).
@@ -72,7 +77,9 @@ void run_part(const Job& job, int part, uint8_t* scratch) {
     const int64_t R = job.w->rows, unit = 8, units = (R + unit - 1) / unit;
     int64_t begin = units * part / job.parts * unit, end = units * (part + 1) / job.parts * unit;
     if (end > R) end = R;
-    if (begin < end) job.kernel(job.w, job.xp, job.tokens, job.y, begin, end, scratch);
+    if (begin >= end) return;
+    if (job.kernel_bf16) job.kernel_bf16(job.w, job.xb, job.tokens, job.y, begin, end, scratch);
+    else job.kernel(job.w, job.xp, job.tokens, job.y, begin, end, scratch);
 }
 
 uint8_t* grow(std::vector<uint8_t>& buffer, size_t bytes) {
@@ -191,7 +198,7 @@ float bf16_to_float(uint16_t h) {
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 3; }
+PNL_API int pnl_abi_version(void) { return 4; }
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's
 // default); returns the old value.
@@ -205,7 +212,7 @@ PNL_API void pnl_use_openmp(void* gomp_parallel_entry) {
 PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
 
 PNL_API int pnl_best_level(void) {
-    for (int level = PNL_AVX512; level > PNL_PORTABLE; --level)
+    for (int level = PNL_AVX512_BF16; level > PNL_PORTABLE; --level)
         if (cpu_has(level)) return level;
     return PNL_PORTABLE;
 }
@@ -214,7 +221,7 @@ PNL_API int pnl_best_level(void) {
 // Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
 PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t tokens, float* y, int threads,
                        int level) {
-    if (level < PNL_PORTABLE || level > PNL_AVX512 || !cpu_has(level)) return -1;
+    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
     if (!w || !x || !y || tokens < 1 || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
     if (threads < 1) threads = 1;
     const int64_t cp = w->cols_pad, C = w->cols;
@@ -227,6 +234,24 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
     if (parts > threads) parts = threads;
     if (parts < 1) parts = 1;
     thread_local std::vector<uint8_t> xbuf, scratch;
+#if defined(__x86_64__) || defined(_M_X64)
+    // bfloat16 activations stay bfloat16 for the vdpbf16ps kernel, where it reads this weight
+    if (level == PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
+        for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
+            int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
+            uint16_t* xb = (uint16_t*)grow(xbuf, (size_t)nt * cp * sizeof(uint16_t));
+            for (int t = 0; t < nt; ++t) {
+                memcpy(xb + t * cp, (const uint16_t*)x + (t0 + t) * C, C * sizeof(uint16_t));
+                memset(xb + t * cp + C, 0, (cp - C) * sizeof(uint16_t));
+            }
+            // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp)
+            Job job{nullptr, w, nullptr, nt, y + t0 * w->rows, parts, (size_t)16 * 2 * cp + 256,
+                    pnl_rows_avx512bf16, xb};
+            run_parts(job, grow(scratch, job.scratch_bytes));
+        }
+        return 0;
+    }
+#endif
     for (int64_t t0 = 0; t0 < tokens; t0 += 16) {  // kernels take up to 16 tokens a pass
         int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
         float* xp = (float*)grow(xbuf, (size_t)nt * cp * sizeof(float));

@@ -24,7 +24,9 @@ enum PnlValueKind {
     PNL_CODES = 3 // integer codes of `code_bits` bits, value = scale * (code - zero)
 };
 
-enum PnlLevel { PNL_PORTABLE = 0, PNL_AVX2 = 1, PNL_AVX512 = 2 };
+// PNL_AVX512_BF16: the AVX-512 level plus AVX512_BF16; bfloat16 activations of the
+// weights pnl_avx512bf16_reads takes go through vdpbf16ps, everything else as PNL_AVX512.
+enum PnlLevel { PNL_PORTABLE = 0, PNL_AVX2 = 1, PNL_AVX512 = 2, PNL_AVX512_BF16 = 3 };
 
 typedef struct PnlWeight {
     int64_t rows;        // R
@@ -59,6 +61,13 @@ void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
                    int64_t row_begin, int64_t row_end, uint8_t* scratch);
 void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
                      int64_t row_begin, int64_t row_end, uint8_t* scratch);
+// The kernel for bfloat16 activations: xb (T, cols_pad) bfloat16 bits, zero past `cols`; only
+// for a weight pnl_avx512bf16_reads takes. scratch holds 2 * 16 * cols_pad bytes.
+typedef void (*PnlKernelBf16)(const PnlWeight* w, const uint16_t* xb, int tokens, float* y,
+                              int64_t row_begin, int64_t row_end, uint8_t* scratch);
+void pnl_rows_avx512bf16(const PnlWeight* w, const uint16_t* xb, int tokens, float* y,
+                         int64_t row_begin, int64_t row_end, uint8_t* scratch);
+int pnl_avx512bf16_reads(const PnlWeight* w);
 #endif
 
 #ifdef __cplusplus
