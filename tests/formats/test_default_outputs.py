@@ -16,6 +16,7 @@ from prunellm.errors import PrunellmError
 from prunellm.formats import detect_format, load_model
 from prunellm.formats.choice import default_format
 from prunellm.methods import build_method, option_specs
+from prunellm.methods.recommended import SHRINK_NOTE
 from prunellm.methods.schemes import SCHEMES, with_scheme
 from prunellm.pipeline import resolve_method
 from tests.model_dirs import make_workspace, model_dir, weights
@@ -169,7 +170,8 @@ def test_the_scheme_is_recorded_and_the_grid_is_the_presets(outputs) -> None:
     weights = config["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["symmetric"], weights["group_size"]) == (4, True, 16)
     asym = json.loads((outputs["gptq-4bit"] / "report.json").read_text())
-    assert "scheme" not in asym and "recommended_defaults" not in asym  # --group-size given: the user's grid
+    # --group-size given: the user's grid; the one default filled in is GPTQ's Hessian shrinkage
+    assert "scheme" not in asym and asym["recommended_defaults"] == f"recommended defaults: {SHRINK_NOTE}"
 
 
 # -- reading every format back -------------------------------------------------------------------
@@ -337,7 +339,8 @@ def test_a_streamed_run_fits_the_grid_to_the_model_too(workspace, tmp_path) -> N
     ({"bits": 3}, (None, False, True)),  # other widths: the papers' grid
 ])
 def test_explicit_grid_options_win(options, grid) -> None:
+    shrink_only = f"recommended defaults: {SHRINK_NOTE}"  # the grid is the user's; GPTQ's shrinkage is filled in
     method, _, note = resolve_method("gptq", options)
-    assert (method.config.group_size, method.config.sym, method.config.act_order) == grid and note is None
+    assert (method.config.group_size, method.config.sym, method.config.act_order) == grid and note == shrink_only
     method, _, note = resolve_method("gptq", {"bits": 4}, scheme="W4A16", layer_inputs={"q": 64})
-    assert method.config.group_size == 128 and note is None  # a scheme named is taken as it is (and refused there)
+    assert method.config.group_size == 128 and note == shrink_only  # a scheme named is taken as it is (and refused there)
