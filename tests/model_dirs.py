@@ -36,6 +36,12 @@ def make_workspace(root: Path) -> dict[str, str]:
     return {"root": str(root), "text": str(text), "model": str(model)}
 
 
+def prune_args(ws: dict[str, str], out: Path, *extra: str) -> list[str]:
+    """`prunellm prune` on the tiny model: 4 windows of 32 tokens, quiet."""
+    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--out", str(out),
+            "--quiet", *extra]
+
+
 def sweep_args(ws: dict[str, str], out: Path, *extra: str) -> list[str]:
     """`prunellm sweep` on the tiny model: 4 windows of 32 tokens, perplexity on the same text."""
     return ["sweep", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--eval", ws["text"],

@@ -1,7 +1,6 @@
 """The command line end to end on a tiny model, and every kind of bad input it must refuse."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
 from prunellm.methods.recommended import recommended
-from tests.model_dirs import WORDS, make_workspace
+from tests.model_dirs import WORDS, make_workspace, prune_args
 from tests.tiny_models import tiny_model, word_tokenizer
 
 
@@ -25,10 +24,6 @@ def workspace(tmp_path_factory) -> dict:
     word_tokenizer(WORDS).save_pretrained(nan_dir)
     return {**make_workspace(root), "root": root, "nan": str(nan_dir)}
 
-
-def prune_args(ws: dict, out: Path, *extra: str) -> list[str]:
-    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32",
-            "--out", str(out), "--quiet", *extra]
 
 
 def test_prune_saves_a_loadable_model_and_report(workspace, tmp_path, capsys):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from prunellm.cli import main
 from prunellm.formats.compressed.checkpoint import MANIFEST_FILE, TENSORS_FILE
-from tests.model_dirs import make_workspace
+from tests.model_dirs import make_workspace, prune_args as base_prune_args
 
 QUANT_24 = ["--method", "sparsegpt", "--nm", "2:4", "--bits", "4", "--group-size", "16", "--refine", "none"]
 
@@ -20,8 +20,7 @@ def workspace(tmp_path_factory) -> dict:
 
 
 def prune_args(ws: dict, out, *extra: str) -> list[str]:
-    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--out", str(out),
-            "--quiet", "--no-layer-errors", *extra]
+    return base_prune_args(ws, out, "--no-layer-errors", *extra)
 
 
 @pytest.fixture(scope="module")

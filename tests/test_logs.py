@@ -8,7 +8,7 @@ import pytest
 from prunellm.cli import main
 from prunellm.errors import PrunellmError
 from prunellm.logs import LOG_FILE, RunLog, configured, terminal_level
-from tests.model_dirs import make_workspace
+from tests.model_dirs import make_workspace, prune_args as base_prune_args
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,7 @@ def workspace(tmp_path_factory) -> dict:
 
 
 def prune_args(ws: dict, out, *extra: str) -> list[str]:
-    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--out", str(out),
-            "--quiet", "--refine", "none", *extra]
+    return base_prune_args(ws, out, "--refine", "none", *extra)
 
 
 def test_levels_from_the_flags():

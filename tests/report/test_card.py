@@ -10,7 +10,7 @@ from prunellm.cli import main
 from prunellm.io.default_model import DEFAULT_MODEL_LABEL
 from prunellm.report.card import CARD_FILE, base_model, model_card
 from prunellm.report.format import perplexity
-from tests.model_dirs import make_workspace, sweep_args
+from tests.model_dirs import make_workspace, sweep_args, prune_args as base_prune_args
 
 yaml = pytest.importorskip("yaml")
 
@@ -21,8 +21,7 @@ def workspace(tmp_path_factory) -> dict:
 
 
 def prune_args(ws: dict, out, *extra: str) -> list[str]:
-    return ["prune", ws["model"], "--calib", ws["text"], "--num-samples", "4", "--seqlen", "32", "--out", str(out),
-            "--quiet", "--no-layer-errors", *extra]
+    return base_prune_args(ws, out, "--no-layer-errors", *extra)
 
 
 def read_card(directory) -> tuple[dict, str]:
