@@ -6,8 +6,9 @@ x.float() @ decompress_weight(packed).float().T up to float32 rounding of the su
 of the row's magnitude, sum |x| |w|. Shapes are odd on purpose (C not a multiple of 64, R not
 of 16) and groups of inputs are per row, 32, 64, 128, 256, a size the AVX-512 kernel leaves to
 the portable one (40), and one that cuts n:m groups. With bfloat16 activations the avx512bf16
-level multiplies bfloat16 values and 4-bit codes of bfloat16 / float32 layers by vdpbf16ps
-(groups of whole 64 columns; the rest as avx512): every case and 1 to 16 tokens again, in float32.
+level multiplies bfloat16 values and 4- and 8-bit codes of bfloat16 / float32 layers by
+vdpbf16ps (groups of whole 64 columns; the rest as avx512): every case and 1 to 16 tokens again,
+in float32.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ CASES = [
     "qquant:4:row:200", "qquant:4:128:384", "qquant:8:32:160", "qquant:8:row:200", "qquant:2:32:160",
     "qquant:4:40:200", "qquant:4:32:160:float16", "qquant:4:64:192", "qquant:4:128:384:bfloat16",
     "qquant:4:row:200:bfloat16", "qquant:4:256:512:bfloat16",
+    # 8-bit codes in every layout, groups of whole 64 columns or per row: the avx512bf16 level's
+    # vdpbf16ps path (float16 layers' stay on the float32 kernel)
+    "qbitmask:8:128:384", "qbitmask:8:64:320:bfloat16", "qbitmask:8:row:200:bfloat16", "qnm2-4:8:row:200",
+    "qnm2-4:8:64:256:bfloat16", "qnm4-8:8:128:384", "qquant:8:128:384", "qquant:8:64:192:bfloat16",
+    "qquant:8:row:200:bfloat16", "qquant:8:256:512:bfloat16", "qquant:8:128:384:float16",
 ]
 
 
@@ -176,7 +182,8 @@ def test_dense_weight_in_place_with_bfloat16_activations(level, dtype) -> None:
 
 @pytest.mark.skipif(cpu_kernels.available() and "avx512bf16" not in cpu_kernels.supported_levels(),
                     reason="this CPU lacks AVX512_BF16")
-@pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384", "qquant:4:row:200:bfloat16"])
+@pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384", "qquant:4:row:200:bfloat16",
+                                  "qbitmask:8:64:320:bfloat16", "qnm2-4:8:row:200", "qquant:8:128:384"])
 def test_the_bf16_level_takes_bfloat16_activations_to_vdpbf16ps(layers, monkeypatch, case) -> None:
     """What only vdpbf16ps does: it reads bfloat16 subnormals as zero. Activations of 2^-130
     (subnormal in bfloat16) sum to zero there and to a tiny nonzero through float32 (avx512);

@@ -12,7 +12,7 @@ streams those bytes and expands them in registers, one pass over the weight for 
 
 Products are summed in float32. The instruction set is chosen by the CPU's features
 (avx512bf16: avx512 plus AVX512_BF16, whose vdpbf16ps multiplies bfloat16 activations by
-bfloat16 values and 4-bit codes of bfloat16/float32 layers directly, the rest as avx512;
+bfloat16 values and 4- and 8-bit codes of bfloat16/float32 layers directly, the rest as avx512;
 avx512: F/BW/VL/DQ/VBMI2; avx2: AVX2/FMA/F16C; else portable C++), or forced by the environment
 variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512|avx512bf16; a forced level this CPU lacks is
 refused.

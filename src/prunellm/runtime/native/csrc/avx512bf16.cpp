@@ -20,12 +20,23 @@
 //   the first is a high nibble (vpshrdvq), spreads them to a byte each in registers and places
 //   them with one vpexpandb; a column without a value gets index 16, the table's zero half.
 //   The even columns' codes (each word's low byte) and the odd columns' (high byte) take one
-//   vpermw each, so the activations are laid out per step as the 32 even, then the 32 odd.
+//   vpermw each, so the activations are laid out per step as the 32 even, then the 32 odd;
+// - 8-bit codes of bfloat16 and float32 layers, masked or dense: a 256-entry table would not
+//   fit a register, so each step computes its 64 weights. A masked step places its codes with
+//   one vpexpandb, a column without a value getting the zero point (code - zero = 0 there). One
+//   vpshufb per 16 columns drops a code into the low byte of float32 2^23 (the float 2^23 +
+//   code), and subtracting 2^23 + zero leaves code - zero, exact: an integer in [-255, 255],
+//   8 significant bits, exact in bfloat16 too. A float32 layer's weight words are that integer,
+//   its group's sum scaled once as for 4-bit codes; a bfloat16 layer's are it times the scale,
+//   rounded to bfloat16 by vcvtne2ps2bf16 (nearest even, as decompress_weight; it reads a
+//   float32 below 1e-38 as zero). vpshufb stays within 128-bit lanes, so the activations are
+//   laid out per step in the order that leaves (kByLane).
 //
 // Every call lays the activations out step by step (all tokens' 64 columns of a step together:
 // rows of 8 KiB would put 16 tokens' loads in one L1 set). Other weights (float32 or float16
-// values, 8-bit codes, float16 layers' codes, groups that are not a multiple of 64) and float32
-// activations take the AVX-512 float32 kernel (api.cpp decides, pnl_avx512bf16_reads).
+// values, float16 layers' codes, 1- and 2-bit codes, groups that are not a multiple of
+// 64) and float32 activations take the AVX-512 float32 kernel (api.cpp decides,
+// pnl_avx512bf16_reads).
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -46,9 +57,31 @@ inline __m512 round_bf16(__m512 v) {  // round to nearest even on the bits (no N
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
+// The column of a step each of a source's 64 weight words meets (a's 32, then b's), where
+// its words do not come in column order: lay_out puts the activations in that order.
+struct Order {
+    alignas(64) uint16_t col[64];
+};
+
+constexpr Order paired_order() {  // 4-bit lookups: the 32 even columns, then the 32 odd ones
+    Order o{};
+    for (int w = 0; w < 64; ++w) o.col[w] = (uint16_t)(w < 32 ? 2 * w : 2 * (w - 32) + 1);
+    return o;
+}
+
+// 8-bit codes: register v (words 16v..16v+15) holds bytes 4v..4v+3 of each 128-bit lane of
+// the step's 64 codes (vpshufb), so word w meets column 16 * lane + 4 * v + byte.
+constexpr Order by_lane_order() {
+    Order o{};
+    for (int w = 0; w < 64; ++w) o.col[w] = (uint16_t)(16 * (w % 16 / 4) + 4 * (w / 16) + w % 4);
+    return o;
+}
+
+constexpr Order kPaired = paired_order(), kByLane = by_lane_order();
+
 // Sources: the next 64 columns' weights of the current row as two registers of 32 bfloat16.
 struct BF16Values {
-    static constexpr bool kPermuted = false;  // the activations in column order
+    static constexpr const Order* kOrder = nullptr;  // the activations in column order
     static constexpr bool kScaled = false;
     const uint16_t* p;
     void row(const PnlWeight* w, int64_t r) { p = (const uint16_t*)w->values + w->row_start[r]; }
@@ -74,7 +107,7 @@ struct BF16Values {
 // (table of weights), else float32 (table of code - zero, scaled per group).
 template <bool BF16>
 struct Code4Values {
-    static constexpr bool kPermuted = true;  // the activations as the lookups give columns
+    static constexpr const Order* kOrder = &kPaired;  // the activations as the lookups give columns
     static constexpr bool kScaled = !BF16;
     const uint8_t* base;
     int64_t p;  // the next code's index
@@ -117,24 +150,68 @@ struct Code4Values {
     }
 };
 
+// 8-bit codes, a byte each; BF16: the layer's dtype is bfloat16 (the weights rounded), else
+// float32 (code - zero, scaled per group). See the top of the file.
+template <bool BF16>
+struct Code8Values {
+    static constexpr const Order* kOrder = &kByLane;
+    static constexpr bool kScaled = !BF16;
+    const uint8_t* p;
+    __m512i fill;  // the group's zero point in every byte: a column without a value
+    __m512 bias;   // 2^23 + zero
+    __m512 vs;     // the scale, for a bfloat16 layer's weights
+    float s;
+    void row(const PnlWeight* w, int64_t r) { p = (const uint8_t*)w->values + w->row_start[r]; }
+    void group(const PnlWeight* w, int64_t r, int64_t g) {
+        s = w->scales[r * w->groups + g];
+        const float z = w->zeros[r * w->groups + g];  // an integer in [0, 255]
+        fill = _mm512_set1_epi8((char)(int)z);
+        bias = _mm512_set1_ps(8388608.0f + z);
+        vs = _mm512_set1_ps(s);
+    }
+    float scale() const { return s; }
+    template <bool MASKED>
+    void next(uint64_t m, __m512bh& a, __m512bh& b) {
+        __m512i codes = _mm512_loadu_si512((const void*)p);
+        if (MASKED) {
+            codes = _mm512_mask_expand_epi8(fill, m, codes);
+            p += __builtin_popcountll(m);
+        } else {
+            p += 64;
+        }
+        a = _mm512_cvtne2ps_pbh(weights(codes, 1), weights(codes, 0));  // the second operand: low words
+        b = _mm512_cvtne2ps_pbh(weights(codes, 3), weights(codes, 2));
+    }
+    // Register v of the step (kByLane): bytes 4v..4v+3 of each lane as float32 weights.
+    __m512 weights(__m512i codes, int v) const {
+        const __m512i pick = _mm512_add_epi32(_mm512_setr4_epi32(0, 1, 2, 3), _mm512_set1_epi32(4 * v));
+        const __m512i biased = _mm512_mask_shuffle_epi8(_mm512_set1_epi32(0x4b000000),  // 2^23
+                                                        (__mmask64)0x1111111111111111ull, codes, pick);
+        const __m512 d = _mm512_sub_ps(_mm512_castsi512_ps(biased), bias);  // code - zero, exact
+        return BF16 ? _mm512_mul_ps(d, vs) : d;
+    }
+};
+
 // The activations re-laid out step by step: per 64 columns, every token's 64 in turn. With the
 // tokens' rows cols_pad apart, 16 tokens' loads of one step fall in one L1 set (4096 columns are
 // 8 KiB): 16 tokens on a 4096 x 4096 layer took 5.6 ms at 50% bfloat16 and 5.4 ms at 50% +
-// 4-bit that way, 3.6 and 2.7 ms so. PAIRED: each token's 64 in the 4-bit lookups' order, the
-// 32 even columns then the 32 odd ones.
-template <bool PAIRED>
+// 4-bit that way, 3.6 and 2.7 ms so. ORDER (unless null): each token's 64 in the order the
+// source's weight words come (the 4-bit lookups' even then odd columns, the 8-bit codes' lanes).
+template <const Order* ORDER>
 void lay_out(const uint16_t* xb, int tokens, int64_t cp, uint16_t* xq) {
-    alignas(64) static const uint16_t first[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
-                                                   32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
-    const __m512i ia = _mm512_load_si512((const void*)first), ib = _mm512_add_epi16(ia, _mm512_set1_epi16(1));
+    __m512i ia = _mm512_setzero_si512(), ib = ia;
+    if constexpr (ORDER != nullptr) {
+        ia = _mm512_load_si512((const void*)ORDER->col);
+        ib = _mm512_load_si512((const void*)(ORDER->col + 32));
+    }
     for (int64_t c = 0; c < cp; c += 64)
         for (int t = 0; t < tokens; ++t, xq += 64) {
             __m512i x0 = _mm512_loadu_si512((const void*)(xb + t * cp + c));
             __m512i x1 = _mm512_loadu_si512((const void*)(xb + t * cp + c + 32));
-            if (PAIRED) {
-                __m512i even = _mm512_permutex2var_epi16(x0, ia, x1);
+            if constexpr (ORDER != nullptr) {
+                __m512i first = _mm512_permutex2var_epi16(x0, ia, x1);
                 x1 = _mm512_permutex2var_epi16(x0, ib, x1);
-                x0 = even;
+                x0 = first;
             }
             _mm512_store_si512((void*)xq, x0);
             _mm512_store_si512((void*)(xq + 32), x1);
@@ -208,22 +285,27 @@ void rows(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t 
     // rows a block: each activation load serves RB rows, while the sums fit the registers
     constexpr int RB = NT == 1 ? 4 : NT <= 3 || (NT <= 8 && !Source::kScaled) ? 2 : 1;
     uint16_t* x = (uint16_t*)scratch;
-    lay_out<Source::kPermuted>(xb, NT, w->cols_pad, x);
+    lay_out<Source::kOrder>(xb, NT, w->cols_pad, x);
     int64_t r = r0;
     for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, y, r);
     for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r);
 }
 
+template <int NT, class Source>
+void by_mask(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t r1, uint8_t* s) {
+    if (w->has_mask) return rows<NT, true, Source>(w, xb, y, r0, r1, s);
+    rows<NT, false, Source>(w, xb, y, r0, r1, s);
+}
+
 template <int NT>
 void dispatch_kind(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t r1, uint8_t* s) {
-    const bool masked = w->has_mask != 0;
-    if (w->value_kind == PNL_BF16)
-        return masked ? rows<NT, true, BF16Values>(w, xb, y, r0, r1, s) : rows<NT, false, BF16Values>(w, xb, y, r0, r1, s);
-    if (w->weight_dtype == PNL_BF16)
-        return masked ? rows<NT, true, Code4Values<true>>(w, xb, y, r0, r1, s)
-                      : rows<NT, false, Code4Values<true>>(w, xb, y, r0, r1, s);
-    return masked ? rows<NT, true, Code4Values<false>>(w, xb, y, r0, r1, s)
-                  : rows<NT, false, Code4Values<false>>(w, xb, y, r0, r1, s);
+    if (w->value_kind == PNL_BF16) return by_mask<NT, BF16Values>(w, xb, y, r0, r1, s);
+    const bool bf16 = w->weight_dtype == PNL_BF16;
+    if (w->code_bits == 8)
+        return bf16 ? by_mask<NT, Code8Values<true>>(w, xb, y, r0, r1, s)
+                    : by_mask<NT, Code8Values<false>>(w, xb, y, r0, r1, s);
+    return bf16 ? by_mask<NT, Code4Values<true>>(w, xb, y, r0, r1, s)
+                : by_mask<NT, Code4Values<false>>(w, xb, y, r0, r1, s);
 }
 
 template <int NT>
@@ -241,7 +323,7 @@ void dispatch_tokens(int tokens, const PnlWeight* w, const uint16_t* xb, float* 
 
 extern "C" int pnl_avx512bf16_reads(const PnlWeight* w) {
     if (w->value_kind == PNL_BF16) return 1;
-    if (w->value_kind != PNL_CODES || w->code_bits != 4) return 0;
+    if (w->value_kind != PNL_CODES || (w->code_bits != 4 && w->code_bits != 8)) return 0;
     if (w->weight_dtype != PNL_BF16 && w->weight_dtype != PNL_F32) return 0;
     return w->groups == 1 || w->group_size % 64 == 0;
 }
