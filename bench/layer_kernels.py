@@ -1,7 +1,7 @@
 """One linear layer at decode on this CPU: dense torch against the native kernels reading the
 compressed layouts (runtime/cpu_kernels.py).
 
-    python bench/layer_kernels.py [--threads 2] [--tokens 1 4 16] [--working-set-mib 512] \
+    python bench/layer_kernels.py [--threads 2] [--tokens 1 2 4 8 16] [--working-set-mib 512] \
         [--kernel-x bfloat16|float32] [--out bench/results/layer_kernels.json]
 
 Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down) and
@@ -10,12 +10,17 @@ bfloat16 through the kernels (read in place, as `prunellm.load` runs a dense lay
 then each layout through the kernels (activations bfloat16, as a bfloat16 forward hands them,
 which the avx512bf16 level multiplies without widening; --kernel-x float32 for float32 ones),
 with its time, speed-up over dense, bytes read, GB/s, and the share of this machine's read
-bandwidth (measured here: torch summing a 1 GiB buffer on the same threads). Each row cycles through copies of its layer in distinct memory, at least
+bandwidth (measured here: torch summing a 1 GiB buffer on the same threads). Each compressed
+layout is also timed as the runtime's alternative to its kernel, the weight expanded for the
+call then torch's product ("expanded"), and the dense kernel against torch's bfloat16 product:
+the crossover table says up to how many tokens each kernel wins at every shape, the figures
+runtime/token_limits.py holds. Each row cycles through copies of its layer in distinct memory, at least
 --working-set-mib in all, as a model's layers follow one another: a single layer timed in a
 loop would sit in the last-level cache (32 MiB on the machine of bench/README.md) and flatter
 every figure. "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one: 1.0
 means the kernel streams as fast as memory allows. Weights are random on the layouts'
-patterns: kernel speed does not depend on the values. `--small` runs tiny shapes (a smoke test).
+patterns: kernel speed does not depend on the values; quantized layers are stored bfloat16, as
+`--save-dtype bfloat16` stores them. `--small` runs tiny shapes (a smoke test).
 """
 
 from __future__ import annotations
@@ -106,7 +111,10 @@ def layer(name: str, rows: int, cols: int, seed: int = 0):
         weight = torch.where(pattern, weight, 0.0).to(torch.bfloat16)
         return compress_weight(weight, nm=(2, 4) if name.startswith("2:4") else None)
     codes = torch.where(pattern, codes, zero)  # a pruned weight is its zero point's code
-    return compress_weight(scale * (codes - zero), grid, nm=(2, 4) if name.startswith("2:4") else None)
+    # code - zero times a scale, rounded to bfloat16, still rounds back to its code (|code - zero|
+    # <= 128 and bfloat16's relative error 2^-9 move it by at most a quarter)
+    weight = (scale * (codes - zero)).to(torch.bfloat16)
+    return compress_weight(weight, grid, nm=(2, 4) if name.startswith("2:4") else None)
 
 
 def copies_for(nbytes: int, working_set: int) -> int:
@@ -144,13 +152,19 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
             dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
             rows_out = [("dense fp32 (torch)", t32, rows * cols * 4), ("dense bf16 (torch)", t16, rows * cols * 2),
                         ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(xk, w), in_place), rows * cols * 2)]
+            # the kernel's alternative in the runtime: torch's product on the dense weight, or for a
+            # compressed layer the weight expanded for the call first (runtime/linear.py)
+            alternative = {"dense bf16 (kernel)": t16}
             for name, weights in natives.items():
                 rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights), weights[0].nbytes))
+                alternative[name] = cycled(lambda w: F.linear(xk, cpu_kernels.expand(w).to(xk.dtype)), weights)
             for name, seconds, nbytes in rows_out:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
                                 "gb_s": nbytes / seconds / 1e9, "of_bandwidth": nbytes / seconds / bandwidth,
                                 "dense_bytes": dense_bytes, "threads": threads})
+                if name in alternative:
+                    results[-1]["alternative_ms"] = alternative[name] * 1e3
         del fp32, bf16, in_place, natives
     return results
 
@@ -165,6 +179,35 @@ def print_table(results: list[dict], cpu: dict[str, str], bandwidth: float, isa:
     for r in results:
         print(f"{r['shape']:17s} {r['tokens']:3d} {r['layout']:26s} {r['ms']:8.3f} {r['speedup']:7.2f}x "
               f"{r['bytes'] / 1e6:7.1f} {r['gb_s']:6.1f} {r['of_bandwidth']:6.2f}")
+
+
+def crossovers(results: list[dict]) -> dict[str, tuple[dict[int, tuple[float, float]], int]]:
+    """Per kernel layout: its speed-up over the runtime's alternative at each token count (the
+    range over shapes), and the largest count up to which it wins at every shape and every
+    smaller count (0: it never does)."""
+    out = {}
+    for layout in dict.fromkeys(r["layout"] for r in results if "alternative_ms" in r):
+        ratios: dict[int, list[float]] = {}
+        for r in results:
+            if r["layout"] == layout:
+                ratios.setdefault(r["tokens"], []).append(r["alternative_ms"] / r["ms"])
+        limit = 0
+        for count in sorted(ratios):
+            if min(ratios[count]) <= 1.0:
+                break
+            limit = count
+        out[layout] = ({c: (min(v), max(v)) for c, v in sorted(ratios.items())}, limit)
+    return out
+
+
+def family_limits(results: list[dict]) -> dict[str, int]:
+    """The crossovers by runtime/token_limits.py's families: the smallest over their layouts."""
+    limits: dict[str, int] = {}
+    for layout, (_, limit) in crossovers(results).items():
+        key = ("dense" if layout.startswith("dense") else "8-bit" if "8-bit" in layout
+               else "4-bit" if "4-bit" in layout else "values")
+        limits[key] = min(limits.get(key, limit), limit)
+    return limits
 
 
 def markdown(results: list[dict]) -> str:
@@ -191,13 +234,20 @@ def markdown(results: list[dict]) -> str:
             ups = [at[(s, count, layout)]["speedup"] for s in shapes if (s, count, layout) in at]
             cells.append(f"{min(ups):.2f}-{max(ups):.2f}×" if ups else "–")
         lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    table = crossovers(results)
+    if table:
+        lines += ["", "| kernel over its alternative | " + " | ".join(f"{c} tok" for c in counts)
+                  + " | wins up to |", "| --- | " + " | ".join("---:" for _ in counts) + " | ---: |"]
+        for layout, (ratios, limit) in table.items():
+            cells = [f"{ratios[c][0]:.2f}-{ratios[c][1]:.2f}×" if c in ratios else "–" for c in counts]
+            lines.append(f"| {layout} | " + " | ".join(cells) + f" | {limit} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--working-set-mib", type=int, default=512,
                         help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
     parser.add_argument("--kernel-x", choices=["bfloat16", "float32"], default="bfloat16",
@@ -218,6 +268,12 @@ def main() -> None:
     results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set,
                   getattr(torch, args.kernel_x))
     print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
+    print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), tokens up to which it wins:")
+    for layout, (ratios, limit) in crossovers(results).items():
+        print(f"  {layout:26s} " + " ".join(f"{c}:{lo:.2f}-{hi:.2f}" for c, (lo, hi) in ratios.items())
+              + f"  -> {limit}")
+    print(f"by family (runtime/token_limits.py, {args.kernel_x} activations on {cpu_kernels.isa()}): "
+          f"{family_limits(results)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "kernels": cpu_kernels.isa(),

@@ -1,5 +1,5 @@
 """The CPU runtime on the native kernels: `prunellm.load(DIR, "cpu")` repacks every compressed
-layer for them; decode steps (up to CPU_KERNEL_MAX_TOKENS tokens a call) equal the expanded model's
+layer for them; decode steps (up to the layers' token limits a call) equal the expanded model's
 up to float32 rounding, prefill is bit for bit the expanded model's, greedy generation gives the
 same tokens; without the library, today's expansion at load and one warning; a quantized head."""
 
@@ -25,7 +25,8 @@ from prunellm.methods import build_method
 from prunellm.runtime import cpu_kernels
 from prunellm.runtime.bench_infer import cache_argument, layer_paths
 from prunellm.runtime.head import group_size_for, quantize_rows
-from prunellm.runtime.linear import CPU_KERNEL_MAX_TOKENS, CompressedLinear
+from prunellm.runtime.linear import CompressedLinear
+from prunellm.runtime.token_limits import MOST_TOKENS
 from prunellm.walker import WalkConfig, compress_model
 from tests.model_dirs import WORDS
 from tests.tiny_models import tiny_config, tiny_model, tokens, word_tokenizer
@@ -84,11 +85,12 @@ def test_cpu_load_decodes_on_the_native_kernels(dirs, setting: str) -> None:
     assert all(key.endswith(": cpu kernel") for key in paths) and sum(paths.values()) == len(layers)
     assert not any(isinstance(m, CompressedLinear) for m in expanded.modules())
 
-    prompt = tokens(1, CPU_KERNEL_MAX_TOKENS + 8, seed=7)  # a prefill: expanded per call, bit for bit
+    prompt = tokens(1, MOST_TOKENS + 8, seed=7)  # a prefill: expanded per call, bit for bit
     a, cache_a = _step(model, prompt)
     b, cache_b = _step(expanded, prompt)
     assert torch.equal(a, b)
-    for length in (1, CPU_KERNEL_MAX_TOKENS):  # decode steps: the kernels, equal up to float32 rounding
+    limit = min(m.cpu_kernel_max_tokens(torch.float32) for m in layers)
+    for length in (1, limit):  # decode steps: the kernels, equal up to float32 rounding
         ids = tokens(1, length, seed=length)
         a, cache_a = _step(model, ids, cache_a)
         b, cache_b = _step(expanded, ids, cache_b)
@@ -127,7 +129,7 @@ def test_a_repacked_layer_is_the_dense_layer() -> None:
     x = torch.randn(2, 1, 96).to(torch.bfloat16)  # 2 tokens: the kernel, the bias added after
     torch.testing.assert_close(layer(x).float(), F.linear(x.float(), dense.float(), bias.float()), rtol=1e-2,
                                atol=2e-2)
-    x = torch.randn(1, CPU_KERNEL_MAX_TOKENS + 1, 96).to(torch.bfloat16)  # a prefill: the dense layer exactly
+    x = torch.randn(1, MOST_TOKENS + 1, 96).to(torch.bfloat16)  # a prefill: the dense layer exactly
     assert torch.equal(layer(x), F.linear(x, dense, bias))
     unbiased = CompressedLinear(compress_weight(dense))
     assert unbiased.prepare_cpu()
@@ -136,7 +138,7 @@ def test_a_repacked_layer_is_the_dense_layer() -> None:
         y = unbiased(x)
         assert y.dtype == dtype and y.shape == (2, 1, 40)
         torch.testing.assert_close(y.float(), F.linear(x.float(), dense.float()), rtol=1e-2, atol=1e-2)
-        x = torch.randn(1, CPU_KERNEL_MAX_TOKENS + 1, 96).to(dtype)
+        x = torch.randn(1, MOST_TOKENS + 1, 96).to(dtype)
         assert torch.equal(unbiased(x), F.linear(x, dense.to(dtype)))
 
 

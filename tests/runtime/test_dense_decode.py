@@ -17,6 +17,7 @@ import prunellm
 from prunellm.runtime import cpu_kernels
 from prunellm.runtime.bench_infer import cache_argument, layer_paths
 from prunellm.runtime.dense_decode import DecodeLinear
+from prunellm.runtime.token_limits import MOST_TOKENS
 from tests.model_dirs import WORDS
 from tests.tiny_models import tiny_config, tokens, word_tokenizer
 
@@ -85,7 +86,7 @@ def test_load_decodes_dense_bfloat16_layers_on_the_kernels(tmp_path: Path) -> No
     assert model.state_dict().keys() == off.state_dict().keys()
 
     plain = _undo(prunellm.load(directory, "cpu"))
-    prompt = tokens(1, 12, seed=3)
+    prompt = tokens(1, MOST_TOKENS + 4, seed=3)
     cache_a, cache_b = DynamicCache(), DynamicCache()
     assert torch.equal(_logits(model, prompt, cache_a), _logits(plain, prompt, cache_b))  # prefill: torch's
     for seed in range(4):  # decode: the kernels, float32 sums of the same bfloat16 weights

@@ -13,20 +13,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import cpu_kernels
+from . import cpu_kernels, token_limits
 
 # float32 stays with torch: its one-token product (MKL's) already streams float32 at memory
 # speed, and the kernels would read the same four bytes a weight.
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
-# Tokens per call up to which the kernel reads a dense weight: one. From two tokens torch's
-# bfloat16 product is as fast or faster (bench/README.md, "Per-layer CPU kernels").
-DENSE_KERNEL_MAX_TOKENS = 1
 
 
 class DecodeLinear(nn.Linear):
-    """An nn.Linear whose calls of at most DENSE_KERNEL_MAX_TOKENS tokens go through the native
-    kernel reading its own weight. Holds the layer's Parameters themselves: tied weights stay
-    tied, and the state dict is the layer's."""
+    """An nn.Linear whose calls of few tokens (runtime/token_limits.py, by the activations'
+    dtype) go through the native kernel reading its own weight. Holds the layer's Parameters
+    themselves: tied weights stay tied, and the state dict is the layer's."""
 
     def __init__(self, linear: nn.Linear, native: cpu_kernels.NativeWeight) -> None:
         nn.Module.__init__(self)
@@ -35,13 +32,14 @@ class DecodeLinear(nn.Linear):
         self.bias = linear.bias
         self.native = native
         self._storage = linear.weight.data_ptr()
+        self._limits = token_limits.limits(None, cpu_kernels.isa())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
         # The kernel reads the weight's memory as it was at load: a weight moved or cast since
         # (model.to(...)) takes torch's path.
-        if flat.shape[0] > DENSE_KERNEL_MAX_TOKENS or self.weight.data_ptr() != self._storage \
-                or x.dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled() and x.requires_grad:
+        if x.dtype not in self._limits or flat.shape[0] > self._limits[x.dtype] \
+                or self.weight.data_ptr() != self._storage or torch.is_grad_enabled() and x.requires_grad:
             return F.linear(x, self.weight, self.bias)
         y = cpu_kernels.matmul(flat, self.native)  # (tokens, out), x's dtype
         if self.bias is not None:

@@ -2,10 +2,9 @@
 
 Each call takes the fastest path the machine has for its size:
 
-- calls of few tokens (decode: KERNEL_MAX_TOKENS on a GPU, CPU_KERNEL_MAX_TOKENS on a CPU) go
-  through a kernel that reads the
-  compressed weight directly, where one reads the layout: on a GPU a Triton kernel
-  (runtime/kernels.py), on a CPU the native library (runtime/cpu_kernels.py) once the layer is
+- calls of few tokens (decode: KERNEL_MAX_TOKENS on a GPU; on a CPU up to the layout's limit in
+  runtime/token_limits.py) go through a kernel that reads the compressed weight directly,
+  where one reads the layout: on a GPU a Triton kernel (runtime/kernels.py), on a CPU the native library (runtime/cpu_kernels.py) once the layer is
   repacked for it (`prepare_cpu`, which `prunellm.load` calls at load);
 - larger calls (prefill) expand the weight for this call only and multiply densely, bit for
   bit the dense layer's result, so that at most one layer is dense at a time;
@@ -25,13 +24,11 @@ from prunellm.formats.compressed.layer import CompressedWeight, LayerSpec, decom
 if TYPE_CHECKING:
     from .cpu_kernels import NativeWeight
 
-# Tokens per call up to which a kernel reads the compressed weight; above, the layer is expanded
-# for the call and multiplied densely (dense products win once a call has enough tokens to
-# reuse each weight many times). GPU: the Triton kernels read at most 16 tokens. CPU: where the
-# native kernels stop beating torch's dense bfloat16 product at LLaMA-7B shapes, every layout
-# (bench/layer_kernels.py, bench/README.md "Per-layer CPU kernels").
+# Tokens per call up to which a GPU kernel reads the compressed weight (the Triton kernels read
+# at most 16); above, the layer is expanded for the call and multiplied densely (dense products
+# win once a call has enough tokens to reuse each weight many times). A CPU's limits depend on
+# the layout and the activations: runtime/token_limits.py.
 KERNEL_MAX_TOKENS = 16
-CPU_KERNEL_MAX_TOKENS = 2
 # Weights per band of rows expanded at a time on a CPU without the native kernels (128 rows of
 # a 4096-wide layer: 1 MiB in float16, 2 MiB as float32 on the way); chosen by a one-off timing
 # at LLaMA-7B shapes (bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
@@ -61,12 +58,13 @@ class CompressedLinear(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.use_kernels = use_kernels
         self.native: NativeWeight | None = None
+        self._cpu_limits: dict[torch.dtype, int] = {}
 
     def prepare_cpu(self) -> bool:
         """Repack the weight for the native CPU kernels and drop the file's parts, when the
         library is built and reads this layout (and the parts are on the CPU); returns whether
         the layer now runs on them. Refuses parts that do not match the spec (PrunellmError)."""
-        from . import cpu_kernels
+        from . import cpu_kernels, token_limits
 
         if self.native is not None:
             return True
@@ -75,6 +73,7 @@ class CompressedLinear(nn.Module):
         if not cpu_kernels.available() or not cpu_kernels.supports(self.spec):
             return False
         self.native = cpu_kernels.prepare(self.spec, self.packed.tensors)
+        self._cpu_limits = token_limits.limits(self.native.layout.code_bits, cpu_kernels.isa())
         for part in self.parts:
             delattr(self, part)
         self.parts = ()
@@ -111,7 +110,7 @@ class CompressedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
-        if self.native is not None and flat.shape[0] <= CPU_KERNEL_MAX_TOKENS:
+        if self.native is not None and flat.shape[0] <= self.cpu_kernel_max_tokens(flat.dtype):
             return self._cpu_kernel(x, flat)
         if self._kernel_for(flat):
             from . import kernels
@@ -139,6 +138,11 @@ class CompressedLinear(nn.Module):
             bias = self.bias[start:stop] if self.bias is not None else None
             out[..., start:stop] = F.linear(x, weight, bias)
         return out
+
+    def cpu_kernel_max_tokens(self, dtype: torch.dtype) -> int:
+        """Tokens per call up to which the native kernel takes activations of `dtype` (0 when the
+        layer is not repacked for it); a float16 model's activations go through float32."""
+        return self._cpu_limits.get(dtype, self._cpu_limits.get(torch.float32, 0))
 
     def _cpu_kernel(self, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """The native kernel: activations in float32 or bfloat16 (a float16 model's go through

@@ -1,0 +1,48 @@
+"""Tokens per call up to which a CPU layer runs on the native kernels (decode), above which it
+takes torch's dense product (prefill).
+
+A kernel reads the weight once for all the call's tokens, so it wins while a call is bound by
+the weight's bytes; a dense product reuses each weight across many tokens and wins once a call
+has enough of them. Where the two cross depends on the layer's layout, on the activations'
+dtype, and on the kernel level: with bfloat16 activations the `avx512bf16` level multiplies
+bfloat16 values and codes by vdpbf16ps, which keeps it ahead up to more tokens than the float32
+paths. The alternative differs too: a dense layer's is torch's product on its own weight, a
+compressed layer's is expanding the weight for the call, then that product.
+
+The figures are the largest measured token count (of 1, 2, 4, 8, 16) at which the kernel beat
+its alternative at every LLaMA-7B shape, two threads, on the AVX-512 machine of bench/README.md
+("Per-layer CPU kernels", whose crossover table `bench/layer_kernels.py` prints). Other CPUs
+cross elsewhere (a CPU with AMX runs torch's bfloat16 product faster from fewer tokens); a
+wrong limit costs speed, never exactness: both paths give the layer's product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
+# float32 activations, or a level without the bfloat16 dot (its kernels widen bfloat16 to float32).
+FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
+# bfloat16 activations on the avx512bf16 level.
+BF16_DOT_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
+BF16_DOT_LEVEL = "avx512bf16"
+# Codes of this many bits and fewer are read on the bfloat16 dot (kernels.h: nibble containers).
+BF16_DOT_CODE_BITS = 4
+
+
+def family(code_bits: int | None) -> str:
+    """The limit tables' key for a layer: "dense" (None: an uncompressed weight read in place),
+    "values" (stored float values, code_bits 0), "4-bit" or "8-bit" (the codes' container)."""
+    if code_bits is None:
+        return "dense"
+    if code_bits == 0:
+        return "values"
+    return "4-bit" if code_bits <= BF16_DOT_CODE_BITS else "8-bit"
+
+
+def limits(code_bits: int | None, level: str) -> dict[torch.dtype, int]:
+    """Tokens per call up to which the kernel runs, by activation dtype, for a layer whose codes
+    take `code_bits` (see `family`) on kernel level `level` (cpu_kernels.isa())."""
+    key = family(code_bits)
+    bf16 = BF16_DOT_PATH[key] if level == BF16_DOT_LEVEL else FLOAT32_PATH[key]
+    return {torch.float32: FLOAT32_PATH[key], torch.bfloat16: bf16}
