@@ -21,10 +21,14 @@ from __future__ import annotations
 import torch
 
 MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
-# float32 activations, or a level without the bfloat16 dot (its kernels widen bfloat16 to float32).
+# float32 activations, or a level without the bfloat16 dot (its kernels widen bfloat16 to float32):
+# measured against torch's dense product only, before the expanded alternative was timed (a
+# compressed layer's kernel likely wins further: not yet measured on these paths).
 FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
-# bfloat16 activations on the avx512bf16 level.
-BF16_DOT_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
+# bfloat16 activations on the avx512bf16 level: a compressed layer's kernel beat expanding it at
+# every count up to 16 (expansion costs more than the product: 4-22x the kernel at 16 tokens), a
+# dense layer's beat torch's bfloat16 product up to 4 tokens (0.93-1.03x at 8).
+BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
 BF16_DOT_LEVEL = "avx512bf16"
 # Codes of this many bits and fewer are read on the bfloat16 dot (kernels.h: nibble containers).
 BF16_DOT_CODE_BITS = 4
