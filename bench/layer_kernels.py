@@ -268,7 +268,8 @@ def main() -> None:
     results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set,
                   getattr(torch, args.kernel_x))
     print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
-    print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), tokens up to which it wins:")
+    print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), "
+          "tokens up to which it wins:")
     for layout, (ratios, limit) in crossovers(results).items():
         print(f"  {layout:26s} " + " ".join(f"{c}:{lo:.2f}-{hi:.2f}" for c, (lo, hi) in ratios.items())
               + f"  -> {limit}")

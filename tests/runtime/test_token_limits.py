@@ -27,9 +27,10 @@ def test_every_family_has_a_limit_for_both_activation_dtypes() -> None:
     for bits in (None, 0, 4, 8):
         on_dot = token_limits.limits(bits, token_limits.BF16_DOT_LEVEL)
         elsewhere = token_limits.limits(bits, "avx512")
-        key = token_limits.family(bits)
-        assert on_dot == {torch.float32: token_limits.FLOAT32_PATH[key], torch.bfloat16: token_limits.BF16_DOT_PATH[key]}
-        assert elsewhere == {torch.float32: token_limits.FLOAT32_PATH[key], torch.bfloat16: token_limits.FLOAT32_PATH[key]}
+        float32_path = token_limits.FLOAT32_PATH[token_limits.family(bits)]
+        bf16_dot = token_limits.BF16_DOT_PATH[token_limits.family(bits)]
+        assert on_dot == {torch.float32: float32_path, torch.bfloat16: bf16_dot}
+        assert elsewhere == {torch.float32: float32_path, torch.bfloat16: float32_path}
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ Each call takes the fastest path the machine has for its size:
 
 - calls of few tokens (decode: KERNEL_MAX_TOKENS on a GPU; on a CPU up to the layout's limit in
   runtime/token_limits.py) go through a kernel that reads the compressed weight directly,
-  where one reads the layout: on a GPU a Triton kernel (runtime/kernels.py), on a CPU the native library (runtime/cpu_kernels.py) once the layer is
-  repacked for it (`prepare_cpu`, which `prunellm.load` calls at load);
+  where one reads the layout: on a GPU a Triton kernel (runtime/kernels.py), on a CPU the
+  native library (runtime/cpu_kernels.py) once the layer is repacked for it (`prepare_cpu`,
+  which `prunellm.load` calls at load);
 - larger calls (prefill) expand the weight for this call only and multiply densely, bit for
   bit the dense layer's result, so that at most one layer is dense at a time;
 - a layer no kernel reads is expanded per call; on a CPU a band of rows at a time for one token.
