@@ -21,16 +21,17 @@ needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="native C
 def test_every_family_has_a_limit_for_both_activation_dtypes() -> None:
     assert [token_limits.family(bits) for bits in (None, 0, 2, 4, 8)] == ["dense", "values", "4-bit", "4-bit",
                                                                         "8-bit"]
-    for table in (token_limits.FLOAT32_PATH, token_limits.BF16_DOT_PATH):
+    tables = (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH)
+    for table in tables:
         assert set(table) == {"dense", "values", "4-bit", "8-bit"}
         assert all(1 <= limit <= token_limits.MOST_TOKENS for limit in table.values())
     for bits in (None, 0, 4, 8):
-        on_dot = token_limits.limits(bits, token_limits.BF16_DOT_LEVEL)
-        elsewhere = token_limits.limits(bits, "avx512")
-        float32_path = token_limits.FLOAT32_PATH[token_limits.family(bits)]
-        bf16_dot = token_limits.BF16_DOT_PATH[token_limits.family(bits)]
-        assert on_dot == {torch.float32: float32_path, torch.bfloat16: bf16_dot}
-        assert elsewhere == {torch.float32: float32_path, torch.bfloat16: float32_path}
+        key = token_limits.family(bits)
+        float32_path, avx512, bf16_dot = (table[key] for table in tables)
+        assert token_limits.limits(bits, "avx512bf16") == {torch.float32: avx512, torch.bfloat16: bf16_dot}
+        assert token_limits.limits(bits, "avx512") == {torch.float32: avx512, torch.bfloat16: avx512}
+        for level in ("avx2", "portable"):
+            assert token_limits.limits(bits, level) == {torch.float32: float32_path, torch.bfloat16: float32_path}
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_a_compressed_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counte
         scale, zero = grid.expand(128)
         weight = scale * (grid.codes(weight).float() - zero)  # on the grid: the pruned weights' codes are zero's
     layer = CompressedLinear(compress_weight(weight.to(torch.bfloat16), grid))
-    for table in (token_limits.FLOAT32_PATH, token_limits.BF16_DOT_PATH):
+    for table in (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH):
         monkeypatch.setitem(table, token_limits.family(bits or 0), 3)
     assert layer.prepare_cpu()
     assert layer.cpu_kernel_max_tokens(torch.bfloat16) == layer.cpu_kernel_max_tokens(torch.float16) == 3
@@ -72,7 +73,7 @@ def test_a_compressed_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counte
 @needs_kernels
 def test_a_dense_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counted) -> None:
     linear = nn.Linear(128, 40, bias=True).to(torch.bfloat16)
-    for table in (token_limits.FLOAT32_PATH, token_limits.BF16_DOT_PATH):
+    for table in (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH):
         monkeypatch.setitem(table, "dense", 2)
     layer = DecodeLinear(linear, cpu_kernels.prepare_dense(linear.weight.detach()))
     with torch.no_grad():

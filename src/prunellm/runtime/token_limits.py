@@ -21,16 +21,19 @@ from __future__ import annotations
 import torch
 
 MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
-# float32 activations, or a level without the bfloat16 dot (its kernels widen bfloat16 to float32):
-# measured against torch's dense product only, before the expanded alternative was timed (a
-# compressed layer's kernel likely wins further: not yet measured on these paths).
+# The AVX-512 float32 kernels (float32 activations, or bfloat16 ones widened on the avx512 level):
+# a compressed layer's kernel beat expanding it at 4 and 16 tokens (4-47x), a dense layer's lost
+# to torch's bfloat16 product at 4 (0.63-0.69x) and won at 1.
+AVX512_PATH = {"dense": 1, "values": 16, "4-bit": 16, "8-bit": 16}
+# AVX2 and portable kernels: not timed against the expanded alternative (no such machine timed).
 FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
 # bfloat16 activations on the avx512bf16 level: a compressed layer's kernel beat expanding it at
 # every count up to 16 (expansion costs more than the product: 4-22x the kernel at 16 tokens), a
 # dense layer's beat torch's bfloat16 product up to 4 tokens (0.93-1.03x at 8).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
+AVX512_LEVELS = ("avx512", "avx512bf16")
 BF16_DOT_LEVEL = "avx512bf16"
-# Codes of this many bits and fewer are read on the bfloat16 dot (kernels.h: nibble containers).
+# Codes of this many bits and fewer make the "4-bit" family (nibble containers); wider, "8-bit".
 BF16_DOT_CODE_BITS = 4
 
 
@@ -48,5 +51,6 @@ def limits(code_bits: int | None, level: str) -> dict[torch.dtype, int]:
     """Tokens per call up to which the kernel runs, by activation dtype, for a layer whose codes
     take `code_bits` (see `family`) on kernel level `level` (cpu_kernels.isa())."""
     key = family(code_bits)
-    bf16 = BF16_DOT_PATH[key] if level == BF16_DOT_LEVEL else FLOAT32_PATH[key]
-    return {torch.float32: FLOAT32_PATH[key], torch.bfloat16: bf16}
+    wide = (AVX512_PATH if level in AVX512_LEVELS else FLOAT32_PATH)[key]
+    bf16 = BF16_DOT_PATH[key] if level == BF16_DOT_LEVEL else wide
+    return {torch.float32: wide, torch.bfloat16: bf16}
