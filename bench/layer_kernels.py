@@ -157,7 +157,7 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
             alternative = {"dense bf16 (kernel)": t16}
             for name, weights in natives.items():
                 rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights), weights[0].nbytes))
-                alternative[name] = cycled(lambda w: F.linear(xk, cpu_kernels.expand(w).to(xk.dtype)), weights)
+                alternative[name] = cycled(lambda w: F.linear(xk, cpu_kernels.expand_for_call(w).to(xk.dtype)), weights)
             for name, seconds, nbytes in rows_out:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,

@@ -21,6 +21,7 @@ try:
 except ImportError:
     from prunellm.io.compressed.layer import CompressedWeight, compress_weight, decompress_weight
 
+from prunellm.errors import PrunellmError
 from prunellm.runtime import cpu_kernels
 from prunellm.solvers.quant import QuantGrid, fit_minmax
 
@@ -203,14 +204,31 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_expand_gives_the_formats_weight_bit_for_bit(layers, threads, case) -> None:
+def test_expand_gives_the_formats_weight_bit_for_bit(layers, level, threads, case) -> None:
     """What a prefill multiplies with once the file's parts are dropped: decompress_weight's
-    result, every bit (signed zeros, half-precision rounding of dequantized codes)."""
+    result, every bit (signed zeros, half-precision rounding of dequantized codes), at every
+    level (the avx512bf16 level expands what its kernel reads with vector code)."""
     packed, _, native = layers[case]
     expected = decompress_weight(packed)
     weight = cpu_kernels.expand(native)
     assert weight.dtype == expected.dtype == native.dtype and weight.shape == expected.shape
     assert torch.equal(_bits(weight), _bits(expected))
+
+
+def test_expansion_for_a_call_reuses_its_buffer_and_gives_the_same_bits(layers, level) -> None:
+    """A prefill's expansion goes into a buffer the thread keeps: layers of other shapes and
+    dtypes, one after the other, each get their own weight's bits; a wrong `out` is refused."""
+    cases = ["qbitmask:4:128:384:bfloat16", "bitmask:bfloat16:0.5", "qquant:8:32:160", "qnm2-4:4:row:200:bfloat16"]
+    kept = {}
+    for case in cases + cases[:1]:
+        packed, _, native = layers[case]
+        weight = cpu_kernels.expand_for_call(native)
+        assert torch.equal(_bits(weight), _bits(decompress_weight(packed)))
+        kept.setdefault(weight.dtype, weight.untyped_storage().data_ptr())
+        assert weight.untyped_storage().data_ptr() == kept[weight.dtype]  # the same buffer
+    _, dense, native = layers[cases[0]]
+    with pytest.raises(PrunellmError, match="out must be"):
+        cpu_kernels.expand(native, torch.empty(dense.shape, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qnm2-4:4:128:384", "qquant:8:32:160"])

@@ -35,6 +35,7 @@ import importlib.machinery
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 4  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 5  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -94,6 +95,7 @@ class NativeWeight:
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
 _warned = False
+_call_buffers = threading.local()  # expand_for_call's buffers, one per dtype and thread
 
 
 def _load() -> ctypes.CDLL | None:
@@ -112,7 +114,7 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(found[0]))
         lib.pnl_matmul.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        lib.pnl_expand.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int]
+        lib.pnl_expand.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         lib.pnl_level_supported.argtypes = [ctypes.c_int]
         lib.pnl_use_openmp.argtypes = [ctypes.c_void_p]
         lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]
@@ -290,12 +292,33 @@ def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     return y.to(torch.bfloat16) if bf16 else y
 
 
-def expand(weight: NativeWeight) -> torch.Tensor:
+def expand(weight: NativeWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """The dense weight (R, C) in its dtype, bit for bit what the format's decompress_weight
-    gives from the file's parts; rows split over torch.get_num_threads() threads."""
+    gives from the file's parts; rows split over torch.get_num_threads() threads. `out`: a
+    contiguous CPU tensor of that shape and dtype to write into (a buffer kept across calls
+    spares the page faults of a fresh one, most of a vectorized expansion's time)."""
     lib = _require()
-    out = torch.empty(weight.shape, dtype=weight.dtype)
-    done = lib.pnl_expand(ctypes.byref(weight.struct), out.data_ptr(), torch.get_num_threads())
+    if out is None:
+        out = torch.empty(weight.shape, dtype=weight.dtype)
+    elif out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous() or not out.is_cpu:
+        raise PrunellmError(f"out must be a contiguous CPU {weight.dtype} tensor of shape {tuple(weight.shape)}")
+    done = lib.pnl_expand(ctypes.byref(weight.struct), out.data_ptr(), torch.get_num_threads(), LEVELS[isa()])
     if done != 0:
         raise RuntimeError(f"native CPU expansion failed (code {done})")
     return out
+
+
+def expand_for_call(weight: NativeWeight) -> torch.Tensor:
+    """expand() into a buffer this thread keeps for the next call, for a product that uses the
+    weight at once and lets it go (a prefill's): valid until this thread's next call. The
+    buffer grows to the largest layer expanded (one per weight dtype) and stays: a fresh tensor
+    of a 7B layer's size costs more in page faults than the vectorized expansion itself
+    (bench/README.md, "Per-layer CPU kernels")."""
+    rows, cols = weight.shape
+    buffers = getattr(_call_buffers, "by_dtype", None)
+    if buffers is None:
+        buffers = _call_buffers.by_dtype = {}
+    buffer = buffers.get(weight.dtype)
+    if buffer is None or buffer.numel() < rows * cols:
+        buffer = buffers[weight.dtype] = torch.empty(rows * cols, dtype=weight.dtype)
+    return expand(weight, buffer[: rows * cols].view(rows, cols))

@@ -120,9 +120,14 @@ class CompressedLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*x.shape[:-1], self.out_features)
-        if x.device.type != "cpu" or flat.shape[0] > 1 or self.native is not None:
-            # Expanded for this call only (freed on return); on x as given, as nn.Linear would do
-            # it, so that the result is bit for bit the dense layer's.
+        if self.native is not None:
+            # Expanded for this call into a buffer kept across calls (the product takes it at
+            # once); on x as given, as nn.Linear would do it: bit for bit the dense layer's result.
+            from . import cpu_kernels
+
+            return F.linear(x, cpu_kernels.expand_for_call(self.native).to(x.dtype), self.bias)
+        if x.device.type != "cpu" or flat.shape[0] > 1:
+            # Expanded for this call only (freed on return), as above.
             return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
         # One token on a CPU without the native kernels: expanded a band of rows at a time, each
         # band staying in cache from its expansion to its product (faster than expanding the

@@ -182,6 +182,12 @@ void expand_part(const PnlWeight* w, const float*, int, float* y, int64_t begin,
     pnl_expand_rows(w, y, begin, end);
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+void expand_part_avx512bf16(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end, uint8_t*) {
+    pnl_expand_rows_avx512bf16(w, y, begin, end);
+}
+#endif
+
 Pool& pool() {
     static Pool* p = new Pool();  // never destroyed: its detached threads outlive main
     return *p;
@@ -198,7 +204,7 @@ float bf16_to_float(uint16_t h) {
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 4; }
+PNL_API int pnl_abi_version(void) { return 5; }
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's
 // default); returns the old value.
@@ -274,14 +280,19 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
 }
 
 // out (R, C) = the dense weight in its dtype (float32, or float16 / bfloat16 bits), bit for bit
-// the format's decompression. Returns 0, or -2 for bad arguments.
-PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads) {
+// the format's decompression: vectorized at the avx512bf16 level for the weights its kernel
+// reads, scalar otherwise. Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
+PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
+    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
     if (!w || !out || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
     if (threads < 1) threads = 1;
     int parts = (int)((w->rows + 63) / 64);
     if (parts > threads) parts = threads;
     if (parts < 1) parts = 1;
     Job job{expand_part, w, nullptr, 0, (float*)out, parts, 0};
+#if defined(__x86_64__) || defined(_M_X64)
+    if (level == PNL_AVX512_BF16 && pnl_avx512bf16_expands(w)) job.kernel = expand_part_avx512bf16;
+#endif
     thread_local std::vector<uint8_t> scratch;
     run_parts(job, grow(scratch, 0));
     return 0;

@@ -319,6 +319,83 @@ void dispatch_tokens(int tokens, const PnlWeight* w, const uint16_t* xb, float* 
     }
 }
 
+// The expansion (a prefill's dense weight, api.cpp's pnl_expand) from the kernels' own sources:
+// each step's 64 weight words put back in column order and stored, a column without a value
+// zeroed (+0, as the format's decompression leaves it; a scaled zero could be -0). A bfloat16
+// layer's words are its weights; a float32 layer's are code - zero, widened and multiplied by
+// the group's scale: the float32 operations decompress_weight does, so the same bits.
+struct ColumnOrder {
+    alignas(64) uint16_t word[64];  // the source's word (a's 0-31, b's 32-63) holding column c
+};
+
+constexpr ColumnOrder column_order(const Order* order) {
+    ColumnOrder o{};
+    for (int w = 0; w < 64; ++w) o.word[order ? order->col[w] : w] = (uint16_t)w;
+    return o;
+}
+
+template <const Order* ORDER>
+struct Columns {
+    static constexpr ColumnOrder kOrder = column_order(ORDER);
+};
+
+inline __mmask32 first_bits32(int64_t n) { return n >= 32 ? ~(__mmask32)0 : n <= 0 ? 0 : ((__mmask32)1 << n) - 1; }
+inline __mmask16 first_bits16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+template <bool MASKED, class Source>
+void expand_rows(const PnlWeight* w, void* out, int64_t r0, int64_t r1) {
+    const int64_t C = w->cols, cp = w->cols_pad, words = cp / 64;
+    const bool grouped = w->value_kind == PNL_CODES;
+    const int64_t gs = w->groups == 1 ? cp : w->group_size;
+    const __m512i ia = _mm512_load_si512((const void*)Columns<Source::kOrder>::kOrder.word);
+    const __m512i ib = _mm512_load_si512((const void*)(Columns<Source::kOrder>::kOrder.word + 32));
+    for (int64_t r = r0; r < r1; ++r) {
+        Source src;
+        src.row(w, r);
+        const uint64_t* mrow = MASKED ? w->mask + r * words : nullptr;
+        int64_t next_group = 0, g = 0;
+        for (int64_t word = 0; word < words; ++word) {
+            const int64_t c = word * 64, left = C - c;
+            if (left <= 0) break;
+            if (grouped && c == next_group) {
+                src.group(w, r, g < w->groups ? g : w->groups - 1);
+                ++g;
+                next_group += gs;
+            }
+            const uint64_t m = MASKED ? mrow[word] : ~(uint64_t)0;
+            __m512bh a, b;
+            src.template next<MASKED>(m, a, b);
+            // columns c..c+31 and c+32..c+63, a column without a value +0
+            const __mmask32 k0 = MASKED ? (__mmask32)m : ~(__mmask32)0, k1 = MASKED ? (__mmask32)(m >> 32) : k0;
+            __m512i lo = _mm512_maskz_permutex2var_epi16(k0, (__m512i)a, ia, (__m512i)b);
+            __m512i hi = _mm512_maskz_permutex2var_epi16(k1, (__m512i)a, ib, (__m512i)b);
+            if (!Source::kScaled) {
+                uint16_t* dst = (uint16_t*)out + r * C + c;
+                _mm512_mask_storeu_epi16(dst, first_bits32(left), lo);
+                _mm512_mask_storeu_epi16(dst + 32, first_bits32(left - 32), hi);
+                continue;
+            }
+            // a float32 layer: code - zero (exact in bfloat16) widened, times the scale; the
+            // masked-out words stay +0 (their product could be -0)
+            float* dst = (float*)out + r * C + c;
+            const __m512 s = _mm512_set1_ps(src.scale());
+            for (int q = 0; q < 4; ++q) {
+                const __m512i half = q < 2 ? lo : hi;
+                const __m256i part = q % 2 ? _mm512_extracti64x4_epi64(half, 1) : _mm512_castsi512_si256(half);
+                const __m512 d = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(part), 16));
+                const __mmask16 k = (__mmask16)((MASKED ? m : ~(uint64_t)0) >> (16 * q));
+                _mm512_mask_storeu_ps(dst + 16 * q, first_bits16(left - 16 * q), _mm512_maskz_mul_ps(k, d, s));
+            }
+        }
+    }
+}
+
+template <class Source>
+void expand_by_mask(const PnlWeight* w, void* out, int64_t r0, int64_t r1) {
+    if (w->has_mask) return expand_rows<true, Source>(w, out, r0, r1);
+    expand_rows<false, Source>(w, out, r0, r1);
+}
+
 }  // namespace
 
 extern "C" int pnl_avx512bf16_reads(const PnlWeight* w) {
@@ -331,4 +408,21 @@ extern "C" int pnl_avx512bf16_reads(const PnlWeight* w) {
 extern "C" void pnl_rows_avx512bf16(const PnlWeight* w, const uint16_t* xb, int tokens, float* y,
                                     int64_t row_begin, int64_t row_end, uint8_t* scratch) {
     dispatch_tokens<1>(tokens, w, xb, y, row_begin, row_end, scratch);
+}
+
+// Whether pnl_expand_rows_avx512bf16 expands this weight: a bfloat16 layer the kernel reads, or
+// a float32 layer's 4- or 8-bit codes.
+extern "C" int pnl_avx512bf16_expands(const PnlWeight* w) {
+    if (!pnl_avx512bf16_reads(w)) return 0;
+    return w->weight_dtype == PNL_BF16 || (w->value_kind == PNL_CODES && w->weight_dtype == PNL_F32);
+}
+
+extern "C" void pnl_expand_rows_avx512bf16(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end) {
+    if (w->value_kind == PNL_BF16) return expand_by_mask<BF16Values>(w, out, row_begin, row_end);
+    const bool bf16 = w->weight_dtype == PNL_BF16;
+    if (w->code_bits == 8)
+        return bf16 ? expand_by_mask<Code8Values<true>>(w, out, row_begin, row_end)
+                    : expand_by_mask<Code8Values<false>>(w, out, row_begin, row_end);
+    return bf16 ? expand_by_mask<Code4Values<true>>(w, out, row_begin, row_end)
+                : expand_by_mask<Code4Values<false>>(w, out, row_begin, row_end);
 }
