@@ -2,7 +2,7 @@
 compressed on the native kernels, one row per compressed layout.
 
     python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
-        [--llama FILE.gguf ...] [--llama-ppl] \
+        [--head-bits 4] [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
 
 Each DIR is a `prunellm prune --format compressed` output. For each, `prunellm bench-infer`'s
@@ -13,7 +13,9 @@ variant (the native kernels at decode, prefill expanding each layer per call). A
 through torch's products ("dense-torch") and through the native kernels reading the dense
 weights in place (prunellm's default on a CPU); "x dense" is against the faster. Perplexity is
 the one the prune reported in DIR/report.json (measured on the stored values), file size the
-directory's compressed.safetensors.
+directory's compressed.safetensors. --head-bits adds, per compressed DIR, a row with the output
+head quantized at load too (`prunellm.load(..., head_bits=N)`: round to nearest, groups of 128),
+as llama.cpp's types quantize theirs; its perplexity is not the report's, so none is shown.
 
 --llama adds llama.cpp's own rows: each GGUF file's decode speed by `llama-bench` (-p 0 -n
 NEW_TOKENS, the same threads, from $PRUNELLM_LLAMA_BIN), and with --llama-ppl its perplexity
@@ -25,6 +27,7 @@ decode tokens/s and against the file size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,9 +39,10 @@ import torch
 from prunellm.runtime.bench_infer import InferConfig, compare, machine_description
 
 
-def measure(directories: list[Path], config: InferConfig) -> dict:
+def measure(directories: list[Path], config: InferConfig, head_bits: int | None = None) -> dict:
     """A directory pruned by `noop` (nothing compressed) gives the dense row, its perplexity
-    the dense model's; every other one its compressed row."""
+    the dense model's; every other one its compressed row, and with head_bits a second one
+    with the head quantized."""
     rows = []
     for directory in directories:
         report = json.loads((directory / "report.json").read_text())
@@ -50,8 +54,12 @@ def measure(directories: list[Path], config: InferConfig) -> dict:
                         {"setting": "dense bf16 (kernels)", **kernel_row, **common, "file_bytes": None}]
             continue
         row = compare(directory, config, ("compressed",))[0]
-        rows.append({"setting": describe(report["method"]), **row, **common,
-                     "file_bytes": (directory / "compressed.safetensors").stat().st_size})
+        file_bytes = (directory / "compressed.safetensors").stat().st_size
+        rows.append({"setting": describe(report["method"]), **row, **common, "file_bytes": file_bytes})
+        if head_bits is not None:
+            row = compare(directory, dataclasses.replace(config, head_bits=head_bits), ("compressed",))[0]
+            rows.append({"setting": f"{describe(report['method'])} + head {head_bits}-bit", **row, **common,
+                         "perplexity": {}, "file_bytes": file_bytes, "head_bits": head_bits})
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
 
 
@@ -157,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--head-bits", type=int, choices=(8, 4), help="also each compressed row with its head quantized")
     parser.add_argument("--llama", type=Path, nargs="*", default=[], help="GGUF files for llama.cpp's rows")
     parser.add_argument("--llama-ppl", action="store_true", help="also score the GGUF files' perplexity")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
-    result = measure(args.directories, config)
+    result = measure(args.directories, config, args.head_bits)
     result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
                                  args.directories[0] if args.llama_ppl else None)
     print(result["machine"])

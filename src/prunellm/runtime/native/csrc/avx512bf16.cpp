@@ -12,7 +12,7 @@
 //   their columns (register form: the memory form of expand is microcoded on Zen 4);
 // - 4-bit codes of bfloat16 and float32 layers, masked or dense: per row and group a 16-entry
 //   table of bfloat16 words, looked up with vpermw. A bfloat16 layer's entries are its weights,
-//   round_bf16(scale * (code - zero)) as decompress_weight makes them. A float32 layer's are
+//   scale * (code - zero) rounded to bfloat16 as decompress_weight makes them. A float32 layer's are
 //   code - zero, an integer in [-255, 15] (zero points are uint8), exact in bfloat16, and the
 //   group's partial sum is multiplied by its scale once: within float32 rounding of the sum of
 //   float32 weights scale * (code - zero). No pass spreads a row's codes first: a masked row's
@@ -47,13 +47,6 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace {
-
-inline __m512 round_bf16(__m512 v) {  // round to nearest even on the bits (no NaN reaches here)
-    __m512i x = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    x = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    return _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u)));
-}
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
@@ -121,9 +114,10 @@ struct Code4Values {
         const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         s = w->scales[r * w->groups + g];
         __m512 v = _mm512_sub_ps(codes, _mm512_set1_ps(w->zeros[r * w->groups + g]));
-        if (BF16) v = round_bf16(_mm512_mul_ps(_mm512_set1_ps(s), v));
-        // a float32's high half is its bfloat16 (exact: integers, or rounded above)
-        table = _mm512_zextsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
+        if (BF16) v = _mm512_mul_ps(_mm512_set1_ps(s), v);
+        // vcvtneps2bf16: nearest even, as decompress_weight rounds (a weight below 1e-38 read as
+        // zero, as the 8-bit path's vcvtne2ps2bf16); a float32 layer's integers are exact
+        table = _mm512_zextsi256_si512((__m256i)_mm512_cvtneps_pbh(v));
     }
     float scale() const { return s; }
     template <bool MASKED>
@@ -323,7 +317,8 @@ void dispatch_tokens(int tokens, const PnlWeight* w, const uint16_t* xb, float* 
 // each step's 64 weight words put back in column order and stored, a column without a value
 // zeroed (+0, as the format's decompression leaves it; a scaled zero could be -0). A bfloat16
 // layer's words are its weights; a float32 layer's are code - zero, widened and multiplied by
-// the group's scale: the float32 operations decompress_weight does, so the same bits.
+// the group's scale: the float32 operations decompress_weight does, so the same bits (save a
+// bfloat16 layer's weight below 1e-38, which the conversions make zero).
 struct ColumnOrder {
     alignas(64) uint16_t word[64];  // the source's word (a's 0-31, b's 32-63) holding column c
 };

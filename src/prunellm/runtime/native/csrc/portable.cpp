@@ -55,7 +55,13 @@ float round_to_bf16(float f) {
     return bits_to_float(x);
 }
 
-uint16_t bf16_bits(float f) { return (uint16_t)(float_to_bits(round_to_bf16(f)) >> 16); }
+// round_to_bf16's bits, rounded on the integer (one move out of the float register, not a
+// round trip: twice as fast in the expansion's loop)
+uint16_t bf16_bits(float f) {
+    uint32_t x = float_to_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(x >> 16);  // nan: as round_to_bf16 leaves it
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
 
 float round_to(float v, int dtype) {
     if (dtype == PNL_F16) return round_to_half(v);
@@ -111,10 +117,11 @@ extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int token
     float acc[16];
     for (int64_t r = row_begin; r < row_end; ++r) {
         for (int t = 0; t < tokens; ++t) acc[t] = 0.0f;
+        int64_t g = r * w->groups, group_end = w->group_size;  // the group of the columns before group_end
         for_each_stored(w, r, [&](int64_t col, int64_t j) {
             float v = stored(w, j);
             if (codes) {
-                int64_t g = r * w->groups + col / w->group_size;
+                for (; col >= group_end && g + 1 < (r + 1) * w->groups; group_end += w->group_size) ++g;
                 v = round_to(w->scales[g] * (v - w->zeros[g]), w->weight_dtype);
             }
             for (int t = 0; t < tokens; ++t) acc[t] += v * xp[t * cp + col];
@@ -126,23 +133,38 @@ extern "C" void pnl_rows_portable(const PnlWeight* w, const float* xp, int token
 // Rows [row_begin, row_end) of the dense weight out (R, C) in the weight's dtype (float32, or
 // float16 / bfloat16 bits): stored values copied as they are, codes dequantized with the
 // operations of the format's decompress_weight (float32 scale * (code - zero), rounded once to
-// the dtype), zeros elsewhere. Bit for bit the format's expansion. Scalar: a prefill expands
-// each layer once, against the many products it then makes with it.
+// the dtype), zeros elsewhere. Bit for bit the format's expansion. Scalar (the avx512bf16 level
+// has a vector one); a row's group is followed as its columns advance.
 extern "C" void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end) {
     const int64_t C = w->cols;
     const bool codes = w->value_kind == PNL_CODES;
     const int64_t width = w->weight_dtype == PNL_F32 ? 4 : 2;
+    const uint8_t* packed = (const uint8_t*)w->values;
+    const int bits = w->code_bits;
+    const uint32_t code_mask = codes ? (1u << bits) - 1 : 0;
     for (int64_t r = row_begin; r < row_end; ++r) {
         uint8_t* row = (uint8_t*)out + r * C * width;
         memset(row, 0, C * width);
-        for_each_stored(w, r, [&](int64_t col, int64_t k) {
-            if (!codes) {
+        if (!codes) {
+            for_each_stored(w, r, [&](int64_t col, int64_t k) {
                 if (width == 4) ((float*)row)[col] = ((const float*)w->values)[k];
                 else ((uint16_t*)row)[col] = ((const uint16_t*)w->values)[k];
-                return;
+            });
+            continue;
+        }
+        const float* scales = w->scales + r * w->groups;
+        const float* zeros = w->zeros + r * w->groups;
+        int64_t g = 0, group_end = w->group_size;  // columns [group_end - group_size, group_end) are group g
+        float s = scales[0], z = zeros[0];
+        for_each_stored(w, r, [&](int64_t col, int64_t k) {
+            while (col >= group_end && g + 1 < w->groups) {
+                ++g;
+                group_end += w->group_size;
+                s = scales[g];
+                z = zeros[g];
             }
-            int64_t g = r * w->groups + col / w->group_size;
-            float v = w->scales[g] * (stored(w, k) - w->zeros[g]);
+            const int64_t bit = k * bits;
+            const float v = s * ((float)((packed[bit >> 3] >> (bit & 7)) & code_mask) - z);
             if (w->weight_dtype == PNL_F32) ((float*)row)[col] = v;
             else if (w->weight_dtype == PNL_F16) ((uint16_t*)row)[col] = half_bits(v);
             else ((uint16_t*)row)[col] = bf16_bits(v);
