@@ -4,6 +4,7 @@ compressed on the native kernels, one row per compressed layout.
     python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
         [--head-bits 4] [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
+    python bench/cpu_model.py bench/results/cpu_model_qwen.json --from-json [--plot FILE.png]
 
 Each DIR is a `prunellm prune --format compressed` output. For each, `prunellm bench-infer`'s
 measurement (runtime/bench_infer.py: each variant in a child process of its own, so that its
@@ -21,7 +22,8 @@ as llama.cpp's types quantize theirs; its perplexity is not the report's, so non
 NEW_TOKENS, the same threads, from $PRUNELLM_LLAMA_BIN), and with --llama-ppl its perplexity
 scored by llama.cpp (llama-cpp-python) on the windows of the first DIR's report (same text,
 tokenizer, window length and token count: like with like). The plot draws perplexity against
-decode tokens/s and against the file size.
+decode tokens/s and against the file size; with no perplexity in any row, decode tokens/s
+against the weights held in memory.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def plot(result: dict, path: Path) -> None:
     points = [(row["setting"], row["decode_tokens_per_second"], (row["file_bytes"] or row["weight_bytes"]) / 2**20,
                next(iter(row["perplexity"].values())), row.get("llama_cpp", False))
               for row in result["rows"] if row["perplexity"]]
+    if not points:  # no quality figures (speed-only rows): decode speed against the bytes held
+        _plot_speed(result, path)
+        return
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, speed, mib, ppl, llama in points:
         style = dict(marker="s", color="tab:gray") if llama else dict(marker="o", color="tab:blue")
@@ -154,6 +159,21 @@ def plot(result: dict, path: Path) -> None:
         axes[1].annotate(name, (mib, ppl), fontsize=7)
     axes[0].set(xlabel="decode tokens/s (batch 1)", ylabel="WikiText-2 perplexity", yscale="log")
     axes[1].set(xlabel="file MiB (dense rows: weights in memory)", ylabel="WikiText-2 perplexity", yscale="log")
+    figure.suptitle(result["machine"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def _plot_speed(result: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for row in result["rows"]:
+        mib = row["weight_bytes"] / 2**20
+        style = dict(marker="s", color="tab:gray") if row.get("llama_cpp") else dict(marker="o", color="tab:blue")
+        axis.scatter(mib, row["decode_tokens_per_second"], **style)
+        axis.annotate(row["setting"], (mib, row["decode_tokens_per_second"]), fontsize=6)
+    axis.set(xlabel="weights MiB in memory", ylabel="decode tokens/s (batch 1)")
     figure.suptitle(result["machine"], fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -170,7 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-ppl", action="store_true", help="also score the GGUF files' perplexity")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--from-json", action="store_true",
+                        help="no run: print the table of the JSON given as the one DIR (and --plot it)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        result = json.loads(args.directories[0].read_text())
+        print(table(result))
+        if args.plot:
+            plot(result, args.plot)
+        return 0
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
     result = measure(args.directories, config, args.head_bits)
     result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
