@@ -207,7 +207,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def test_expand_gives_the_formats_weight_bit_for_bit(layers, level, threads, case) -> None:
     """What a prefill multiplies with once the file's parts are dropped: decompress_weight's
     result, every bit (signed zeros, half-precision rounding of dequantized codes), at every
-    level (the avx512bf16 level expands what its kernel reads with vector code)."""
+    level (the AVX-512 levels expand what their kernels read with vector code)."""
     packed, _, native = layers[case]
     expected = decompress_weight(packed)
     weight = cpu_kernels.expand(native)

@@ -186,6 +186,11 @@ void expand_part(const PnlWeight* w, const float*, int, float* y, int64_t begin,
 void expand_part_avx512bf16(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end, uint8_t*) {
     pnl_expand_rows_avx512bf16(w, y, begin, end);
 }
+
+void expand_part_avx512(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end,
+                        uint8_t* scratch) {
+    pnl_expand_rows_avx512(w, y, begin, end, scratch);
+}
 #endif
 
 Pool& pool() {
@@ -280,8 +285,8 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
 }
 
 // out (R, C) = the dense weight in its dtype (float32, or float16 / bfloat16 bits), bit for bit
-// the format's decompression: vectorized at the avx512bf16 level for the weights its kernel
-// reads, scalar otherwise. Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
+// the format's decompression: vectorized at the AVX-512 levels for the weights their kernels
+// read, scalar otherwise. Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
 PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
     if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
     if (!w || !out || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
@@ -291,10 +296,15 @@ PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
     if (parts < 1) parts = 1;
     Job job{expand_part, w, nullptr, 0, (float*)out, parts, 0};
 #if defined(__x86_64__) || defined(_M_X64)
-    if (level == PNL_AVX512_BF16 && pnl_avx512bf16_expands(w)) job.kernel = expand_part_avx512bf16;
+    if (level == PNL_AVX512_BF16 && pnl_avx512bf16_expands(w)) {
+        job.kernel = expand_part_avx512bf16;
+    } else if (level >= PNL_AVX512 && pnl_vector_reads(w, 32)) {
+        job.kernel = expand_part_avx512;
+        job.scratch_bytes = (size_t)w->cols_pad + 128;  // a row's codes spread to bytes
+    }
 #endif
     thread_local std::vector<uint8_t> scratch;
-    run_parts(job, grow(scratch, 0));
+    run_parts(job, grow(scratch, job.scratch_bytes));
     return 0;
 }
 

@@ -335,10 +335,99 @@ void dispatch_tokens(int tokens, const PnlWeight* w, const float* xp, float* y, 
     }
 }
 
+// The expansion (a prefill's dense weight, api.cpp's pnl_expand) from the kernels' own sources:
+// each 32 columns' float32 weights (already the weights decompress_weight makes, rounded to the
+// layer's dtype) put back in column order, a column without a value +0, and stored in the
+// layer's dtype (a bfloat16's high half, a float16 by an exact conversion): the same bits.
+inline __mmask16 first16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+inline void store_weights(const PnlWeight* w, void* out, int64_t r, int64_t c, __m512 lo, __m512 hi) {
+    const int64_t C = w->cols, left = C - c;
+    const __mmask16 k0 = first16(left), k1 = first16(left - 16);
+    if (w->weight_dtype == PNL_F32) {
+        float* d = (float*)out + r * C + c;
+        _mm512_mask_storeu_ps(d, k0, lo);
+        _mm512_mask_storeu_ps(d + 16, k1, hi);
+        return;
+    }
+    uint16_t* d = (uint16_t*)out + r * C + c;
+    __m256i a, b;
+    if (w->weight_dtype == PNL_BF16) {
+        a = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(lo), 16));
+        b = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(hi), 16));
+    } else {
+        a = _mm512_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        b = _mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    _mm256_mask_storeu_epi16(d, k0, a);
+    _mm256_mask_storeu_epi16(d + 16, k1, b);
+}
+
+template <bool MASKED, class Source>
+void expand_rows(const PnlWeight* w, void* out, int64_t r0, int64_t r1, uint8_t* scratch) {
+    const int64_t C = w->cols, cp = w->cols_pad, words = cp / 64;
+    const bool grouped = w->value_kind == PNL_CODES;
+    const int64_t gs = w->groups == 1 ? cp : w->group_size;
+    // a paired source's even and odd columns back in order: column j of 16 from even[j / 2]
+    // (j even) or odd[j / 2] (j odd, index 16 + j / 2)
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high = _mm512_add_epi32(low, _mm512_set1_epi32(8));
+    for (int64_t r = r0; r < r1; ++r) {
+        Source src;
+        src.row(w, r, scratch);
+        const uint64_t* mrow = MASKED ? w->mask + r * words : nullptr;
+        int64_t next_group = 0, g = 0;
+        for (int64_t c = 0; c < C; c += 32) {
+            if (grouped && c == next_group) {
+                src.group(w, r, g < w->groups ? g : w->groups - 1);
+                ++g;
+                next_group += gs;
+            }
+            const __mmask32 k = MASKED ? (__mmask32)(mrow[c / 64] >> (c % 64)) : ~(__mmask32)0;
+            __m512 a, b;
+            if constexpr (Source::kPaired) {
+                src.next(k, MASKED ? __builtin_popcount((unsigned)k) : 32, a, b);
+                const __m512 even = a;
+                a = _mm512_permutex2var_ps(even, low, b);
+                b = _mm512_permutex2var_ps(even, high, b);
+            } else {
+                src.template next<MASKED>(k, a, b);
+            }
+            if (MASKED) {  // +0 where no value is stored (a scaled zero could be -0)
+                a = _mm512_maskz_mov_ps((__mmask16)k, a);
+                b = _mm512_maskz_mov_ps((__mmask16)(k >> 16), b);
+            }
+            store_weights(w, out, r, c, a, b);
+        }
+    }
+}
+
+template <class Source>
+void expand_by_mask(const PnlWeight* w, void* out, int64_t r0, int64_t r1, uint8_t* scratch) {
+    if (w->has_mask) return expand_rows<true, Source>(w, out, r0, r1, scratch);
+    expand_rows<false, Source>(w, out, r0, r1, scratch);
+}
+
 }  // namespace
 
 extern "C" void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
                                 int64_t row_begin, int64_t row_end, uint8_t* scratch) {
     if (!pnl_vector_reads(w, 32)) return pnl_rows_portable(w, xp, tokens, y, row_begin, row_end, scratch);
     dispatch_tokens<1>(tokens, w, xp, y, row_begin, row_end, scratch);
+}
+
+// Rows [row_begin, row_end) of the dense weight, for a weight the kernel reads
+// (pnl_vector_reads(w, 32)); scratch holds cols_pad + 128 bytes (a row's spread codes).
+extern "C" void pnl_expand_rows_avx512(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end,
+                                       uint8_t* scratch) {
+    switch (w->value_kind) {  // the sources the kernel takes for each kind (dispatch_kind)
+        case PNL_F32: return expand_by_mask<Natural<F32Source>>(w, out, row_begin, row_end, scratch);
+        case PNL_F16: return expand_by_mask<Natural<F16Source>>(w, out, row_begin, row_end, scratch);
+        case PNL_BF16: return expand_by_mask<BF16PairSource>(w, out, row_begin, row_end, scratch);
+        default:
+            if (w->code_bits == 8) return expand_by_mask<Natural<Code8Source>>(w, out, row_begin, row_end, scratch);
+            if (!w->has_mask || w->weight_dtype == PNL_F16)
+                return expand_by_mask<Natural<Code4Source>>(w, out, row_begin, row_end, scratch);
+            return expand_rows<true, Code4PairSource>(w, out, row_begin, row_end, scratch);
+    }
 }

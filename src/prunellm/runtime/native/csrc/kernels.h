@@ -61,6 +61,9 @@ void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
                    int64_t row_begin, int64_t row_end, uint8_t* scratch);
 void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
                      int64_t row_begin, int64_t row_end, uint8_t* scratch);
+// The expansion with the float32 kernel's sources, for a weight pnl_vector_reads(w, 32) takes:
+// the bits pnl_expand_rows gives, 32 columns a step; scratch holds cols_pad + 128 bytes.
+void pnl_expand_rows_avx512(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end, uint8_t* scratch);
 // The kernel for bfloat16 activations: xb (T, cols_pad) bfloat16 bits, zero past `cols`; only
 // for a weight pnl_avx512bf16_reads takes. scratch holds 2 * 16 * cols_pad bytes.
 typedef void (*PnlKernelBf16)(const PnlWeight* w, const uint16_t* xb, int tokens, float* y,
