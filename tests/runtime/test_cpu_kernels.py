@@ -231,6 +231,14 @@ def test_expansion_for_a_call_reuses_its_buffer_and_gives_the_same_bits(layers, 
         cpu_kernels.expand(native, torch.empty(dense.shape, dtype=torch.float32))
 
 
+def test_an_expansion_above_the_kept_size_gets_a_fresh_tensor(layers, monkeypatch) -> None:
+    packed, dense, native = layers["qbitmask:4:128:384:bfloat16"]
+    monkeypatch.setattr(cpu_kernels, "KEPT_BUFFER_BYTES", dense.numel() * 2 - 1)
+    first, second = cpu_kernels.expand_for_call(native), cpu_kernels.expand_for_call(native)
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    assert torch.equal(_bits(first), _bits(decompress_weight(packed)))
+
+
 @pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qnm2-4:4:128:384", "qquant:8:32:160"])
 def test_bfloat16_activations_give_bfloat16(layers, level, case) -> None:
     packed, dense, native = layers[case]

@@ -96,6 +96,7 @@ _library: ctypes.CDLL | None = None
 _load_error: str | None = None
 _warned = False
 _call_buffers = threading.local()  # expand_for_call's buffers, one per dtype and thread
+KEPT_BUFFER_BYTES = 256 * 2**20  # the largest expansion expand_for_call keeps a buffer for
 
 
 def _load() -> ctypes.CDLL | None:
@@ -313,8 +314,12 @@ def expand_for_call(weight: NativeWeight) -> torch.Tensor:
     weight at once and lets it go (a prefill's): valid until this thread's next call. The
     buffer grows to the largest layer expanded (one per weight dtype) and stays: a fresh tensor
     of a 7B layer's size costs more in page faults than the vectorized expansion itself
-    (bench/README.md, "Per-layer CPU kernels")."""
+    (bench/README.md, "A layer's expansion for a prefill"). A layer of more than
+    KEPT_BUFFER_BYTES (a quantized vocabulary head, a 70B layer) gets a fresh tensor instead:
+    memory held for good would outweigh page faults that small against its product."""
     rows, cols = weight.shape
+    if rows * cols * weight.dtype.itemsize > KEPT_BUFFER_BYTES:
+        return expand(weight)
     buffers = getattr(_call_buffers, "by_dtype", None)
     if buffers is None:
         buffers = _call_buffers.by_dtype = {}

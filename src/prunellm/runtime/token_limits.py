@@ -22,14 +22,14 @@ import torch
 
 MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
 # The AVX-512 float32 kernels (float32 activations, or bfloat16 ones widened on the avx512 level):
-# a compressed layer's kernel beat expanding it at 4 and 16 tokens (4-47x), a dense layer's lost
-# to torch's bfloat16 product at 4 (0.63-0.69x) and won at 1.
+# a compressed layer's kernel beat expanding it up to 16 tokens, a dense layer's beat torch's
+# bfloat16 product at 1 token only (bench/results/layer_kernels_float32.json).
 AVX512_PATH = {"dense": 1, "values": 16, "4-bit": 16, "8-bit": 16}
 # AVX2 and portable kernels: not timed against the expanded alternative (no such machine timed).
 FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
 # bfloat16 activations on the avx512bf16 level: a compressed layer's kernel beat expanding it at
-# every count up to 16 (expansion costs more than the product: 4-22x the kernel at 16 tokens), a
-# dense layer's beat torch's bfloat16 product up to 4 tokens (0.93-1.03x at 8).
+# every count up to 16, a dense layer's beat torch's bfloat16 product up to 4 tokens
+# (bench/README.md's crossover table).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
 AVX512_LEVELS = ("avx512", "avx512bf16")
 BF16_DOT_LEVEL = "avx512bf16"

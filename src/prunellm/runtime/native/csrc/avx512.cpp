@@ -16,6 +16,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "kernels.h"
 
 namespace {
@@ -301,27 +303,28 @@ void rows(const PnlWeight* w, const float* xp, float* y, int64_t r0, int64_t r1,
     }
 }
 
+// The source that reads w (the kernel's and the expansion's one choice): visit gets a null
+// pointer of its type.
+template <class Visit>
+void with_source(const PnlWeight* w, Visit visit) {
+    switch (w->value_kind) {
+        case PNL_F32: return visit((Natural<F32Source>*)nullptr);
+        case PNL_F16: return visit((Natural<F16Source>*)nullptr);
+        case PNL_BF16: return visit((BF16PairSource*)nullptr);
+        default:
+            if (w->code_bits == 8) return visit((Natural<Code8Source>*)nullptr);
+            if (!w->has_mask || w->weight_dtype == PNL_F16) return visit((Natural<Code4Source>*)nullptr);
+            return visit((Code4PairSource*)nullptr);
+    }
+}
+
 template <int NT>
 void dispatch_kind(const PnlWeight* w, const float* xp, float* y, int64_t r0, int64_t r1, uint8_t* s) {
-    const bool masked = w->has_mask != 0;
-    switch (w->value_kind) {
-        case PNL_F32:
-            return masked ? rows<NT, true, Natural<F32Source>>(w, xp, y, r0, r1, s)
-                          : rows<NT, false, Natural<F32Source>>(w, xp, y, r0, r1, s);
-        case PNL_F16:
-            return masked ? rows<NT, true, Natural<F16Source>>(w, xp, y, r0, r1, s)
-                          : rows<NT, false, Natural<F16Source>>(w, xp, y, r0, r1, s);
-        case PNL_BF16:
-            return masked ? rows<NT, true, BF16PairSource>(w, xp, y, r0, r1, s)
-                          : rows<NT, false, BF16PairSource>(w, xp, y, r0, r1, s);
-        default:
-            if (w->code_bits == 8)
-                return masked ? rows<NT, true, Natural<Code8Source>>(w, xp, y, r0, r1, s)
-                              : rows<NT, false, Natural<Code8Source>>(w, xp, y, r0, r1, s);
-            if (!masked) return rows<NT, false, Natural<Code4Source>>(w, xp, y, r0, r1, s);
-            if (w->weight_dtype == PNL_F16) return rows<NT, true, Natural<Code4Source>>(w, xp, y, r0, r1, s);
-            return rows<NT, true, Code4PairSource>(w, xp, y, r0, r1, s);
-    }
+    with_source(w, [&](auto* source) {
+        using Source = std::remove_pointer_t<decltype(source)>;
+        if (w->has_mask) return rows<NT, true, Source>(w, xp, y, r0, r1, s);
+        rows<NT, false, Source>(w, xp, y, r0, r1, s);
+    });
 }
 
 template <int NT>
@@ -420,14 +423,7 @@ extern "C" void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens,
 // (pnl_vector_reads(w, 32)); scratch holds cols_pad + 128 bytes (a row's spread codes).
 extern "C" void pnl_expand_rows_avx512(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end,
                                        uint8_t* scratch) {
-    switch (w->value_kind) {  // the sources the kernel takes for each kind (dispatch_kind)
-        case PNL_F32: return expand_by_mask<Natural<F32Source>>(w, out, row_begin, row_end, scratch);
-        case PNL_F16: return expand_by_mask<Natural<F16Source>>(w, out, row_begin, row_end, scratch);
-        case PNL_BF16: return expand_by_mask<BF16PairSource>(w, out, row_begin, row_end, scratch);
-        default:
-            if (w->code_bits == 8) return expand_by_mask<Natural<Code8Source>>(w, out, row_begin, row_end, scratch);
-            if (!w->has_mask || w->weight_dtype == PNL_F16)
-                return expand_by_mask<Natural<Code4Source>>(w, out, row_begin, row_end, scratch);
-            return expand_rows<true, Code4PairSource>(w, out, row_begin, row_end, scratch);
-    }
+    with_source(w, [&](auto* source) {
+        expand_by_mask<std::remove_pointer_t<decltype(source)>>(w, out, row_begin, row_end, scratch);
+    });
 }

@@ -40,6 +40,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "kernels.h"
 
 // GCC 12 warns inside its own headers (the _mm256_undefined_* operand of a 512-bit register's
@@ -291,15 +293,21 @@ void by_mask(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64
     rows<NT, false, Source>(w, xb, y, r0, r1, s);
 }
 
+// The source that reads w (the kernel's and the expansion's one choice): visit gets a null
+// pointer of its type.
+template <class Visit>
+void with_source(const PnlWeight* w, Visit visit) {
+    if (w->value_kind == PNL_BF16) return visit((BF16Values*)nullptr);
+    const bool bf16 = w->weight_dtype == PNL_BF16;
+    if (w->code_bits == 8) return bf16 ? visit((Code8Values<true>*)nullptr) : visit((Code8Values<false>*)nullptr);
+    return bf16 ? visit((Code4Values<true>*)nullptr) : visit((Code4Values<false>*)nullptr);
+}
+
 template <int NT>
 void dispatch_kind(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t r1, uint8_t* s) {
-    if (w->value_kind == PNL_BF16) return by_mask<NT, BF16Values>(w, xb, y, r0, r1, s);
-    const bool bf16 = w->weight_dtype == PNL_BF16;
-    if (w->code_bits == 8)
-        return bf16 ? by_mask<NT, Code8Values<true>>(w, xb, y, r0, r1, s)
-                    : by_mask<NT, Code8Values<false>>(w, xb, y, r0, r1, s);
-    return bf16 ? by_mask<NT, Code4Values<true>>(w, xb, y, r0, r1, s)
-                : by_mask<NT, Code4Values<false>>(w, xb, y, r0, r1, s);
+    with_source(w, [&](auto* source) {
+        by_mask<NT, std::remove_pointer_t<decltype(source)>>(w, xb, y, r0, r1, s);
+    });
 }
 
 template <int NT>
@@ -413,11 +421,7 @@ extern "C" int pnl_avx512bf16_expands(const PnlWeight* w) {
 }
 
 extern "C" void pnl_expand_rows_avx512bf16(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end) {
-    if (w->value_kind == PNL_BF16) return expand_by_mask<BF16Values>(w, out, row_begin, row_end);
-    const bool bf16 = w->weight_dtype == PNL_BF16;
-    if (w->code_bits == 8)
-        return bf16 ? expand_by_mask<Code8Values<true>>(w, out, row_begin, row_end)
-                    : expand_by_mask<Code8Values<false>>(w, out, row_begin, row_end);
-    return bf16 ? expand_by_mask<Code4Values<true>>(w, out, row_begin, row_end)
-                : expand_by_mask<Code4Values<false>>(w, out, row_begin, row_end);
+    with_source(w, [&](auto* source) {
+        expand_by_mask<std::remove_pointer_t<decltype(source)>>(w, out, row_begin, row_end);
+    });
 }
