@@ -24,6 +24,7 @@ X86 = platform.machine().lower() in ("x86_64", "amd64", "x64", "i686", "i386")
 ISA_FLAGS = {
     "portable.cpp": [],
     "api.cpp": [],
+    "decode_block.cpp": [],
     "avx2.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2"],
     "avx512.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                    "-mavx512vl", "-mavx512dq", "-mavx512vbmi2"],
@@ -64,6 +65,6 @@ class BuildNative(build_ext):
 
 
 native = Extension("prunellm.runtime.native._prunellm_cpu", sources=[f"{CSRC}/{name}" for name in SOURCES],
-                   depends=[f"{CSRC}/kernels.h"], language="c++")
+                   depends=[f"{CSRC}/kernels.h", f"{CSRC}/attend.inc"], language="c++")
 
 setup(ext_modules=[native], cmdclass={"build_ext": BuildNative})

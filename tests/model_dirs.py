@@ -29,6 +29,26 @@ def model_dir(root: Path, arch: str = "llama", name: str | None = None) -> Path:
     return path
 
 
+def save_run(model: torch.nn.Module, dtype: torch.dtype, kind: str, out: Path, method: str = "sparsegpt") -> Path:
+    """`model` saved as prunellm.load reads it: "dense" as a Hugging Face directory in `dtype`,
+    "compressed" pruned to 50% by `method` and saved in prunellm's format with `dtype` values."""
+    from prunellm.formats.compressed.checkpoint import save_compressed
+    from prunellm.methods import build_method
+    from prunellm.walker import WalkConfig, compress_model
+    from tests.tiny_models import tokens
+
+    tokenizer = word_tokenizer(WORDS)
+    if kind == "dense":
+        model.to(dtype).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return out
+    result = compress_model(model, build_method(method, sparsity=0.5), tokens(),
+                            WalkConfig(progress=False, layer_errors=False))
+    path, _ = save_compressed(model, tokenizer, out, [r.name for r in result.layers],
+                              dtype=str(dtype).removeprefix("torch."))
+    return path
+
+
 def make_workspace(root: Path) -> dict[str, str]:
     """A tiny Llama (`tiny-llama`) and a calibration text under `root`: what the sweep and report
     tests run the real command line on."""

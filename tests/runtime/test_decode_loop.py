@@ -14,16 +14,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import prunellm
-from prunellm.formats.compressed.checkpoint import save_compressed
-from prunellm.methods import build_method
 from prunellm.runtime import cpu_kernels
 from prunellm.runtime.bench_infer import _one_run, cache_argument
 from prunellm.runtime.decode_loop import DecodeLoop, supports
 from prunellm.runtime.dense_decode import DecodeLinear
 from prunellm.runtime.generate import _eos_ids, generate_text
 from prunellm.runtime.linear import CompressedLinear
-from prunellm.walker import WalkConfig, compress_model
-from tests.model_dirs import WORDS
+from tests.model_dirs import WORDS, save_run
 from tests.tiny_models import tiny_config, tiny_model, tokens, word_tokenizer
 
 ARCHS = {"llama": True, "qwen2": False}  # arch: tied head
@@ -41,15 +38,7 @@ def _fresh(arch: str) -> nn.Module:
 
 
 def _save(arch: str, dtype: str, kind: str, root: Path) -> Path:
-    model, tokenizer, out = _fresh(arch), word_tokenizer(WORDS), root / f"{arch}-{dtype}-{kind}"
-    if kind == "dense":
-        model.to(DTYPES[dtype]).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        return out
-    result = compress_model(model, build_method("sparsegpt", sparsity=0.5), tokens(),
-                            WalkConfig(progress=False, layer_errors=False))
-    path, _ = save_compressed(model, tokenizer, out, [r.name for r in result.layers], dtype=dtype)
-    return path
+    return save_run(_fresh(arch), DTYPES[dtype], kind, root / f"{arch}-{dtype}-{kind}")
 
 
 @pytest.fixture(scope="module")

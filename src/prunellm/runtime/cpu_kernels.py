@@ -52,7 +52,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 5  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 6  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -116,6 +116,11 @@ def _load() -> ctypes.CDLL | None:
         lib.pnl_matmul.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         lib.pnl_expand.argtypes = [ctypes.POINTER(_PnlWeight), ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        # (block, x, batch, dtype, cos, sin, pos, threads, level): runtime/decode_block.py
+        lib.pnl_decode_block.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+        lib.pnl_kernel_nanoseconds.argtypes = [ctypes.c_int]
+        lib.pnl_kernel_nanoseconds.restype = ctypes.c_int64
         lib.pnl_level_supported.argtypes = [ctypes.c_int]
         lib.pnl_use_openmp.argtypes = [ctypes.c_void_p]
         lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]

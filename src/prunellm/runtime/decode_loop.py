@@ -112,7 +112,7 @@ class _Layer:
 class DecodeLoop:
     """Prefill through the model, then one token a step on a static key/value cache."""
 
-    def __init__(self, model: nn.Module, max_len: int, batch_size: int = 1) -> None:
+    def __init__(self, model: nn.Module, max_len: int, batch_size: int = 1, native_blocks: bool = True) -> None:
         if not supports(model):
             raise ValueError(f"DecodeLoop does not run {type(model).__name__} (see decode_loop.supports)")
         config, inner = model.config, model.model
@@ -142,6 +142,15 @@ class DecodeLoop:
         self.cos = self.sin = None
         if not self.rope_per_step:
             self.cos, self.sin = self._rope(torch.arange(max_len)[None])  # (max_len, D) each
+        # Each block's step as one native call where the kernels read every projection
+        # (runtime/decode_block.py); None: the torch operations below. native_blocks=False keeps
+        # the torch path (the bench compares the two).
+        self.blocks = None
+        if native_blocks:
+            from .decode_block import NativeBlocks
+
+            self.blocks = NativeBlocks.build(inner.layers, self.keys, self.values, self.heads, self.kv_heads,
+                                             self.head_dim, self.scaling, batch_size, self.dtype)
 
     @torch.inference_mode()
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +160,7 @@ class DecodeLoop:
         cos, sin = self.rotary(probe, position_ids=positions)  # (1, P, D) each
         half = self.head_dim // 2
         signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        return cos[0], signed[0]
+        return cos[0].contiguous(), signed[0].contiguous()
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
@@ -187,6 +196,11 @@ class DecodeLoop:
         B, H, KV, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         half, end = D // 2, pos + 1
         x = F.embedding(tokens, self.embed)  # (B, C)
+        if self.blocks is not None and tokens.shape[0] == self.batch_size:
+            x = x.contiguous()
+            self.blocks.run(x, cos, sin, pos)  # every block, x in place
+            self.length = end
+            return self.head(_rms_norm(x, self.norm, self.eps))  # (B, V)
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             h = _rms_norm(x, layer.norm1, layer.eps1)
             q = layer.q(h).view(B, H, D)

@@ -34,6 +34,12 @@ class DecodeLinear(nn.Linear):
         self._storage = linear.weight.data_ptr()
         self._limits = token_limits.limits(None, cpu_kernels.isa())
 
+    def native_for(self, dtype: torch.dtype, tokens: int) -> cpu_kernels.NativeWeight | None:
+        """The native weight a call of `tokens` tokens in `dtype` runs on (None: torch's product)."""
+        if tokens > self._limits.get(dtype, 0) or self.weight.data_ptr() != self._storage:
+            return None
+        return self.native
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (tokens, in)
         # The kernel reads the weight's memory as it was at load: a weight moved or cast since

@@ -150,6 +150,10 @@ class CompressedLinear(nn.Module):
         layer is not repacked for it); a float16 model's activations go through float32."""
         return self._cpu_limits.get(dtype, self._cpu_limits.get(torch.float32, 0))
 
+    def native_for(self, dtype: torch.dtype, tokens: int) -> NativeWeight | None:
+        """The native weight a CPU call of `tokens` tokens in `dtype` runs on (None: expanded)."""
+        return self.native if self.native is not None and tokens <= self.cpu_kernel_max_tokens(dtype) else None
+
     def _cpu_kernel(self, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """The native kernel: activations in float32 or bfloat16 (a float16 model's go through
         float32; the kernel sums in float32 either way), the bias added after."""

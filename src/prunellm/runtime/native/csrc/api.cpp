@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -29,8 +30,13 @@
 // 32K weights (a 576 x 576 SmolLM2 layer on two threads: 57 -> 37 us). Waking our own pool costs
 // far more (a 576 x 1536 layer ran 3x slower on two threads than on one). Settable (-1: by
 // team): tests split small layers to check every thread's share. bench/README.md has the figures.
+// Weights one call may take together (pnl_matmul_many: a block's gate and up, its q, k and v).
+constexpr int kMostJobs = 8;
 constexpr int64_t kTeamMinPartWeights = int64_t(1) << 15, kPoolMinPartWeights = int64_t(1) << 21;
 std::atomic<int64_t> min_part_weights{-1};
+// Nanoseconds spent in products since the last reset (pnl_kernel_nanoseconds): bench/decode_step.py
+// splits a decode step with it.
+std::atomic<int64_t> kernel_nanoseconds{0};
 
 namespace {
 
@@ -147,9 +153,13 @@ using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 std::atomic<GompParallel> gomp_parallel{nullptr};
 
 // Parts are taken from a counter, not assigned by thread number: a worker that wakes late
-// leaves its part to whoever is free.
+// leaves its part to whoever is free. One call may hold several jobs (a block's q, k and v):
+// their parts are numbered one job after the other, so the team wakes once for all of them.
 struct TeamCall {
-    Job job;
+    const Job* jobs;
+    int count;
+    int parts;               // over all jobs
+    size_t scratch_bytes;    // the most any job needs
     std::atomic<int> next{0};
 };
 
@@ -157,25 +167,41 @@ void team_member(void* data) {
     TeamCall* call = static_cast<TeamCall*>(data);
     thread_local std::vector<uint8_t> scratch;
     uint8_t* mine = nullptr;
-    for (int part; (part = call->next.fetch_add(1, std::memory_order_relaxed)) < call->job.parts;) {
-        if (!mine) mine = grow(scratch, call->job.scratch_bytes);
-        run_part(call->job, part, mine);
+    for (int part; (part = call->next.fetch_add(1, std::memory_order_relaxed)) < call->parts;) {
+        if (!mine) mine = grow(scratch, call->scratch_bytes);
+        int job = 0;
+        while (part >= call->jobs[job].parts) part -= call->jobs[job++].parts;
+        run_part(call->jobs[job], part, mine);
     }
 }
 
 Pool& pool();
 
-// A job's parts on the calling thread, torch's OpenMP workers, or our pool.
-void run_parts(const Job& job, uint8_t* caller_scratch) {
-    if (job.parts == 1) return run_part(job, 0, caller_scratch);
-    if (GompParallel team = gomp_parallel.load(std::memory_order_acquire)) {
-        TeamCall call;
-        call.job = job;
-        team(team_member, &call, (unsigned)job.parts, 0);
+// Jobs' parts on the calling thread, torch's OpenMP workers (at most `threads` of them), or
+// our pool (one job after the other).
+void run_jobs(const Job* jobs, int count, int threads, uint8_t* caller_scratch) {
+    int parts = 0;
+    size_t scratch_bytes = 0;
+    for (int j = 0; j < count; ++j) {
+        parts += jobs[j].parts;
+        if (jobs[j].scratch_bytes > scratch_bytes) scratch_bytes = jobs[j].scratch_bytes;
+    }
+    if (parts == count && (count == 1 || threads == 1)) {
+        for (int j = 0; j < count; ++j) run_part(jobs[j], 0, caller_scratch);
         return;
     }
-    pool().run(job, caller_scratch);
+    if (GompParallel team = gomp_parallel.load(std::memory_order_acquire)) {
+        TeamCall call{jobs, count, parts, scratch_bytes};
+        team(team_member, &call, (unsigned)(parts < threads ? parts : threads), 0);
+        return;
+    }
+    for (int j = 0; j < count; ++j) {
+        if (jobs[j].parts == 1) run_part(jobs[j], 0, caller_scratch);
+        else pool().run(jobs[j], caller_scratch);
+    }
 }
+
+void run_parts(const Job& job, uint8_t* caller_scratch) { run_jobs(&job, 1, job.parts, caller_scratch); }
 
 // The expansion as a job the pool splits by rows: `y` is the dense weight's buffer, in its dtype.
 void expand_part(const PnlWeight* w, const float*, int, float* y, int64_t begin, int64_t end, uint8_t*) {
@@ -205,11 +231,88 @@ float bf16_to_float(uint16_t h) {
     return f;
 }
 
+// Parts for one weight: at least 64 rows and min_part_weights weights each, at most `threads`.
+int parts_for(const PnlWeight* w, int threads) {
+    int parts = (int)((w->rows + 63) / 64);
+    int64_t least = min_part_weights.load(std::memory_order_relaxed);
+    if (least < 0) least = gomp_parallel.load(std::memory_order_relaxed) ? kTeamMinPartWeights : kPoolMinPartWeights;
+    const int64_t by_size = least > 0 ? w->rows * w->cols_pad / least : parts;
+    if (parts > by_size) parts = (int)by_size;
+    if (parts > threads) parts = threads;
+    return parts < 1 ? 1 : parts;
+}
+
 }  // namespace
+
+// y_i (T, R_i) float32 = x (T, C) @ W_i^T for `count` weights of the same columns (a block's q,
+// k and v, its gate and up), their parts handed to the team in one call per pass of 16 tokens.
+int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_bf16, int64_t tokens,
+                    float* const* ys, int threads, int level) {
+    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
+    if (count < 1 || count > kMostJobs || !x || tokens < 1) return -2;
+    for (int i = 0; i < count; ++i)
+        if (!ws[i] || !ys[i] || ws[i]->cols_pad % 64 || ws[i]->cols > ws[i]->cols_pad ||
+            ws[i]->cols != ws[0]->cols || ws[i]->cols_pad != ws[0]->cols_pad)
+            return -2;
+    if (threads < 1) threads = 1;
+    const auto started = std::chrono::steady_clock::now();
+    const int64_t cp = ws[0]->cols_pad, C = ws[0]->cols;
+    thread_local std::vector<uint8_t> xbuf_bf16, xbuf_f32, scratch;
+    for (int64_t t0 = 0; t0 < tokens; t0 += 16) {  // kernels take up to 16 tokens a pass
+        const int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
+        uint16_t* xb = nullptr;  // the pass's activations as bfloat16, padded, where a kernel takes them
+        float* xp = nullptr;     // as float32, padded
+        Job jobs[kMostJobs];
+        size_t scratch_bytes = 0;
+        for (int i = 0; i < count; ++i) {
+            const PnlWeight* w = ws[i];
+            float* y = ys[i] + t0 * w->rows;
+            const int parts = parts_for(w, threads);
+#if defined(__x86_64__) || defined(_M_X64)
+            // bfloat16 activations stay bfloat16 for the vdpbf16ps kernel, where it reads this weight
+            if (level == PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
+                if (!xb) {
+                    xb = (uint16_t*)grow(xbuf_bf16, (size_t)nt * cp * sizeof(uint16_t));
+                    for (int t = 0; t < nt; ++t) {
+                        memcpy(xb + t * cp, (const uint16_t*)x + (t0 + t) * C, C * sizeof(uint16_t));
+                        memset(xb + t * cp + C, 0, (cp - C) * sizeof(uint16_t));
+                    }
+                }
+                // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp)
+                jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, (size_t)16 * 2 * cp + 256, pnl_rows_avx512bf16, xb};
+                if (jobs[i].scratch_bytes > scratch_bytes) scratch_bytes = jobs[i].scratch_bytes;
+                continue;
+            }
+#endif
+            if (!xp) {
+                xp = (float*)grow(xbuf_f32, (size_t)nt * cp * sizeof(float));
+                for (int t = 0; t < nt; ++t) {
+                    float* dst = xp + t * cp;
+                    if (x_bf16) {
+                        const uint16_t* src = (const uint16_t*)x + (t0 + t) * C;
+                        for (int64_t c = 0; c < C; ++c) dst[c] = bf16_to_float(src[c]);
+                    } else {
+                        memcpy(dst, (const float*)x + (t0 + t) * C, C * sizeof(float));
+                    }
+                    memset(dst + C, 0, (cp - C) * sizeof(float));
+                }
+            }
+            // scratch: a pass's activations re-laid out (up to 16 tokens), then a row's codes as bytes
+            jobs[i] = Job{kernel_for(level), w, xp, nt, y, parts, (size_t)(16 * 4 + 1) * cp + 256};
+            if (jobs[i].scratch_bytes > scratch_bytes) scratch_bytes = jobs[i].scratch_bytes;
+        }
+        run_jobs(jobs, count, threads, grow(scratch, scratch_bytes));
+    }
+    kernel_nanoseconds.fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started).count(),
+        std::memory_order_relaxed);
+    return 0;
+}
+
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 5; }
+PNL_API int pnl_abi_version(void) { return 6; }
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's
 // default); returns the old value.
@@ -218,6 +321,11 @@ PNL_API int64_t pnl_set_min_part_weights(int64_t weights) { return min_part_weig
 // Parts run on this OpenMP runtime's threads (its GOMP_parallel), or on our own pool (null).
 PNL_API void pnl_use_openmp(void* gomp_parallel_entry) {
     gomp_parallel.store((GompParallel)gomp_parallel_entry, std::memory_order_release);
+}
+
+// Nanoseconds the products took since the last reset; `reset` 1 starts the count again.
+PNL_API int64_t pnl_kernel_nanoseconds(int reset) {
+    return reset ? kernel_nanoseconds.exchange(0) : kernel_nanoseconds.load();
 }
 
 PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
@@ -232,56 +340,7 @@ PNL_API int pnl_best_level(void) {
 // Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
 PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t tokens, float* y, int threads,
                        int level) {
-    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
-    if (!w || !x || !y || tokens < 1 || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
-    if (threads < 1) threads = 1;
-    const int64_t cp = w->cols_pad, C = w->cols;
-    // A part must be worth waking a thread for: at least 64 rows and min_part_weights weights.
-    int parts = (int)((w->rows + 63) / 64);
-    int64_t least = min_part_weights.load(std::memory_order_relaxed);
-    if (least < 0) least = gomp_parallel.load(std::memory_order_relaxed) ? kTeamMinPartWeights : kPoolMinPartWeights;
-    const int64_t by_size = least > 0 ? w->rows * w->cols_pad / least : parts;
-    if (parts > by_size) parts = (int)by_size;
-    if (parts > threads) parts = threads;
-    if (parts < 1) parts = 1;
-    thread_local std::vector<uint8_t> xbuf, scratch;
-#if defined(__x86_64__) || defined(_M_X64)
-    // bfloat16 activations stay bfloat16 for the vdpbf16ps kernel, where it reads this weight
-    if (level == PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
-        for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
-            int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
-            uint16_t* xb = (uint16_t*)grow(xbuf, (size_t)nt * cp * sizeof(uint16_t));
-            for (int t = 0; t < nt; ++t) {
-                memcpy(xb + t * cp, (const uint16_t*)x + (t0 + t) * C, C * sizeof(uint16_t));
-                memset(xb + t * cp + C, 0, (cp - C) * sizeof(uint16_t));
-            }
-            // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp)
-            Job job{nullptr, w, nullptr, nt, y + t0 * w->rows, parts, (size_t)16 * 2 * cp + 256,
-                    pnl_rows_avx512bf16, xb};
-            run_parts(job, grow(scratch, job.scratch_bytes));
-        }
-        return 0;
-    }
-#endif
-    for (int64_t t0 = 0; t0 < tokens; t0 += 16) {  // kernels take up to 16 tokens a pass
-        int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
-        float* xp = (float*)grow(xbuf, (size_t)nt * cp * sizeof(float));
-        for (int t = 0; t < nt; ++t) {
-            float* dst = xp + t * cp;
-            if (x_bf16) {
-                const uint16_t* src = (const uint16_t*)x + (t0 + t) * C;
-                for (int64_t c = 0; c < C; ++c) dst[c] = bf16_to_float(src[c]);
-            } else {
-                memcpy(dst, (const float*)x + (t0 + t) * C, C * sizeof(float));
-            }
-            memset(dst + C, 0, (cp - C) * sizeof(float));
-        }
-        // scratch: a pass's activations re-laid out (up to 16 tokens), then a row's codes as bytes
-        Job job{kernel_for(level), w, xp, nt, y + t0 * w->rows, parts, (size_t)(16 * 4 + 1) * cp + 256};
-        uint8_t* mine = grow(scratch, job.scratch_bytes);
-        run_parts(job, mine);
-    }
-    return 0;
+    return pnl_matmul_many(&w, 1, x, x_bf16, tokens, &y, threads, level);
 }
 
 // out (R, C) = the dense weight in its dtype (float32, or float16 / bfloat16 bits), bit for bit

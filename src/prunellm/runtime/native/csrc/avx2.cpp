@@ -205,3 +205,6 @@ extern "C" void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, f
     if (!pnl_vector_reads(w, 8)) return pnl_rows_portable(w, xp, tokens, y, row_begin, row_end, scratch);
     dispatch_tokens<1>(tokens, w, xp, y, row_begin, row_end, scratch);
 }
+
+#define PNL_ATTEND_NAME pnl_attend_avx2
+#include "attend.inc"

@@ -427,3 +427,6 @@ extern "C" void pnl_expand_rows_avx512(const PnlWeight* w, void* out, int64_t ro
         expand_by_mask<std::remove_pointer_t<decltype(source)>>(w, out, row_begin, row_end, scratch);
     });
 }
+
+#define PNL_ATTEND_NAME pnl_attend_avx512
+#include "attend.inc"

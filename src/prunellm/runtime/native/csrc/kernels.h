@@ -56,7 +56,21 @@ void pnl_rows_portable(const PnlWeight* w, const float* xp, int tokens, float* y
 void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end);
 // Whether the vector kernels read this weight (else the portable one does, for any ISA).
 int pnl_vector_reads(const PnlWeight* w, int lanes);
+// api.cpp: y_i (T, R_i) float32 = x (T, C) @ W_i^T for up to 8 weights of the same columns in one
+// call of the thread team; x float32 or bfloat16 (x_bf16). Returns 0, -1 (level), -2 (arguments).
+int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_bf16, int64_t tokens,
+                    float* const* ys, int threads, int level);
+// One query head's attention at decode (attend.inc), per ISA file: out (D) = softmax(keys (L, D)
+// @ q * scaling) @ values (L, D), float32, key/value rows `stride` floats apart; probs: L floats.
+typedef void (*PnlAttend)(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
+                          int64_t stride, float scaling, float* probs, float* out);
+void pnl_attend_portable(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
+                         int64_t stride, float scaling, float* probs, float* out);
 #if defined(__x86_64__) || defined(_M_X64)
+void pnl_attend_avx2(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
+                     int64_t stride, float scaling, float* probs, float* out);
+void pnl_attend_avx512(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
+                       int64_t stride, float scaling, float* probs, float* out);
 void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
                    int64_t row_begin, int64_t row_end, uint8_t* scratch);
 void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,

@@ -171,3 +171,6 @@ extern "C" void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin
         });
     }
 }
+
+#define PNL_ATTEND_NAME pnl_attend_portable
+#include "attend.inc"

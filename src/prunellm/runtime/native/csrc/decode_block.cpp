@@ -1,0 +1,213 @@
+// A decoder block's decode step in one call: what runtime/decode_loop.py's torch operations do
+// for a Llama or Qwen2 block (RMSNorm, q/k/v, rotary, attention over the cache, o, residual,
+// RMSNorm, gate/up, SiLU, down, residual), for a model whose every projection the kernels read.
+//
+// Why: at a small model's decode a step was a third torch operators and Python around the
+// kernels (bench/README.md, "A decode step": about 40 operators a block at a few microseconds
+// each). Here a block is one call through ctypes: the products go to the thread team (q, k and v
+// in one team call, gate and up in another), the rest runs on the calling thread.
+//
+// Each operation rounds where the torch loop rounds: in a bfloat16 model every intermediate the
+// loop holds as a bfloat16 tensor is rounded to bfloat16 here too (to nearest even, as torch
+// casts), with float32 arithmetic in between as torch's bfloat16 operators compute. Only the
+// order of the sums in the norms' statistics and in attention differs: logits agree with the
+// torch loop's up to float32 rounding (tests/runtime/test_decode_block.py).
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "kernels.h"
+
+#define PNL_API __attribute__((visibility("default")))
+
+extern "C" {
+
+// One block's weights and cache, built once per decode loop (runtime/decode_block.py mirrors it).
+typedef struct PnlBlock {
+    const PnlWeight* proj[7];  // q, k, v, o, gate, up, down
+    const float* bias[7];      // each projection's bias as float32, or null
+    const void* norm[2];       // (C) in the model's dtype: before attention, before the MLP
+    float eps[2];
+    float* keys;               // (B, KV, max_len, D) float32: this block's cache
+    float* values;
+    int64_t max_len;
+    int32_t heads, kv_heads, head_dim;
+    float scaling;             // of the scores, as the model's attention scales them
+} PnlBlock;
+
+}  // extern "C"
+
+namespace {
+
+enum { Q, K, V, O, GATE, UP, DOWN };
+
+float bits_to_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// float32 -> bfloat16 bits, to nearest even as torch's .to(bfloat16) rounds (nan stays nan).
+uint16_t bf16_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// The model's dtype: where the torch loop holds a tensor in it, a value is rounded to it here.
+struct Dtype {
+    bool bf16;
+    float round(float f) const { return bf16 ? bits_to_float((uint32_t)bf16_bits(f) << 16) : f; }
+    float load(const void* p, int64_t i) const {
+        return bf16 ? bits_to_float((uint32_t)((const uint16_t*)p)[i] << 16) : ((const float*)p)[i];
+    }
+    // v already rounded to the dtype: the store is exact
+    void store(void* p, int64_t i, float v) const {
+        if (bf16) ((uint16_t*)p)[i] = bf16_bits(v);
+        else ((float*)p)[i] = v;
+    }
+};
+
+// out = weight * (x / rms(x)) as LlamaRMSNorm: statistics in float32, cast back, times weight.
+void rms_norm(const Dtype& dt, const void* x, const void* weight, float eps, int64_t rows, int64_t cols,
+              void* out) {
+    for (int64_t r = 0; r < rows; ++r) {
+        double squares = 0.0;  // torch sums float32 in vector lanes; a double sum is as close to it as any order
+        for (int64_t c = 0; c < cols; ++c) {
+            const float h = dt.load(x, r * cols + c);
+            squares += (double)(h * h);
+        }
+        const float inverse = 1.0f / sqrtf((float)(squares / (double)cols) + eps);
+        for (int64_t c = 0; c < cols; ++c) {
+            const float h = dt.round(dt.load(x, r * cols + c) * inverse);
+            dt.store(out, r * cols + c, dt.round(dt.load(weight, c) * h));
+        }
+    }
+}
+
+// A projection's output as the torch loop holds it: the kernel's float32 sum cast to the dtype,
+// then the bias added (one more rounding), as CompressedLinear and DecodeLinear do.
+float projected(const Dtype& dt, const float* y, const float* bias, int64_t i, int64_t feature) {
+    const float v = dt.round(y[i]);
+    return bias ? dt.round(v + bias[feature]) : v;
+}
+
+PnlAttend attend_for(int level) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (level == PNL_AVX512 || level == PNL_AVX512_BF16) return pnl_attend_avx512;
+    if (level == PNL_AVX2) return pnl_attend_avx2;
+#endif
+    return pnl_attend_portable;
+}
+
+bool valid(const PnlBlock* b, int64_t pos) {
+    for (const PnlWeight* w : b->proj)
+        if (!w) return false;
+    const int64_t C = b->proj[Q]->cols, H = b->heads, KV = b->kv_heads, D = b->head_dim;
+    if (H < 1 || KV < 1 || H % KV || D < 2 || D % 2 || pos < 0 || pos >= b->max_len) return false;
+    if (b->proj[Q]->rows != H * D || b->proj[K]->rows != KV * D || b->proj[V]->rows != KV * D) return false;
+    if (b->proj[K]->cols != C || b->proj[V]->cols != C || b->proj[O]->cols != H * D || b->proj[O]->rows != C)
+        return false;
+    if (b->proj[GATE]->cols != C || b->proj[UP]->cols != C || b->proj[UP]->rows != b->proj[GATE]->rows) return false;
+    if (b->proj[DOWN]->cols != b->proj[GATE]->rows || b->proj[DOWN]->rows != C) return false;
+    return b->norm[0] && b->norm[1] && b->keys && b->values;
+}
+
+}  // namespace
+
+extern "C" {
+
+// x (B, C) in the model's dtype (float32: dtype PNL_F32, bfloat16: PNL_BF16), the hidden states
+// of `batch` tokens at position `pos`, becomes the block's output in place; the block's keys and
+// values at `pos` are written to its cache. cos and sin: (D) rotary tables for `pos` in the
+// model's dtype, sin with rotate_half's sign folded in (decode_loop.py's tables).
+// Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
+PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtype, const void* cos,
+                             const void* sin, int64_t pos, int threads, int level) {
+    if (!b || !x || !cos || !sin || batch < 1 || (dtype != PNL_F32 && dtype != PNL_BF16) || !valid(b, pos)) return -2;
+    const Dtype dt{dtype == PNL_BF16};
+    const int64_t B = batch, C = b->proj[Q]->cols, H = b->heads, KV = b->kv_heads, D = b->head_dim;
+    const int64_t I = b->proj[GATE]->rows, half = D / 2, L = pos + 1, group = H / KV;
+    // Scratch, kept per thread: the dtype buffers (norm output, attention output, MLP activation)
+    // and the float32 products.
+    thread_local std::vector<float> floats;
+    const int64_t need = B * C * 2 + B * H * D * 2 + B * KV * D * 2 + B * I * 3 + L + H * D + D + 64;
+    if ((int64_t)floats.size() < need) floats.resize(need);
+    float* at = floats.data();
+    auto take = [&at](int64_t n) { float* p = at; at += n; return p; };
+    void* h = take(B * C);            // normed input, dtype
+    float* yq = take(B * H * D);
+    float* yk = take(B * KV * D);
+    float* yv = take(B * KV * D);
+    void* attn = take(B * H * D);     // attention output, dtype
+    float* yo = take(B * C);
+    float* yg = take(B * I);
+    float* yu = take(B * I);
+    void* act = take(B * I);          // SiLU(gate) * up, dtype
+    float* probs = take(L);
+    float* q = take(H * D);           // one token's rotated queries, float32
+    float* head_out = take(D);
+    float* yd = yo;                   // down's output reuses o's
+    const int bf16_x = dt.bf16 ? 1 : 0;
+    int done;
+
+    // attention
+    rms_norm(dt, x, b->norm[0], b->eps[0], B, C, h);
+    const PnlWeight* qkv[3] = {b->proj[Q], b->proj[K], b->proj[V]};
+    float* qkv_out[3] = {yq, yk, yv};
+    if ((done = pnl_matmul_many(qkv, 3, h, bf16_x, B, qkv_out, threads, level)) != 0) return done;
+    const PnlAttend attend = attend_for(level);
+    for (int64_t t = 0; t < B; ++t) {
+        // rotary on one head's outputs (y from `first`, its bias from `feature`): x * cos +
+        // roll(x, D/2) * sin, each product and the sum rounded to the dtype
+        auto rotated = [&](const float* y, const float* bias, int64_t first, int64_t feature, int64_t d) {
+            const int64_t e = (d + half) % D;
+            const float a = projected(dt, y, bias, first + d, feature + d);
+            const float r = projected(dt, y, bias, first + e, feature + e);
+            return dt.round(dt.round(a * dt.load(cos, d)) + dt.round(r * dt.load(sin, d)));
+        };
+        for (int64_t g = 0; g < KV; ++g) {
+            const int64_t first = t * KV * D + g * D;
+            float* key = b->keys + ((t * KV + g) * b->max_len + pos) * D;
+            float* value = b->values + ((t * KV + g) * b->max_len + pos) * D;
+            for (int64_t d = 0; d < D; ++d) {
+                key[d] = rotated(yk, b->bias[K], first, g * D, d);
+                value[d] = projected(dt, yv, b->bias[V], first + d, g * D + d);
+            }
+        }
+        for (int64_t head = 0; head < H; ++head)
+            for (int64_t d = 0; d < D; ++d) q[head * D + d] = rotated(yq, b->bias[Q], t * H * D + head * D, head * D, d);
+        for (int64_t head = 0; head < H; ++head) {
+            const int64_t g = head / group;  // grouped-query heads share a key/value head
+            const float* keys = b->keys + (t * KV + g) * b->max_len * D;
+            const float* values = b->values + (t * KV + g) * b->max_len * D;
+            attend(q + head * D, keys, values, L, D, D, b->scaling, probs, head_out);
+            for (int64_t d = 0; d < D; ++d) dt.store(attn, t * H * D + head * D + d, dt.round(head_out[d]));
+        }
+    }
+    const PnlWeight* o = b->proj[O];
+    if ((done = pnl_matmul_many(&o, 1, attn, bf16_x, B, &yo, threads, level)) != 0) return done;
+    for (int64_t i = 0; i < B * C; ++i)
+        dt.store(x, i, dt.round(dt.load(x, i) + projected(dt, yo, b->bias[O], i, i % C)));
+
+    // MLP
+    rms_norm(dt, x, b->norm[1], b->eps[1], B, C, h);
+    const PnlWeight* gate_up[2] = {b->proj[GATE], b->proj[UP]};
+    float* gate_up_out[2] = {yg, yu};
+    if ((done = pnl_matmul_many(gate_up, 2, h, bf16_x, B, gate_up_out, threads, level)) != 0) return done;
+    for (int64_t i = 0; i < B * I; ++i) {
+        const float g = projected(dt, yg, b->bias[GATE], i, i % I);
+        const float silu = dt.round(g / (1.0f + expf(-g)));
+        dt.store(act, i, dt.round(silu * projected(dt, yu, b->bias[UP], i, i % I)));
+    }
+    const PnlWeight* down = b->proj[DOWN];
+    if ((done = pnl_matmul_many(&down, 1, act, bf16_x, B, &yd, threads, level)) != 0) return done;
+    for (int64_t i = 0; i < B * C; ++i)
+        dt.store(x, i, dt.round(dt.load(x, i) + projected(dt, yd, b->bias[DOWN], i, i % C)));
+    return 0;
+}
+
+}  // extern "C"

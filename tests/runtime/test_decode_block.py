@@ -1,0 +1,174 @@
+"""A decoder block's decode step as one native call (runtime/decode_block.py) against the torch
+operations of runtime/decode_loop.py it replaces.
+
+The block rounds where the torch loop rounds; only the order of the sums in the norms'
+statistics and in attention differs. So from the same state one block's output equals the torch
+loop's in float32 up to float rounding, and in bfloat16 up to one unit in the last place on a few
+elements; over many steps the two loops' logits stay within bfloat16 rounding. Shapes are odd on
+purpose: heads of 24 dimensions (not a multiple of the 16 lanes attention sums in), widths of 96
+and 100 (not multiples of 64), grouped-query and plain heads, Qwen2's biases, more cached positions
+than lanes. Every kernel level this CPU runs and the portable one, one and two threads, torch's
+OpenMP team and the library's own pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+import prunellm
+from prunellm.runtime import cpu_kernels
+from prunellm.runtime.decode_block import NativeBlocks
+from prunellm.runtime.decode_loop import DecodeLoop
+from tests.model_dirs import save_run
+from tests.tiny_models import VOCAB, tokens
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
+                                reason="native CPU kernels not built (no C++ compiler at install)")
+
+CONFIGS = {
+    # 8 query heads of 24 on 2 key/value heads, tied head
+    "llama": lambda layers: LlamaConfig(hidden_size=128, intermediate_size=192, num_hidden_layers=layers,
+                                        num_attention_heads=8, num_key_value_heads=2, head_dim=24,
+                                        vocab_size=VOCAB, max_position_embeddings=256, tie_word_embeddings=True),
+    # widths no multiple of 64 (a dense layer is read in place only at multiples of 64: compressed only)
+    "llama-odd": lambda layers: LlamaConfig(hidden_size=96, intermediate_size=100, num_hidden_layers=layers,
+                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                            max_position_embeddings=256, tie_word_embeddings=False),
+    # q/k/v biases, one key/value head per query head
+    "qwen2": lambda layers: Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=4, vocab_size=VOCAB,
+                                        max_position_embeddings=256, tie_word_embeddings=False),
+}
+KINDS = [("bfloat16", "dense"), ("bfloat16", "compressed"), ("float32", "compressed")]
+# Rows per step: a dense layer's kernel takes one token on every level (runtime/token_limits.py),
+# a compressed layer's at least two.
+BATCH = {"dense": 1, "compressed": 2}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _model(arch: str, layers: int, hidden_act: str = "silu") -> torch.nn.Module:
+    config = CONFIGS[arch](layers)
+    config.hidden_act = hidden_act
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if arch == "qwen2":  # biases drawn like weights, so that adding them shows
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    return model
+
+
+def _save(model: torch.nn.Module, dtype: str, kind: str, out: Path) -> Path:
+    return save_run(model, DTYPES[dtype], kind, out, method="magnitude")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> dict[tuple[str, int, str, str], Path]:
+    root = tmp_path_factory.mktemp("decode-block")
+    return {(arch, layers, dtype, kind): _save(_model(arch, layers), dtype, kind, root / f"{arch}{layers}-{dtype}-{kind}")
+            for arch, dtype, kind in _cases() for layers in (1, 3)}
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    return [(arch, dtype, kind) for arch in sorted(CONFIGS) for dtype, kind in KINDS
+            if not (arch == "llama-odd" and kind == "dense")]
+
+
+def _loops(directory: Path, batch: int, length: int) -> tuple[DecodeLoop, DecodeLoop]:
+    model = prunellm.load(directory, "cpu")
+    native, plain = DecodeLoop(model, length, batch), DecodeLoop(model, length, batch, native_blocks=False)
+    assert native.blocks is not None and plain.blocks is None
+    return native, plain
+
+
+def _ulp(reference: torch.Tensor) -> torch.Tensor:
+    """One unit in the last place of bfloat16 at each value's magnitude."""
+    exponent = torch.floor(torch.log2(reference.abs().clamp_min(2.0 ** -126)))
+    return torch.exp2(exponent - 7)
+
+
+@pytest.mark.parametrize("arch, dtype, kind", _cases())
+def test_one_block_rounds_where_the_torch_loop_rounds(dirs, level, threads, arch: str, dtype: str, kind: str) -> None:
+    """A one-block model, 20 cached positions: the block's output (read before the head, through
+    the final norm) from the same cache and token."""
+    batch = BATCH[kind]
+    native, plain = _loops(dirs[arch, 1, dtype, kind], batch=batch, length=32)
+    ids = tokens(batch, 20, seed=3)
+    native.prefill(ids), plain.prefill(ids)
+    native.head = plain.head = lambda hidden: hidden  # (B, C): the normed block output
+    token = torch.tensor([5, 11][:batch])
+    got, expected = native.step(token).float(), plain.step(token).float()
+    assert got.shape == expected.shape == (batch, native.embed.shape[1])
+    _agree(got, expected, dtype)
+    for ours, theirs in ((native.keys[0], plain.keys[0]), (native.values[0], plain.values[0])):
+        _agree(ours[:, :, 20], theirs[:, :, 20], dtype)  # the position written at this step
+
+
+def _agree(got: torch.Tensor, expected: torch.Tensor, dtype: str) -> None:
+    """float32: within float rounding; bfloat16: a few elements one or two units apart."""
+    if dtype == "float32":
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        return
+    assert bool(((got - expected).abs() <= 2 * _ulp(expected)).all())
+    assert float((got != expected).float().mean()) <= 0.1
+
+
+@pytest.mark.parametrize("arch, dtype, kind", _cases())
+def test_the_loop_on_native_blocks_gives_the_torch_loops_logits(dirs, arch: str, dtype: str, kind: str) -> None:
+    """Three blocks, 24 steps fed the same tokens: logits within the dtype's rounding."""
+    native, plain = _loops(dirs[arch, 3, dtype, kind], batch=BATCH[kind], length=40)
+    ids = tokens(BATCH[kind], 9, seed=5)
+    got, expected = native.prefill(ids), plain.prefill(ids)
+    tolerance = (1e-5, 1e-5) if dtype == "float32" else (2e-2, 2e-2)
+    for step in range(24):
+        fed = expected.argmax(dim=-1)
+        got, expected = native.step(fed), plain.step(fed)
+        assert got.dtype == expected.dtype == DTYPES[dtype]
+        torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance[0], atol=tolerance[1],
+                                   msg=f"step {step}")
+    assert native.length == plain.length == 9 + 24
+
+
+def test_blocks_only_where_every_projection_runs_on_the_kernels(dirs, tmp_path) -> None:
+    """A float32 dense model (torch's products), a hook on a projection, another activation, a
+    batch beyond a layer's kernel limit: the torch loop, with its own results."""
+    float32 = prunellm.load(_save(_model("llama", 1), "float32", "dense", tmp_path / "f32"), "cpu")
+    assert DecodeLoop(float32, 16).blocks is None
+
+    model = prunellm.load(dirs["llama", 1, "bfloat16", "compressed"], "cpu")
+    assert DecodeLoop(model, 16).blocks is not None
+    handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *args: None)
+    assert DecodeLoop(model, 16).blocks is None
+    handle.remove()
+    limit = model.model.layers[0].self_attn.q_proj.cpu_kernel_max_tokens(torch.bfloat16)
+    assert DecodeLoop(model, 16, batch_size=limit + 1).blocks is None
+
+    gelu = prunellm.load(_save(_model("llama", 1, hidden_act="gelu"), "bfloat16", "compressed", tmp_path / "gelu"),
+                         "cpu")
+    assert DecodeLoop(gelu, 16).blocks is None
+
+
+def test_bad_arguments_are_refused(dirs) -> None:
+    """pnl_decode_block checks its arguments: a position past the cache, a dtype it does not
+    round to; the loop raises rather than reading past its cache."""
+    native, _ = _loops(dirs["llama", 1, "bfloat16", "compressed"], batch=1, length=8)
+    lib = cpu_kernels._require()
+    x = torch.zeros(1, native.embed.shape[1], dtype=torch.bfloat16)
+    cos, sin = native.cos[0], native.sin[0]
+    level = cpu_kernels.LEVELS[cpu_kernels.isa()]
+    call = lambda pos, dtype: lib.pnl_decode_block(native.blocks.refs[0], x.data_ptr(), 1, dtype, cos.data_ptr(),  # noqa: E731
+                                                    sin.data_ptr(), pos, 1, level)
+    assert call(7, 2) == 0
+    assert call(8, 2) == -2 and call(-1, 2) == -2  # outside the cache's 8 positions
+    assert call(0, 1) == -2  # float16: not a dtype the block rounds to
+    broken = ctypes.cast(native.blocks.refs[0], ctypes.c_void_p)
+    assert lib.pnl_decode_block(broken, x.data_ptr(), 0, 2, cos.data_ptr(), sin.data_ptr(), 0, 1, level) == -2
+    with pytest.raises(RuntimeError, match="code -2"):
+        native.blocks.run(x, cos, sin, 8)
+    assert isinstance(native.blocks, NativeBlocks)
