@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 import prunellm
 from prunellm.runtime import cpu_kernels
-from prunellm.runtime.decode_block import NativeBlocks
+from prunellm.runtime.decode_block import NativeBlocks, qualifies
 from prunellm.runtime.decode_loop import DecodeLoop
 from tests.model_dirs import save_run
 from tests.tiny_models import VOCAB, tokens
@@ -140,9 +140,10 @@ def test_blocks_only_where_every_projection_runs_on_the_kernels(dirs, tmp_path) 
     batch beyond a layer's kernel limit: the torch loop, with its own results."""
     float32 = prunellm.load(_save(_model("llama", 1), "float32", "dense", tmp_path / "f32"), "cpu")
     assert DecodeLoop(float32, 16).blocks is None
+    assert not qualifies(float32.model.layers, torch.float32, 1)  # what bench-infer reports
 
     model = prunellm.load(dirs["llama", 1, "bfloat16", "compressed"], "cpu")
-    assert DecodeLoop(model, 16).blocks is not None
+    assert DecodeLoop(model, 16).blocks is not None and qualifies(model.model.layers, torch.bfloat16, 1)
     handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *args: None)
     assert DecodeLoop(model, 16).blocks is None
     handle.remove()

@@ -166,6 +166,17 @@ def _own_loop(model: torch.nn.Module, config: InferConfig) -> bool:
     return config.own_loop and not config.cuda_graph and supports(model)
 
 
+def _decode_path(model: torch.nn.Module, config: InferConfig) -> str:
+    """How _one_run decodes `model`: "transformers", or prunellm's loop with each block as one
+    native call ("prunellm, native blocks", runtime/decode_block.py) or as torch operations."""
+    if not _own_loop(model, config):
+        return "transformers"
+    from .decode_block import qualifies
+
+    blocks = qualifies(model.model.layers, model.model.embed_tokens.weight.dtype, config.batch_size)
+    return "prunellm, native blocks" if blocks else "prunellm, torch ops"
+
+
 def _loop_run(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """_one_run on runtime/decode_loop.py (CPU)."""
     from .decode_loop import DecodeLoop
@@ -244,7 +255,7 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     return {"variant": variant, "device": str(device), "load_seconds": load_seconds,
             "weight_bytes": weight_bytes(model), "peak_memory_bytes": max(load_peak, run_peak),
             "run_peak_memory_bytes": run_peak, "layer_paths": layer_paths(model),
-            "decode_loop": "prunellm" if _own_loop(model, config) else "transformers",
+            "decode_loop": _decode_path(model, config),
             "prefill_tokens_per_second": config.batch_size * config.prompt_tokens / prefill,
             "decode_tokens_per_second": config.batch_size * steps / decode,
             "decode_ms_per_step": 1000 * decode / steps, "prefill_ms": 1000 * prefill, **asdict(config)}

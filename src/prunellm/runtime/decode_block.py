@@ -53,6 +53,17 @@ def _is_silu(act: nn.Module) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
 
 
+def qualifies(layers: Sequence[nn.Module], dtype: torch.dtype, batch_size: int) -> bool:
+    """Whether NativeBlocks.build takes these decoder layers for activations of `dtype` and
+    `batch_size` tokens a step: the library built, float32 or bfloat16, SiLU, and every
+    projection on the kernels at that call size."""
+    if dtype not in DTYPE_CODES or not cpu_kernels.available():
+        return False
+    return all(_is_silu(layer.mlp.act_fn) and
+               all(kernel_weight(layer.get_submodule(name), dtype, batch_size) is not None for name in PROJECTIONS)
+               for layer in layers)
+
+
 class NativeBlocks:
     """Every decoder block of a model as a PnlBlock; holds the tensors its pointers read."""
 
@@ -70,19 +81,14 @@ class NativeBlocks:
         """The blocks of `layers` (the model's decoder layers), or None where one does not
         qualify: the library missing, a dtype other than float32/bfloat16, a projection the
         kernels would not take at `batch_size` tokens, an activation other than SiLU."""
-        if dtype not in DTYPE_CODES or not cpu_kernels.available():
+        if not qualifies(layers, dtype, batch_size):
             return None
         structs, kept = [], []
         for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
-            if not _is_silu(layer.mlp.act_fn):
-                return None
             struct = _PnlBlock()
             for index, name in enumerate(PROJECTIONS):
                 module = layer.get_submodule(name)
-                native = kernel_weight(module, dtype, batch_size)
-                if native is None:
-                    return None
-                struct.proj[index] = ctypes.pointer(native.struct)
+                struct.proj[index] = ctypes.pointer(kernel_weight(module, dtype, batch_size).struct)
                 if module.bias is not None:
                     bias = module.bias.detach().float().contiguous()
                     kept.append(bias)
