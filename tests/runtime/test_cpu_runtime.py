@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import prunellm
+from prunellm.runtime.decode_loop import DecodeLoop
 from prunellm.errors import PrunellmError
 from prunellm.formats.compressed.checkpoint import TENSORS_FILE, read_compressed, save_compressed
 from prunellm.formats.compressed.layer import compress_weight, decompress_weight
@@ -249,6 +250,10 @@ def test_smollm2_at_50_percent_generates_the_dense_models_tokens(smollm2, tmp_pa
     generated = [m.generate(ids, max_new_tokens=16, do_sample=False, min_new_tokens=16)[0].tolist()
                  for m in (loaded, pruned)]
     assert generated[0] == generated[1]
+    # prunellm's own loop, each block one native call (runtime/decode_block.py): the same tokens
+    loop = DecodeLoop(loaded, ids.shape[1] + 16)
+    assert loop.blocks is not None
+    assert ids[0].tolist() + loop.generate(ids, 16)[0].tolist() == generated[1]
 
 
 @needs_kernels
