@@ -25,6 +25,7 @@ import torch
 
 import prunellm
 from prunellm.runtime import cpu_kernels
+from prunellm.runtime.bench_infer import machine_description
 from prunellm.runtime.decode_loop import DecodeLoop, supports
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if not cpu_kernels.available():
         raise SystemExit("the native CPU kernels are not built")
+    print(machine_description("cpu"))
     print("| model | decode path | step ms | tokens/s | kernels ms | outside ms | outside share |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for directory in args.directories:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from prunellm.formats.compressed.layer import compress_weight
 from prunellm.runtime import cpu_kernels
+from prunellm.runtime.bench_infer import _cpu_name, cpu_features
 from prunellm.solvers.quant import QuantGrid
 
 SHAPES = {"attn 4096x4096": (4096, 4096), "up 11008x4096": (11008, 4096), "down 4096x11008": (4096, 11008)}
@@ -46,19 +47,7 @@ LAYOUTS = ["50% bitmask bf16", "70% bitmask bf16", "2:4 bf16", "50% bitmask + 4-
 
 
 def cpu_description() -> dict[str, str]:
-    info = {"model": platform.processor() or platform.machine(), "flags": ""}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and info["flags"] == "":
-                info["model"] = value.strip()
-            if key.strip() in ("flags", "Features"):
-                wanted = ("avx2", "fma", "f16c", "avx512", "amx", "asimd", "sve", "bf16")
-                info["flags"] = " ".join(sorted(f for f in value.split() if f.startswith(wanted)))
-                break
-    except OSError:
-        pass
-    return info
+    return {"model": _cpu_name() or platform.processor() or platform.machine(), "flags": cpu_features()}
 
 
 def timed(fn, budget_s: float = 0.4, min_runs: int = 5) -> float:

@@ -288,9 +288,26 @@ def machine_description(device: str | None = None) -> str:
     if target.type == "cuda":
         where = torch.cuda.get_device_name(target)
     else:
+        features = cpu_features()
         where = f"{_cpu_name() or platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                f"{torch.get_num_threads()} threads"
+                f"{torch.get_num_threads()} threads" + (f" ({features})" if features else "")
     return f"{where}; torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+# The CPU features a kernel figure depends on (vector widths, bfloat16 and matrix units).
+FEATURE_PREFIXES = ("avx2", "fma", "f16c", "avx512", "amx", "asimd", "sve", "bf16")
+
+
+def cpu_features() -> str:
+    """This CPU's features among FEATURE_PREFIXES (/proc/cpuinfo's flags), sorted; "" unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return " ".join(sorted(f for f in value.split() if f.startswith(FEATURE_PREFIXES)))
+    except OSError:
+        pass
+    return ""
 
 
 def _cpu_name() -> str | None:
