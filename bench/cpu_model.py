@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def plot(result: dict, path: Path) -> None:
         axes[1].annotate(name, (mib, ppl), fontsize=7)
     axes[0].set(xlabel="decode tokens/s (batch 1)", ylabel="WikiText-2 perplexity", yscale="log")
     axes[1].set(xlabel="file MiB (dense rows: weights in memory)", ylabel="WikiText-2 perplexity", yscale="log")
-    figure.suptitle(result["machine"], fontsize=8)
+    figure.suptitle(textwrap.fill(result["machine"], 90), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -174,7 +175,7 @@ def _plot_speed(result: dict, path: Path) -> None:
         axis.scatter(mib, row["decode_tokens_per_second"], **style)
         axis.annotate(row["setting"], (mib, row["decode_tokens_per_second"]), fontsize=6)
     axis.set(xlabel="weights MiB in memory", ylabel="decode tokens/s (batch 1)")
-    figure.suptitle(result["machine"], fontsize=8)
+    figure.suptitle(textwrap.fill(result["machine"], 90), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

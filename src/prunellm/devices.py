@@ -51,20 +51,23 @@ CPUINFO = Path("/proc/cpuinfo")
 
 @functools.lru_cache(maxsize=1)
 def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (BF16_FEATURES). Asks torch where it can
-    tell (torch.cpu.get_capabilities, torch >= 2.13), else reads /proc/cpuinfo's flags (x86) or
-    Features (ARM); False when neither answers."""
+    """Whether this CPU multiplies bfloat16 natively (BF16_FEATURES)."""
+    return any(cpu_has(name) for name in BF16_FEATURES)
+
+
+def cpu_has(feature: str) -> bool:
+    """Whether this CPU has `feature` ("amx_bf16", "avx512_bf16", ARM's "bf16"...). Asks torch
+    where it can tell (torch.cpu.get_capabilities, torch >= 2.13), else reads /proc/cpuinfo's
+    flags (x86) or Features (ARM); False when neither answers."""
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
-        found = capabilities()
-        return any(found.get(name) is True for name in BF16_FEATURES)
+        return capabilities().get(feature) is True
     try:
         text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
-    flags = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return any(name in flags for name in BF16_FEATURES)
+            return feature in value.split()
+    return False

@@ -9,6 +9,11 @@ residual, with each intermediate rounded to the model's dtype where the torch lo
 
     blocks = NativeBlocks.build(layers, keys, values, ...)   # None when a block does not qualify
     blocks.run(x, cos, sin, pos)                              # x (B, C) in place
+
+The structs point at the model's weights, norms and the loop's caches as they are at build: a
+DecodeLoop builds them for its own life, during which the model is not moved or cast. Attention
+runs on the calling thread (a decode's contexts of hundreds of positions cost microseconds a
+block); the products on the thread team.
 """
 
 from __future__ import annotations

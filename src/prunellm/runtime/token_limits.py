@@ -11,14 +11,17 @@ compressed layer's is expanding the weight for the call, then that product.
 
 The figures are the largest measured token count (of 1, 2, 4, 8, 16) at which the kernel beat
 its alternative at every LLaMA-7B shape, two threads, on the AVX-512 machine of bench/README.md
-("Per-layer CPU kernels", whose crossover table `bench/layer_kernels.py` prints). Other CPUs
-cross elsewhere (a CPU with AMX runs torch's bfloat16 product faster from fewer tokens); a
-wrong limit costs speed, never exactness: both paths give the layer's product.
+("Per-layer CPU kernels", whose crossover table `bench/layer_kernels.py` prints). A CPU with
+AMX crosses sooner with bfloat16 activations: torch's bfloat16 product runs on its tiles and
+costs about the same from 1 to 16 tokens (the Xeon AMX VM's table there). Other CPUs cross
+elsewhere; a wrong limit costs speed, never exactness: both paths give the layer's product.
 """
 
 from __future__ import annotations
 
 import torch
+
+from prunellm.devices import cpu_has
 
 MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
 # The AVX-512 float32 kernels (float32 activations, or bfloat16 ones widened on the avx512 level):
@@ -31,6 +34,10 @@ FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
 # every count up to 16, a dense layer's beat torch's bfloat16 product up to 4 tokens
 # (bench/README.md's crossover table).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
+# The same on a CPU with AMX (amx_bf16), against torch's bfloat16 product on AMX tiles: the
+# kernels beat it at every 7B shape up to 1 token dense, 4 for stored values (50% bitmask), 8
+# for 4- and 8-bit codes (bench/results/layer_kernels_xeon.json).
+AMX_BF16_DOT_PATH = {"dense": 1, "values": 4, "4-bit": 8, "8-bit": 8}
 AVX512_LEVELS = ("avx512", "avx512bf16")
 BF16_DOT_LEVEL = "avx512bf16"
 # Codes of this many bits and fewer make the "4-bit" family (nibble containers); wider, "8-bit".
@@ -47,10 +54,13 @@ def family(code_bits: int | None) -> str:
     return "4-bit" if code_bits <= BF16_DOT_CODE_BITS else "8-bit"
 
 
-def limits(code_bits: int | None, level: str) -> dict[torch.dtype, int]:
+def limits(code_bits: int | None, level: str, amx: bool | None = None) -> dict[torch.dtype, int]:
     """Tokens per call up to which the kernel runs, by activation dtype, for a layer whose codes
-    take `code_bits` (see `family`) on kernel level `level` (cpu_kernels.isa())."""
+    take `code_bits` (see `family`) on kernel level `level` (cpu_kernels.isa()); `amx`: whether
+    torch's bfloat16 products run on AMX (None: whether this CPU has amx_bf16)."""
     key = family(code_bits)
     wide = (AVX512_PATH if level in AVX512_LEVELS else FLOAT32_PATH)[key]
-    bf16 = BF16_DOT_PATH[key] if level == BF16_DOT_LEVEL else wide
+    if amx is None:
+        amx = cpu_has("amx_bf16")
+    bf16 = (AMX_BF16_DOT_PATH if amx else BF16_DOT_PATH)[key] if level == BF16_DOT_LEVEL else wide
     return {torch.float32: wide, torch.bfloat16: bf16}
