@@ -32,10 +32,15 @@ def _agree(W, H, fast, reference, exact_mask: bool) -> None:
     if exact_mask:
         assert torch.equal(fast.mask, reference.mask)
         torch.testing.assert_close(fast.weight, reference.weight, rtol=1e-4, atol=1e-5)
-    else:  # a weight on the edge of a rounding step may fall either way after a last-bit difference
+    else:
+        # A weight on the edge of a rounding step (or a grid's scale search on the edge between
+        # two scales) may fall either way after a last-bit difference, and the sweep's error
+        # feedback carries that into the rest of its row: rows differ whole or not at all (on an
+        # Intel CPU, 3 of 48 rows of the q6_k case, from column 48 on; none on Zen 4). The
+        # layer's error, below, is what must not move.
         assert (fast.mask == reference.mask).float().mean() > 0.999
-        assert (fast.weight == reference.weight).float().mean() > 0.99 or \
-            torch.allclose(fast.weight, reference.weight, rtol=1e-3, atol=1e-4)
+        rows_equal = (fast.weight == reference.weight).all(dim=1).float().mean()
+        assert rows_equal >= 0.9 or torch.allclose(fast.weight, reference.weight, rtol=1e-3, atol=1e-4)
     ours, theirs = layer_error(W, fast.weight, H), layer_error(W, reference.weight, H)
     assert ours == pytest.approx(theirs, rel=1e-3)
 
