@@ -33,7 +33,7 @@ ISA_FLAGS = {
 }
 SOURCES = [name for name in ISA_FLAGS if X86 or not name.startswith("avx")]
 # -Wno-maybe-uninitialized: GCC 12 warns inside its own _mm512_reduce_add_ps.
-COMMON = ["-O3", "-g0", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-pthread",
+COMMON = ["-O3", "-g0", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-pthread",
           "-Wno-maybe-uninitialized"]
 
 

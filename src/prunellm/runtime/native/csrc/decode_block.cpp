@@ -134,7 +134,7 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     // Scratch, kept per thread: the dtype buffers (norm output, attention output, MLP activation)
     // and the float32 products.
     thread_local std::vector<float> floats;
-    const int64_t need = B * C * 2 + B * H * D * 2 + B * KV * D * 2 + B * I * 3 + L + H * D + D + 64;
+    const int64_t need = B * C * 2 + B * H * D * 2 + B * KV * D * 2 + B * I * 3 + H * L + H * D * 2 + 64;
     if ((int64_t)floats.size() < need) floats.resize(need);
     float* at = floats.data();
     auto take = [&at](int64_t n) { float* p = at; at += n; return p; };
@@ -147,9 +147,9 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     float* yg = take(B * I);
     float* yu = take(B * I);
     void* act = take(B * I);          // SiLU(gate) * up, dtype
-    float* probs = take(L);
+    float* probs = take(group * L);
     float* q = take(H * D);           // one token's rotated queries, float32
-    float* head_out = take(D);
+    float* heads_out = take(group * D);  // one key/value head's query heads
     float* yd = yo;                   // down's output reuses o's
     const int bf16_x = dt.bf16 ? 1 : 0;
     int done;
@@ -180,12 +180,12 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
         }
         for (int64_t head = 0; head < H; ++head)
             for (int64_t d = 0; d < D; ++d) q[head * D + d] = rotated(yq, b->bias[Q], t * H * D + head * D, head * D, d);
-        for (int64_t head = 0; head < H; ++head) {
-            const int64_t g = head / group;  // grouped-query heads share a key/value head
+        for (int64_t g = 0; g < KV; ++g) {  // query heads g*G .. g*G+G-1 share key/value head g
             const float* keys = b->keys + (t * KV + g) * b->max_len * D;
             const float* values = b->values + (t * KV + g) * b->max_len * D;
-            attend(q + head * D, keys, values, L, D, D, b->scaling, probs, head_out);
-            for (int64_t d = 0; d < D; ++d) dt.store(attn, t * H * D + head * D + d, dt.round(head_out[d]));
+            attend(q + g * group * D, keys, values, L, D, D, group, b->scaling, probs, heads_out);
+            for (int64_t i = 0; i < group * D; ++i)
+                dt.store(attn, t * H * D + g * group * D + i, dt.round(heads_out[i]));
         }
     }
     const PnlWeight* o = b->proj[O];

@@ -60,17 +60,18 @@ int pnl_vector_reads(const PnlWeight* w, int lanes);
 // call of the thread team; x float32 or bfloat16 (x_bf16). Returns 0, -1 (level), -2 (arguments).
 int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_bf16, int64_t tokens,
                     float* const* ys, int threads, int level);
-// One query head's attention at decode (attend.inc), per ISA file: out (D) = softmax(keys (L, D)
-// @ q * scaling) @ values (L, D), float32, key/value rows `stride` floats apart; probs: L floats.
+// Attention at decode for the G query heads of one key/value head (attend.inc), per ISA file:
+// out (G, D) = softmax(keys (L, D) @ q (G, D)ᵀ * scaling) @ values (L, D), float32, key/value
+// rows `stride` floats apart; probs: G * L floats.
 typedef void (*PnlAttend)(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
-                          int64_t stride, float scaling, float* probs, float* out);
+                          int64_t stride, int64_t heads, float scaling, float* probs, float* out);
 void pnl_attend_portable(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
-                         int64_t stride, float scaling, float* probs, float* out);
+                         int64_t stride, int64_t heads, float scaling, float* probs, float* out);
 #if defined(__x86_64__) || defined(_M_X64)
 void pnl_attend_avx2(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
-                     int64_t stride, float scaling, float* probs, float* out);
+                     int64_t stride, int64_t heads, float scaling, float* probs, float* out);
 void pnl_attend_avx512(const float* q, const float* keys, const float* values, int64_t length, int64_t dim,
-                       int64_t stride, float scaling, float* probs, float* out);
+                       int64_t stride, int64_t heads, float scaling, float* probs, float* out);
 void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
                    int64_t row_begin, int64_t row_end, uint8_t* scratch);
 void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
