@@ -12,8 +12,8 @@ residual, with each intermediate rounded to the model's dtype where the torch lo
 
 The structs point at the model's weights, norms and the loop's caches as they are at build: a
 DecodeLoop builds them for its own life, during which the model is not moved or cast. Attention
-runs on the calling thread (a decode's contexts of hundreds of positions cost microseconds a
-block); the products on the thread team.
+runs on the calling thread, the products on the thread team: at a few hundred positions
+attention is a small part of a step, at thousands most of it (bench/README.md, "A decode step").
 """
 
 from __future__ import annotations
