@@ -51,9 +51,9 @@ BATCH = {"dense": 1, "compressed": 2}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def _model(arch: str, layers: int, hidden_act: str = "silu") -> torch.nn.Module:
+def _model(arch: str, layers: int, hidden_act: str = "silu", positions: int = 256) -> torch.nn.Module:
     config = CONFIGS[arch](layers)
-    config.hidden_act = hidden_act
+    config.hidden_act, config.max_position_embeddings = hidden_act, positions
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     if arch == "qwen2":  # biases drawn like weights, so that adding them shows
@@ -108,6 +108,21 @@ def test_one_block_rounds_where_the_torch_loop_rounds(dirs, level, threads, arch
     _agree(got, expected, dtype)
     for ours, theirs in ((native.keys[0], plain.keys[0]), (native.values[0], plain.values[0])):
         _agree(ours[:, :, 20], theirs[:, :, 20], dtype)  # the position written at this step
+
+
+@pytest.mark.parametrize("dtype, kind", [("bfloat16", "compressed"), ("float32", "compressed")])
+def test_a_long_context_splits_attention_over_the_team(tmp_path, threads, dtype: str, kind: str) -> None:
+    """1400 cached positions (8 heads of 24: past the block's threshold for handing attention to
+    the team, one item per key/value head): the block still gives the torch loop's output."""
+    directory = _save(_model("llama", 1, positions=1500), dtype, kind, tmp_path / f"long-{dtype}")
+    native, plain = _loops(directory, batch=2, length=1410)
+    ids = tokens(2, 1400, seed=4)
+    native.prefill(ids), plain.prefill(ids)
+    native.head = plain.head = lambda hidden: hidden
+    token = torch.tensor([7, 9])
+    got, expected = native.step(token).float(), plain.step(token).float()
+    assert 2 * 1401 * 8 * 24 >= 1 << 18  # the products kTeamAttentionProducts counts
+    _agree(got, expected, dtype)
 
 
 def _agree(got: torch.Tensor, expected: torch.Tensor, dtype: str) -> None:

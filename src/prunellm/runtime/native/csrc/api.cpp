@@ -76,10 +76,19 @@ struct Job {
     size_t scratch_bytes;
     PnlKernelBf16 kernel_bf16 = nullptr;
     const uint16_t* xb = nullptr;
+    PnlTask task = nullptr;  // set: items [0, items) split over the parts, no weight
+    void* context = nullptr;
+    int64_t items = 0;
 };
 
-// A part's rows: contiguous, balanced by count, in multiples of 8 (whole cache lines of y).
+// A part's rows: contiguous, balanced by count, in multiples of 8 (whole cache lines of y); a
+// task's items: contiguous, balanced by count.
 void run_part(const Job& job, int part, uint8_t* scratch) {
+    if (job.task) {
+        const int64_t begin = job.items * part / job.parts, end = job.items * (part + 1) / job.parts;
+        if (begin < end) job.task(job.context, begin, end);
+        return;
+    }
     const int64_t R = job.w->rows, unit = 8, units = (R + unit - 1) / unit;
     int64_t begin = units * part / job.parts * unit, end = units * (part + 1) / job.parts * unit;
     if (end > R) end = R;
@@ -365,6 +374,20 @@ PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
     thread_local std::vector<uint8_t> scratch;
     run_parts(job, grow(scratch, job.scratch_bytes));
     return 0;
+}
+
+// task(context, begin, end) over items [0, items) split in up to `threads` contiguous parts,
+// on the thread team as the products are; returns when every part is done.
+void pnl_parallel_for(PnlTask task, void* context, int64_t items, int threads) {
+    if (items < 1) return;
+    int parts = (int)(items < threads ? items : threads);
+    if (parts < 1) parts = 1;
+    Job job{nullptr, nullptr, nullptr, 0, nullptr, parts, 0};
+    job.task = task;
+    job.context = context;
+    job.items = items;
+    thread_local std::vector<uint8_t> scratch;
+    run_jobs(&job, 1, parts, grow(scratch, 0));
 }
 
 // Windows links a Python extension only with this symbol; ctypes never calls it.

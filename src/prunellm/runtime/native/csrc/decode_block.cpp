@@ -103,6 +103,37 @@ PnlAttend attend_for(int level) {
     return pnl_attend_portable;
 }
 
+// Products (positions x query heads x head size, over the batch) from which a block's attention
+// is split over the team: below, a wake-up costs more than the work (a few hundred positions).
+constexpr int64_t kTeamAttentionProducts = int64_t(1) << 18;
+
+// One block's attention at one step: queries q (B, H, D) rotated, output attn (B, H * D) in the
+// dtype; item i is token i / KV's key/value head i % KV and its query heads.
+struct Attention {
+    const PnlBlock* b;
+    Dtype dt;
+    PnlAttend attend;
+    const float* q;
+    void* attn;
+    int64_t length, dim, heads, kv_heads;
+};
+
+void attend_items(void* context, int64_t begin, int64_t end) {
+    const Attention& a = *static_cast<const Attention*>(context);
+    const int64_t D = a.dim, H = a.heads, KV = a.kv_heads, group = H / KV, M = a.b->max_len;
+    thread_local std::vector<float> scratch;  // probabilities (G, L), then outputs (G, D)
+    if ((int64_t)scratch.size() < group * (a.length + D)) scratch.resize(group * (a.length + D));
+    float* probs = scratch.data();
+    float* out = probs + group * a.length;
+    for (int64_t item = begin; item < end; ++item) {
+        const int64_t t = item / KV, g = item % KV;  // query heads g*G .. g*G+G-1 read key/value head g
+        a.attend(a.q + (t * H + g * group) * D, a.b->keys + (t * KV + g) * M * D, a.b->values + (t * KV + g) * M * D,
+                 a.length, D, D, group, a.b->scaling, probs, out);
+        for (int64_t i = 0; i < group * D; ++i)
+            a.dt.store(a.attn, t * H * D + g * group * D + i, a.dt.round(out[i]));
+    }
+}
+
 bool valid(const PnlBlock* b, int64_t pos) {
     for (const PnlWeight* w : b->proj)
         if (!w) return false;
@@ -130,11 +161,11 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     if (!b || !x || !cos || !sin || batch < 1 || (dtype != PNL_F32 && dtype != PNL_BF16) || !valid(b, pos)) return -2;
     const Dtype dt{dtype == PNL_BF16};
     const int64_t B = batch, C = b->proj[Q]->cols, H = b->heads, KV = b->kv_heads, D = b->head_dim;
-    const int64_t I = b->proj[GATE]->rows, half = D / 2, L = pos + 1, group = H / KV;
+    const int64_t I = b->proj[GATE]->rows, half = D / 2, L = pos + 1;
     // Scratch, kept per thread: the dtype buffers (norm output, attention output, MLP activation)
     // and the float32 products.
     thread_local std::vector<float> floats;
-    const int64_t need = B * C * 2 + B * H * D * 2 + B * KV * D * 2 + B * I * 3 + H * L + H * D * 2 + 64;
+    const int64_t need = B * C * 2 + B * H * D * 3 + B * KV * D * 2 + B * I * 3 + 64;
     if ((int64_t)floats.size() < need) floats.resize(need);
     float* at = floats.data();
     auto take = [&at](int64_t n) { float* p = at; at += n; return p; };
@@ -147,9 +178,7 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     float* yg = take(B * I);
     float* yu = take(B * I);
     void* act = take(B * I);          // SiLU(gate) * up, dtype
-    float* probs = take(group * L);
-    float* q = take(H * D);           // one token's rotated queries, float32
-    float* heads_out = take(group * D);  // one key/value head's query heads
+    float* q = take(B * H * D);       // rotated queries, float32
     float* yd = yo;                   // down's output reuses o's
     const int bf16_x = dt.bf16 ? 1 : 0;
     int done;
@@ -159,7 +188,6 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     const PnlWeight* qkv[3] = {b->proj[Q], b->proj[K], b->proj[V]};
     float* qkv_out[3] = {yq, yk, yv};
     if ((done = pnl_matmul_many(qkv, 3, h, bf16_x, B, qkv_out, threads, level)) != 0) return done;
-    const PnlAttend attend = attend_for(level);
     for (int64_t t = 0; t < B; ++t) {
         // rotary on one head's outputs (y from `first`, its bias from `feature`): x * cos +
         // roll(x, D/2) * sin, each product and the sum rounded to the dtype
@@ -179,15 +207,16 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
             }
         }
         for (int64_t head = 0; head < H; ++head)
-            for (int64_t d = 0; d < D; ++d) q[head * D + d] = rotated(yq, b->bias[Q], t * H * D + head * D, head * D, d);
-        for (int64_t g = 0; g < KV; ++g) {  // query heads g*G .. g*G+G-1 share key/value head g
-            const float* keys = b->keys + (t * KV + g) * b->max_len * D;
-            const float* values = b->values + (t * KV + g) * b->max_len * D;
-            attend(q + g * group * D, keys, values, L, D, D, group, b->scaling, probs, heads_out);
-            for (int64_t i = 0; i < group * D; ++i)
-                dt.store(attn, t * H * D + g * group * D + i, dt.round(heads_out[i]));
-        }
+            for (int64_t d = 0; d < D; ++d)
+                q[t * H * D + head * D + d] = rotated(yq, b->bias[Q], t * H * D + head * D, head * D, d);
     }
+    // attention, one item per token and key/value head: on the team once the cache is long
+    // enough to be worth a wake-up, else here
+    Attention work{b, dt, attend_for(level), q, attn, L, D, H, KV};
+    if (B * L * H * D >= kTeamAttentionProducts && threads > 1)
+        pnl_parallel_for(attend_items, &work, B * KV, threads);
+    else
+        attend_items(&work, 0, B * KV);
     const PnlWeight* o = b->proj[O];
     if ((done = pnl_matmul_many(&o, 1, attn, bf16_x, B, &yo, threads, level)) != 0) return done;
     for (int64_t i = 0; i < B * C; ++i)

@@ -60,6 +60,10 @@ int pnl_vector_reads(const PnlWeight* w, int lanes);
 // call of the thread team; x float32 or bfloat16 (x_bf16). Returns 0, -1 (level), -2 (arguments).
 int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_bf16, int64_t tokens,
                     float* const* ys, int threads, int level);
+// api.cpp: task(context, begin, end) over items [0, items) in up to `threads` contiguous parts
+// on the products' thread team (the calling thread one of them); returns when all are done.
+typedef void (*PnlTask)(void* context, int64_t begin, int64_t end);
+void pnl_parallel_for(PnlTask task, void* context, int64_t items, int threads);
 // Attention at decode for the G query heads of one key/value head (attend.inc), per ISA file:
 // out (G, D) = softmax(keys (L, D) @ q (G, D)ᵀ * scaling) @ values (L, D), float32, key/value
 // rows `stride` floats apart; probs: G * L floats.
