@@ -62,12 +62,17 @@ def cpu_has(feature: str) -> bool:
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
         return capabilities().get(feature) is True
+    return feature in cpu_flags()
+
+
+def cpu_flags() -> list[str]:
+    """/proc/cpuinfo's flags (x86) or Features (ARM) of the first CPU; [] where it cannot be read."""
     try:
         text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
+        return []
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip().lower() in ("flags", "features"):
-            return feature in value.split()
-    return False
+            return value.split()
+    return []

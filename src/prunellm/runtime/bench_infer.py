@@ -300,14 +300,9 @@ FEATURE_PREFIXES = ("avx2", "fma", "f16c", "avx512", "amx", "asimd", "sve", "bf1
 
 def cpu_features() -> str:
     """This CPU's features among FEATURE_PREFIXES (/proc/cpuinfo's flags), sorted; "" unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return " ".join(sorted(f for f in value.split() if f.startswith(FEATURE_PREFIXES)))
-    except OSError:
-        pass
-    return ""
+    from prunellm.devices import cpu_flags
+
+    return " ".join(sorted(flag for flag in cpu_flags() if flag.startswith(FEATURE_PREFIXES)))
 
 
 def _cpu_name() -> str | None:

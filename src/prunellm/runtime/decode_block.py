@@ -26,6 +26,7 @@ from torch import nn
 
 from . import cpu_kernels
 from .cpu_kernels import NativeWeight, _PnlWeight
+from .decode_loop import has_hooks
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # PnlValueKind's PNL_F32 and PNL_BF16
 # The block's projections in PnlBlock.proj's order, as decode_loop names them.
@@ -47,9 +48,7 @@ def kernel_weight(module: nn.Module, dtype: torch.dtype, tokens: int) -> NativeW
     from .dense_decode import DecodeLinear
     from .linear import CompressedLinear
 
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-        return None
-    if type(module) not in (CompressedLinear, DecodeLinear):
+    if has_hooks(module) or type(module) not in (CompressedLinear, DecodeLinear):
         return None
     return module.native_for(dtype, tokens)
 
@@ -58,13 +57,19 @@ def _is_silu(act: nn.Module) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
 
 
+def _norms(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return layer.input_layernorm, layer.post_attention_layernorm
+
+
 def qualifies(layers: Sequence[nn.Module], dtype: torch.dtype, batch_size: int) -> bool:
     """Whether NativeBlocks.build takes these decoder layers for activations of `dtype` and
-    `batch_size` tokens a step: the library built, float32 or bfloat16, SiLU, and every
-    projection on the kernels at that call size."""
+    `batch_size` tokens a step: the library built, float32 or bfloat16, SiLU, norms' weights in
+    that dtype (a float32 norm in a bfloat16 model would promote the torch loop's activations),
+    and every projection on the kernels at that call size."""
     if dtype not in DTYPE_CODES or not cpu_kernels.available():
         return False
     return all(_is_silu(layer.mlp.act_fn) and
+               all(norm.weight.dtype == dtype and norm.weight.is_contiguous() for norm in _norms(layer)) and
                all(kernel_weight(layer.get_submodule(name), dtype, batch_size) is not None for name in PROJECTIONS)
                for layer in layers)
 
@@ -75,7 +80,7 @@ class NativeBlocks:
     def __init__(self, structs: list[_PnlBlock], kept: list[torch.Tensor], dtype: torch.dtype) -> None:
         self.structs = structs
         self.refs = [ctypes.byref(struct) for struct in structs]
-        self.kept = kept  # biases in float32, norms: alive as long as the pointers
+        self.kept = kept  # the biases in float32: alive as long as the pointers
         self.dtype_code = DTYPE_CODES[dtype]
         self.dtype = dtype
 
@@ -98,12 +103,8 @@ class NativeBlocks:
                     bias = module.bias.detach().float().contiguous()
                     kept.append(bias)
                     struct.bias[index] = bias.data_ptr()
-            for index, norm in enumerate((layer.input_layernorm, layer.post_attention_layernorm)):
-                weight = norm.weight.detach()
-                if weight.dtype != dtype or not weight.is_contiguous():
-                    weight = weight.to(dtype).contiguous()
-                kept.append(weight)
-                struct.norm[index] = weight.data_ptr()
+            for index, norm in enumerate(_norms(layer)):
+                struct.norm[index] = norm.weight.data_ptr()  # read in place: the model holds it
                 struct.eps[index] = norm.variance_epsilon
             for cache in (layer_keys, layer_values):
                 if cache.dtype != torch.float32 or not cache.is_contiguous():

@@ -81,12 +81,15 @@ def _is_rms_norm(module: nn.Module) -> bool:
     return type(module).__name__ in ("LlamaRMSNorm", "Qwen2RMSNorm") and hasattr(module, "variance_epsilon")
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether hooks are registered on the module (a call must go through nn.Module.__call__)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
 def _call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The module's forward itself (skipping nn.Module.__call__'s checks), or the module where
     hooks are registered on it (they must run)."""
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-        return module
-    return module.forward
+    return module if has_hooks(module) else module.forward
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
