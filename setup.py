@@ -3,7 +3,8 @@
 All metadata lives in pyproject.toml; this file only adds the compiled part. The library is a
 plain C++ shared library loaded through ctypes (runtime/cpu_kernels.py), with no torch or
 Python headers in its build. Each source file is compiled with the flags of its ISA family
-(avx2.cpp with -mavx2 ..., avx512.cpp with -mavx512* ..., avx512bf16.cpp adding -mavx512bf16);
+(avx2.cpp with -mavx2 ..., avx512.cpp with -mavx512* ..., avx512bf16.cpp adding -mavx512bf16,
+amx.cpp adding -mamx-tile -mamx-bf16);
 the library picks one at run time by the CPU's features. On other machines only the portable
 file is built. When no compiler works the install still succeeds, with one warning, and
 prunellm uses its torch path.
@@ -30,6 +31,8 @@ ISA_FLAGS = {
                    "-mavx512vl", "-mavx512dq", "-mavx512vbmi2"],
     "avx512bf16.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                        "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512bf16"],
+    "amx.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
+                "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
 }
 SOURCES = [name for name in ISA_FLAGS if X86 or not name.startswith("avx")]
 # -Wno-maybe-uninitialized: GCC 12 warns inside its own _mm512_reduce_add_ps.
@@ -65,6 +68,6 @@ class BuildNative(build_ext):
 
 
 native = Extension("prunellm.runtime.native._prunellm_cpu", sources=[f"{CSRC}/{name}" for name in SOURCES],
-                   depends=[f"{CSRC}/kernels.h", f"{CSRC}/attend.inc"], language="c++")
+                   depends=[f"{CSRC}/kernels.h", f"{CSRC}/attend.inc", f"{CSRC}/bf16_sources.inc"], language="c++")
 
 setup(ext_modules=[native], cmdclass={"build_ext": BuildNative})

@@ -8,7 +8,8 @@ of 16) and groups of inputs are per row, 32, 64, 128, 256, a size the AVX-512 ke
 the portable one (40), and one that cuts n:m groups. With bfloat16 activations the avx512bf16
 level multiplies bfloat16 values and 4- and 8-bit codes of bfloat16 / float32 layers by
 vdpbf16ps (groups of whole 64 columns; the rest as avx512): every case and 1 to 16 tokens again,
-in float32.
+in float32. The amx level multiplies bfloat16 layers' decoded weights in the AMX tile unit from a
+few tokens a call: every case again with the tiles forced from 1 token.
 """
 
 from __future__ import annotations
@@ -155,18 +156,45 @@ def test_dense_weight_in_place_with_bfloat16_activations(level, dtype) -> None:
         _close(_float_sums(x, native), x, weight.float())
 
 
+@pytest.fixture
+def tiles_from_one_token():
+    """The amx level's tile kernel on every call (by default it starts at a few tokens)."""
+    before = cpu_kernels.set_tile_min_tokens(1)
+    yield
+    cpu_kernels.set_tile_min_tokens(max(before, 0))
+
+
+@pytest.mark.skipif(cpu_kernels.available() and "amx" not in cpu_kernels.supported_levels(),
+                    reason="this CPU (or its OS) lacks AMX tiles")
+@pytest.mark.parametrize("case", CASES)
+def test_the_tile_kernel_sums_as_expand_then_multiply(layers, threads, monkeypatch, tiles_from_one_token,
+                                                      case) -> None:
+    """The amx level's tiles from 1 token (rows of whole 16s on the tiles, a part's last rows
+    and the weights the tiles do not take on avx512bf16's kernels), bfloat16 activations."""
+    packed, dense, native = layers[case]
+    monkeypatch.setenv(cpu_kernels.ENV, "amx")
+    for tokens in (1, 2, 5, 16):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+
+
 @pytest.mark.skipif(cpu_kernels.available() and "avx512bf16" not in cpu_kernels.supported_levels(),
                     reason="this CPU lacks AVX512_BF16")
 @pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384", "qquant:4:row:200:bfloat16",
                                   "qbitmask:8:64:320:bfloat16", "qnm2-4:8:row:200", "qquant:8:128:384"])
-def test_the_bf16_level_takes_bfloat16_activations_to_vdpbf16ps(layers, monkeypatch, case) -> None:
-    """What only vdpbf16ps does: it reads bfloat16 subnormals as zero. Activations of 2^-130
-    (subnormal in bfloat16) sum to zero there and to a tiny nonzero through float32 (avx512);
-    float32 activations of the same value take the float32 kernel at either level."""
+@pytest.mark.parametrize("bf16_level", ["avx512bf16", "amx"])
+def test_the_bf16_levels_take_bfloat16_activations_to_the_bf16_products(layers, monkeypatch, tiles_from_one_token,
+                                                                        case, bf16_level) -> None:
+    """What only vdpbf16ps and the tiles' tdpbf16ps do: they read bfloat16 subnormals as zero.
+    Activations of 2^-130 (subnormal in bfloat16) sum to zero there and to a tiny nonzero
+    through float32 (avx512); float32 activations of the same value take the float32 kernel at
+    every level."""
+    if bf16_level not in cpu_kernels.supported_levels():
+        pytest.skip(f"this CPU lacks the {bf16_level} level")
     packed, dense, native = layers[case]
     x = torch.full((2, dense.shape[1]), 2.0**-130).to(torch.bfloat16)
     assert float(x[0, 0]) == 2.0**-130
-    monkeypatch.setenv(cpu_kernels.ENV, "avx512bf16")
+    monkeypatch.setenv(cpu_kernels.ENV, bf16_level)
     flushed, widened = _float_sums(x, native), cpu_kernels.matmul(x.float(), native)
     assert bool((flushed == 0).all()) and bool((widened != 0).any())
     monkeypatch.setenv(cpu_kernels.ENV, "avx512")
@@ -220,7 +248,7 @@ def test_bfloat16_activations_give_bfloat16(layers, level, case) -> None:
     y = cpu_kernels.matmul(x, native)
     assert y.dtype == torch.bfloat16
     reference = x.float() @ dense.T
-    if level != "avx512bf16":  # the same float32 sums as float32 activations, then rounded
+    if level not in ("avx512bf16", "amx"):  # the same float32 sums as float32 activations, then rounded
         assert torch.equal(y, cpu_kernels.matmul(x.float(), native).to(torch.bfloat16))
     assert bool(((y.float() - reference).abs() <= 2**-8 * reference.abs() + 1e-4 * (x.float().abs() @ dense.abs().T)
                  + 1e-6).all())

@@ -10,11 +10,13 @@ streams those bytes and expands them in registers, one pass over the weight for 
     y = matmul(x, native)             # x (T, C) float32 or bfloat16 -> y (T, R), same dtype
     w = expand(native)                # the dense (R, C) weight, bit for bit the format's expansion
 
-Products are summed in float32. The instruction set is chosen by the CPU's features
-(avx512bf16: avx512 plus AVX512_BF16, whose vdpbf16ps multiplies bfloat16 activations by
-bfloat16 values and 4- and 8-bit codes of bfloat16/float32 layers directly, the rest as avx512;
-avx512: F/BW/VL/DQ/VBMI2; avx2: AVX2/FMA/F16C; else portable C++), or forced by the environment
-variable PRUNELLM_CPU_KERNEL=portable|avx2|avx512|avx512bf16; a forced level this CPU lacks is
+Products are summed in float32. The instruction set is chosen by the CPU's features (amx:
+avx512bf16 plus AMX-TILE/AMX-BF16 and the OS's leave to use them, whose tile unit multiplies the
+decoded weights of bfloat16 layers from a few tokens a call (fewer: as avx512bf16); avx512bf16:
+avx512 plus AVX512_BF16, whose vdpbf16ps multiplies bfloat16 activations by bfloat16 values and
+4- and 8-bit codes of bfloat16/float32 layers directly, the rest as avx512; avx512:
+F/BW/VL/DQ/VBMI2; avx2: AVX2/FMA/F16C; else portable C++), or forced by the environment variable
+PRUNELLM_CPU_KERNEL=portable|avx2|avx512|avx512bf16|amx; a forced level this CPU lacks is
 refused.
 Rows are split over torch.get_num_threads() threads: torch's own OpenMP workers where torch
 runs on OpenMP (its runtime's GOMP_parallel is handed to the library at load), else the
@@ -48,11 +50,11 @@ from .cpu_layout import FLOAT_DTYPES, KIND, KernelLayout, build, container_bits
 
 log = logging.getLogger(__name__)
 
-LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
+LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "amx": 4}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 6  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 7  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -125,6 +127,7 @@ def _load() -> ctypes.CDLL | None:
         lib.pnl_use_openmp.argtypes = [ctypes.c_void_p]
         lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]
         lib.pnl_set_min_part_weights.restype = ctypes.c_int64
+        lib.pnl_set_tile_min_tokens.argtypes = [ctypes.c_int]
         if lib.pnl_abi_version() != ABI_VERSION:
             raise OSError("library built from other sources: reinstall prunellm")
     except (OSError, AttributeError) as error:
@@ -169,6 +172,13 @@ def set_min_part_weights(weights: int) -> int:
     """Products of fewer weights per thread stay on the calling thread (0: always split over the
     threads; tests use it on small layers). Returns the previous value."""
     return int(_require().pnl_set_min_part_weights(weights))
+
+
+def set_tile_min_tokens(tokens: int) -> int:
+    """On the amx level, calls of this many tokens and more multiply in the AMX tile unit (0:
+    by weight, the default: where the tiles were measured faster); tests force 1 to check the
+    tile kernel on every call. Returns the previous value (-1: by weight)."""
+    return int(_require().pnl_set_tile_min_tokens(tokens))
 
 
 def available() -> bool:

@@ -12,8 +12,9 @@ compressed layer's is expanding the weight for the call, then that product.
 The figures are the largest measured token count (of 1, 2, 4, 8, 16) at which the kernel beat
 its alternative at every LLaMA-7B shape, two threads, on the AVX-512 machine of bench/README.md
 ("Per-layer CPU kernels", whose crossover table `bench/layer_kernels.py` prints). A CPU with
-AMX crosses sooner with bfloat16 activations: torch's bfloat16 product runs on its tiles and
-costs about the same from 1 to 16 tokens (the Xeon AMX VM's table there). Other CPUs cross
+AMX crosses sooner on the avx512bf16 level with bfloat16 activations: torch's bfloat16 product
+runs on its tiles and costs about the same from 1 to 16 tokens. The amx level's kernels use the
+tiles too and keep ahead to 16 tokens (the Xeon AMX VM's table there). Other CPUs cross
 elsewhere; a wrong limit costs speed, never exactness: both paths give the layer's product.
 """
 
@@ -38,8 +39,14 @@ BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
 # kernels beat it at every 7B shape up to 1 token dense, 4 for stored values (50% bitmask), 8
 # for 4- and 8-bit codes (bench/results/layer_kernels_xeon.json).
 AMX_BF16_DOT_PATH = {"dense": 1, "values": 4, "4-bit": 8, "8-bit": 8}
-AVX512_LEVELS = ("avx512", "avx512bf16")
+# bfloat16 activations on the amx level (the tile kernel from a few tokens, vdpbf16ps below):
+# every kernel beat its alternative (the dense one torch's bfloat16 product on AMX, a compressed
+# one expanding then that product) at every 7B shape up to 16 tokens
+# (bench/results/layer_kernels_xeon.json).
+AMX_TILE_PATH = {"dense": 16, "values": 16, "4-bit": 16, "8-bit": 16}
+AVX512_LEVELS = ("avx512", "avx512bf16", "amx")
 BF16_DOT_LEVEL = "avx512bf16"
+AMX_TILE_LEVEL = "amx"
 # Codes of this many bits and fewer make the "4-bit" family (nibble containers); wider, "8-bit".
 BF16_DOT_CODE_BITS = 4
 
@@ -62,5 +69,10 @@ def limits(code_bits: int | None, level: str, amx: bool | None = None) -> dict[t
     wide = (AVX512_PATH if level in AVX512_LEVELS else FLOAT32_PATH)[key]
     if amx is None:
         amx = cpu_has("amx_bf16")
-    bf16 = (AMX_BF16_DOT_PATH if amx else BF16_DOT_PATH)[key] if level == BF16_DOT_LEVEL else wide
+    if level == AMX_TILE_LEVEL:
+        bf16 = AMX_TILE_PATH[key]
+    elif level == BF16_DOT_LEVEL:
+        bf16 = (AMX_BF16_DOT_PATH if amx else BF16_DOT_PATH)[key]
+    else:
+        bf16 = wide
     return {torch.float32: wide, torch.bfloat16: bf16}

@@ -22,6 +22,12 @@
 
 #include "kernels.h"
 
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 // The library is built with hidden symbols: only these entry points are visible to ctypes.
 #define PNL_API __attribute__((visibility("default")))
 
@@ -34,11 +40,32 @@
 constexpr int kMostJobs = 8;
 constexpr int64_t kTeamMinPartWeights = int64_t(1) << 15, kPoolMinPartWeights = int64_t(1) << 21;
 std::atomic<int64_t> min_part_weights{-1};
+// Tokens from which the AMX level multiplies in the tile unit (amx.cpp); fewer take the
+// vdpbf16ps kernel. -1: by weight (pnl_amx_min_tokens). Settable: tests run both on small calls.
+std::atomic<int> tile_min_tokens{-1};
 // Nanoseconds spent in products since the last reset (pnl_kernel_nanoseconds): bench/decode_step.py
 // splits a decode step with it.
 std::atomic<int64_t> kernel_nanoseconds{0};
 
 namespace {
+
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's leave to use the tiles'
+// state: a process must ask for it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, feature 18)
+// before its first tile instruction, or that instruction faults. Asked once.
+bool amx_usable() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__) && defined(SYS_arch_prctl)
+    static const bool usable = [] {
+        unsigned eax, ebx, ecx, edx;
+        if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+        if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
+        constexpr int kRequestPermission = 0x1023, kTileData = 18;
+        return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+    }();
+    return usable;
+#else
+    return false;
+#endif
+}
 
 bool cpu_has(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -52,13 +79,14 @@ bool cpu_has(int level) {
                __builtin_cpu_supports("avx512vbmi2");
     if (level == PNL_AVX512_BF16)
         return cpu_has(PNL_AVX512) && __builtin_cpu_supports("avx512bf16");
+    if (level == PNL_AMX_BF16) return cpu_has(PNL_AVX512_BF16) && amx_usable();
 #endif
     return level == PNL_PORTABLE;
 }
 
 PnlKernel kernel_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (level == PNL_AVX512 || level == PNL_AVX512_BF16) return pnl_rows_avx512;  // float32 activations
+    if (level >= PNL_AVX512) return pnl_rows_avx512;  // float32 activations
     if (level == PNL_AVX2) return pnl_rows_avx2;
 #endif
     return pnl_rows_portable;
@@ -241,6 +269,13 @@ float bf16_to_float(uint16_t h) {
 }
 
 // Parts for one weight: at least 64 rows and min_part_weights weights each, at most `threads`.
+#if defined(__x86_64__) || defined(_M_X64)
+int tile_tokens(const PnlWeight* w) {
+    const int set = tile_min_tokens.load(std::memory_order_relaxed);
+    return set > 0 ? set : pnl_amx_min_tokens(w);
+}
+#endif
+
 int parts_for(const PnlWeight* w, int threads) {
     int parts = (int)((w->rows + 63) / 64);
     int64_t least = min_part_weights.load(std::memory_order_relaxed);
@@ -257,7 +292,7 @@ int parts_for(const PnlWeight* w, int threads) {
 // k and v, its gate and up), their parts handed to the team in one call per pass of 16 tokens.
 int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_bf16, int64_t tokens,
                     float* const* ys, int threads, int level) {
-    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
+    if (level < PNL_PORTABLE || level > PNL_AMX_BF16 || !cpu_has(level)) return -1;
     if (count < 1 || count > kMostJobs || !x || tokens < 1) return -2;
     for (int i = 0; i < count; ++i)
         if (!ws[i] || !ys[i] || ws[i]->cols_pad % 64 || ws[i]->cols > ws[i]->cols_pad ||
@@ -279,7 +314,7 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
             const int parts = parts_for(w, threads);
 #if defined(__x86_64__) || defined(_M_X64)
             // bfloat16 activations stay bfloat16 for the vdpbf16ps kernel, where it reads this weight
-            if (level == PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
+            if (level >= PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
                 if (!xb) {
                     xb = (uint16_t*)grow(xbuf_bf16, (size_t)nt * cp * sizeof(uint16_t));
                     for (int t = 0; t < nt; ++t) {
@@ -287,8 +322,11 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
                         memset(xb + t * cp + C, 0, (cp - C) * sizeof(uint16_t));
                     }
                 }
-                // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp)
-                jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, (size_t)16 * 2 * cp + 256, pnl_rows_avx512bf16, xb};
+                // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp, amx.cpp)
+                if (level == PNL_AMX_BF16 && pnl_amx_reads(w) && nt >= tile_tokens(w))
+                    jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, pnl_amx_scratch_bytes(cp, nt) + 256, pnl_rows_amx, xb};
+                else
+                    jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, (size_t)16 * 2 * cp + 256, pnl_rows_avx512bf16, xb};
                 if (jobs[i].scratch_bytes > scratch_bytes) scratch_bytes = jobs[i].scratch_bytes;
                 continue;
             }
@@ -321,7 +359,7 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 6; }
+PNL_API int pnl_abi_version(void) { return 7; }
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's
 // default); returns the old value.
@@ -337,10 +375,14 @@ PNL_API int64_t pnl_kernel_nanoseconds(int reset) {
     return reset ? kernel_nanoseconds.exchange(0) : kernel_nanoseconds.load();
 }
 
+// Tokens per call from which the AMX level uses the tile kernel (< 1: by weight, the default);
+// returns the old value.
+PNL_API int pnl_set_tile_min_tokens(int tokens) { return tile_min_tokens.exchange(tokens < 1 ? -1 : tokens); }
+
 PNL_API int pnl_level_supported(int level) { return cpu_has(level) ? 1 : 0; }
 
 PNL_API int pnl_best_level(void) {
-    for (int level = PNL_AVX512_BF16; level > PNL_PORTABLE; --level)
+    for (int level = PNL_AMX_BF16; level > PNL_PORTABLE; --level)
         if (cpu_has(level)) return level;
     return PNL_PORTABLE;
 }
@@ -356,7 +398,7 @@ PNL_API int pnl_matmul(const PnlWeight* w, const void* x, int x_bf16, int64_t to
 // the format's decompression: vectorized at the AVX-512 levels for the weights their kernels
 // read, scalar otherwise. Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
 PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
-    if (level < PNL_PORTABLE || level > PNL_AVX512_BF16 || !cpu_has(level)) return -1;
+    if (level < PNL_PORTABLE || level > PNL_AMX_BF16 || !cpu_has(level)) return -1;
     if (!w || !out || w->cols_pad % 64 || w->cols > w->cols_pad) return -2;
     if (threads < 1) threads = 1;
     int parts = (int)((w->rows + 63) / 64);
@@ -364,7 +406,7 @@ PNL_API int pnl_expand(const PnlWeight* w, void* out, int threads, int level) {
     if (parts < 1) parts = 1;
     Job job{expand_part, w, nullptr, 0, (float*)out, parts, 0};
 #if defined(__x86_64__) || defined(_M_X64)
-    if (level == PNL_AVX512_BF16 && pnl_avx512bf16_expands(w)) {
+    if (level >= PNL_AVX512_BF16 && pnl_avx512bf16_expands(w)) {
         job.kernel = expand_part_avx512bf16;
     } else if (level >= PNL_AVX512 && pnl_vector_reads(w, 32)) {
         job.kernel = expand_part_avx512;

@@ -50,143 +50,7 @@
 
 namespace {
 
-inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
-
-// The column of a step each of a source's 64 weight words meets (a's 32, then b's), where
-// its words do not come in column order: lay_out puts the activations in that order.
-struct Order {
-    alignas(64) uint16_t col[64];
-};
-
-constexpr Order paired_order() {  // 4-bit lookups: the 32 even columns, then the 32 odd ones
-    Order o{};
-    for (int w = 0; w < 64; ++w) o.col[w] = (uint16_t)(w < 32 ? 2 * w : 2 * (w - 32) + 1);
-    return o;
-}
-
-// 8-bit codes: register v (words 16v..16v+15) holds bytes 4v..4v+3 of each 128-bit lane of
-// the step's 64 codes (vpshufb), so word w meets column 16 * lane + 4 * v + byte.
-constexpr Order by_lane_order() {
-    Order o{};
-    for (int w = 0; w < 64; ++w) o.col[w] = (uint16_t)(16 * (w % 16 / 4) + 4 * (w / 16) + w % 4);
-    return o;
-}
-
-constexpr Order kPaired = paired_order(), kByLane = by_lane_order();
-
-// Sources: the next 64 columns' weights of the current row as two registers of 32 bfloat16.
-struct BF16Values {
-    static constexpr const Order* kOrder = nullptr;  // the activations in column order
-    static constexpr bool kScaled = false;
-    const uint16_t* p;
-    void row(const PnlWeight* w, int64_t r) { p = (const uint16_t*)w->values + w->row_start[r]; }
-    void group(const PnlWeight*, int64_t, int64_t) {}
-    float scale() const { return 1.0f; }
-    template <bool MASKED>
-    void next(uint64_t m, __m512bh& a, __m512bh& b) {
-        if (MASKED) {
-            __mmask32 k0 = (__mmask32)m, k1 = (__mmask32)(m >> 32);
-            const uint16_t* q = p + __builtin_popcount((unsigned)k0);
-            a = as_bh(_mm512_maskz_expand_epi16(k0, _mm512_loadu_si512((const void*)p)));
-            b = as_bh(_mm512_maskz_expand_epi16(k1, _mm512_loadu_si512((const void*)q)));
-            p += __builtin_popcountll(m);
-        } else {
-            a = as_bh(_mm512_loadu_si512((const void*)p));
-            b = as_bh(_mm512_loadu_si512((const void*)(p + 32)));
-            p += 64;
-        }
-    }
-};
-
-// 4-bit codes (first code of a byte in its low nibble); BF16: the layer's dtype is bfloat16
-// (table of weights), else float32 (table of code - zero, scaled per group).
-template <bool BF16>
-struct Code4Values {
-    static constexpr const Order* kOrder = &kPaired;  // the activations as the lookups give columns
-    static constexpr bool kScaled = !BF16;
-    const uint8_t* base;
-    int64_t p;  // the next code's index
-    __m512i table;  // the 16 entries' bfloat16 words, in the low 256 bits (vpermw's table)
-    float s;
-    void row(const PnlWeight* w, int64_t r) {
-        base = (const uint8_t*)w->values;
-        p = w->row_start[r];
-    }
-    void group(const PnlWeight* w, int64_t r, int64_t g) {
-        const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        s = w->scales[r * w->groups + g];
-        __m512 v = _mm512_sub_ps(codes, _mm512_set1_ps(w->zeros[r * w->groups + g]));
-        if (BF16) v = _mm512_mul_ps(_mm512_set1_ps(s), v);
-        // vcvtneps2bf16: nearest even, as decompress_weight rounds (a weight below 1e-38 read as
-        // zero, as the 8-bit path's vcvtne2ps2bf16); a float32 layer's integers are exact
-        table = _mm512_zextsi256_si512((__m256i)_mm512_cvtneps_pbh(v));
-    }
-    float scale() const { return s; }
-    template <bool MASKED>
-    void next(uint64_t m, __m512bh& a, __m512bh& b) {
-        const uint8_t* q = base + (p >> 1);
-        __m256i packed = _mm256_loadu_si256((const __m256i*)q);
-        if (MASKED) {  // 64 codes from code p: the 32 bytes from q, half a byte on when p is odd
-            __m256i next8 = _mm256_loadu_si256((const __m256i*)(q + 8));
-            packed = _mm256_shrdv_epi64(packed, next8, _mm256_set1_epi64x((p & 1) * 4));
-            p += __builtin_popcountll(m);
-        } else {
-            p += 64;
-        }
-        // byte j (c[2j+1] << 4 | c[2j]) -> word j (c[2j+1] << 8 | c[2j]): a code a byte, in order
-        __m512i words = _mm512_cvtepu8_epi16(packed);
-        __m512i codes = _mm512_ternarylogic_epi32(words, _mm512_slli_epi16(words, 4), _mm512_set1_epi16(0x0f0f),
-                                                  0xa8);  // (A | B) & C
-        // word j of the placed codes: the even column's code in its low byte (vpermw reads bits
-        // 0-4 of an index: the code), the odd column's in its high byte; columns without a value
-        // get index 16, the table's zero upper half
-        if (MASKED) codes = _mm512_mask_expand_epi8(_mm512_set1_epi8(16), m, codes);
-        a = as_bh(_mm512_permutexvar_epi16(codes, table));
-        b = as_bh(_mm512_permutexvar_epi16(_mm512_srli_epi16(codes, 8), table));
-    }
-};
-
-// 8-bit codes, a byte each; BF16: the layer's dtype is bfloat16 (the weights rounded), else
-// float32 (code - zero, scaled per group). See the top of the file.
-template <bool BF16>
-struct Code8Values {
-    static constexpr const Order* kOrder = &kByLane;
-    static constexpr bool kScaled = !BF16;
-    const uint8_t* p;
-    __m512i fill;  // the group's zero point in every byte: a column without a value
-    __m512 bias;   // 2^23 + zero
-    __m512 vs;     // the scale, for a bfloat16 layer's weights
-    float s;
-    void row(const PnlWeight* w, int64_t r) { p = (const uint8_t*)w->values + w->row_start[r]; }
-    void group(const PnlWeight* w, int64_t r, int64_t g) {
-        s = w->scales[r * w->groups + g];
-        const float z = w->zeros[r * w->groups + g];  // an integer in [0, 255]
-        fill = _mm512_set1_epi8((char)(int)z);
-        bias = _mm512_set1_ps(8388608.0f + z);
-        vs = _mm512_set1_ps(s);
-    }
-    float scale() const { return s; }
-    template <bool MASKED>
-    void next(uint64_t m, __m512bh& a, __m512bh& b) {
-        __m512i codes = _mm512_loadu_si512((const void*)p);
-        if (MASKED) {
-            codes = _mm512_mask_expand_epi8(fill, m, codes);
-            p += __builtin_popcountll(m);
-        } else {
-            p += 64;
-        }
-        a = _mm512_cvtne2ps_pbh(weights(codes, 1), weights(codes, 0));  // the second operand: low words
-        b = _mm512_cvtne2ps_pbh(weights(codes, 3), weights(codes, 2));
-    }
-    // Register v of the step (kByLane): bytes 4v..4v+3 of each lane as float32 weights.
-    __m512 weights(__m512i codes, int v) const {
-        const __m512i pick = _mm512_add_epi32(_mm512_setr4_epi32(0, 1, 2, 3), _mm512_set1_epi32(4 * v));
-        const __m512i biased = _mm512_mask_shuffle_epi8(_mm512_set1_epi32(0x4b000000),  // 2^23
-                                                        (__mmask64)0x1111111111111111ull, codes, pick);
-        const __m512 d = _mm512_sub_ps(_mm512_castsi512_ps(biased), bias);  // code - zero, exact
-        return BF16 ? _mm512_mul_ps(d, vs) : d;
-    }
-};
+#include "bf16_sources.inc"
 
 // The activations re-laid out step by step: per 64 columns, every token's 64 in turn. With the
 // tokens' rows cols_pad apart, 16 tokens' loads of one step fall in one L1 set (4096 columns are
@@ -256,7 +120,7 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
             next_group += gs;
         }
         __m512bh a[RB], b[RB];
-        for (int i = 0; i < RB; ++i) src[i].template next<MASKED>(MASKED ? mrow[i][word] : ~(uint64_t)0, a[i], b[i]);
+        for (int i = 0; i < RB; ++i) src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, a[i], b[i]);
         for (int t = 0; t < NT; ++t) {
             const __m512bh xa = as_bh(_mm512_load_si512((const void*)(x + (word * NT + t) * 64)));
             const __m512bh xb = as_bh(_mm512_load_si512((const void*)(x + (word * NT + t) * 64 + 32)));
@@ -367,7 +231,7 @@ void expand_rows(const PnlWeight* w, void* out, int64_t r0, int64_t r1) {
             }
             const uint64_t m = MASKED ? mrow[word] : ~(uint64_t)0;
             __m512bh a, b;
-            src.template next<MASKED>(m, a, b);
+            src.template next<MASKED>(MASKED ? mrow + word : nullptr, a, b);
             // columns c..c+31 and c+32..c+63, a column without a value +0
             const __mmask32 k0 = MASKED ? (__mmask32)m : ~(__mmask32)0, k1 = MASKED ? (__mmask32)(m >> 32) : k0;
             __m512i lo = _mm512_maskz_permutex2var_epi16(k0, (__m512i)a, ia, (__m512i)b);

@@ -97,7 +97,7 @@ float projected(const Dtype& dt, const float* y, const float* bias, int64_t i, i
 
 PnlAttend attend_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (level == PNL_AVX512 || level == PNL_AVX512_BF16) return pnl_attend_avx512;
+    if (level >= PNL_AVX512) return pnl_attend_avx512;
     if (level == PNL_AVX2) return pnl_attend_avx2;
 #endif
     return pnl_attend_portable;

@@ -11,6 +11,7 @@
 // copy the linker keeps for the portable one.
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -26,7 +27,10 @@ enum PnlValueKind {
 
 // PNL_AVX512_BF16: the AVX-512 level plus AVX512_BF16; bfloat16 activations of the
 // weights pnl_avx512bf16_reads takes go through vdpbf16ps, everything else as PNL_AVX512.
-enum PnlLevel { PNL_PORTABLE = 0, PNL_AVX2 = 1, PNL_AVX512 = 2, PNL_AVX512_BF16 = 3 };
+// PNL_AMX_BF16: the AVX512_BF16 level plus AMX-TILE/AMX-BF16 (and the OS's leave to use the
+// tiles); the bfloat16 weights pnl_amx_reads takes go through the tile unit (amx.cpp), everything
+// else as PNL_AVX512_BF16.
+enum PnlLevel { PNL_PORTABLE = 0, PNL_AVX2 = 1, PNL_AVX512 = 2, PNL_AVX512_BF16 = 3, PNL_AMX_BF16 = 4 };
 
 typedef struct PnlWeight {
     int64_t rows;        // R
@@ -95,6 +99,13 @@ int pnl_avx512bf16_reads(const PnlWeight* w);
 // 64 columns a step.
 int pnl_avx512bf16_expands(const PnlWeight* w);
 void pnl_expand_rows_avx512bf16(const PnlWeight* w, void* out, int64_t row_begin, int64_t row_end);
+// amx.cpp: the tile kernel, for a weight pnl_amx_reads takes (a bfloat16 layer the avx512bf16
+// kernel reads), bfloat16 activations as pnl_rows_avx512bf16; scratch: pnl_amx_scratch_bytes.
+int pnl_amx_reads(const PnlWeight* w);
+int pnl_amx_min_tokens(const PnlWeight* w);  // tokens from which the tiles are the faster kernel
+size_t pnl_amx_scratch_bytes(int64_t cols_pad, int tokens);
+void pnl_rows_amx(const PnlWeight* w, const uint16_t* xb, int tokens, float* y, int64_t row_begin, int64_t row_end,
+                  uint8_t* scratch);
 #endif
 
 #ifdef __cplusplus
