@@ -53,22 +53,13 @@ void configure(int tokens) {
 // 32-bit pair per token. xq: cols_pad * tokens words.
 template <const Order* ORDER>
 void lay_out_pairs(const uint16_t* xb, int tokens, int64_t cp, uint32_t* xq) {
-    __m512i ia = _mm512_setzero_si512(), ib = ia;
-    if constexpr (ORDER != nullptr) {
-        ia = _mm512_load_si512((const void*)ORDER->col);
-        ib = _mm512_load_si512((const void*)(ORDER->col + 32));
-    }
+    const StepOrder<ORDER> order;
     const __m512i across = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                               _mm512_set1_epi32(tokens));  // pair k of a token at k * tokens
     for (int64_t c = 0; c < cp; c += 64, xq += 32 * tokens)
         for (int t = 0; t < tokens; ++t) {
-            __m512i x0 = _mm512_loadu_si512((const void*)(xb + t * cp + c));
-            __m512i x1 = _mm512_loadu_si512((const void*)(xb + t * cp + c + 32));
-            if constexpr (ORDER != nullptr) {
-                __m512i first = _mm512_permutex2var_epi16(x0, ia, x1);
-                x1 = _mm512_permutex2var_epi16(x0, ib, x1);
-                x0 = first;
-            }
+            __m512i x0, x1;
+            order.load(xb + t * cp + c, x0, x1);
             if (tokens == 1) {
                 _mm512_store_si512((void*)xq, x0);
                 _mm512_store_si512((void*)(xq + 16), x1);

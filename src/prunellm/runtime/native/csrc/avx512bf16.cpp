@@ -59,20 +59,11 @@ namespace {
 // source's weight words come (the 4-bit lookups' even then odd columns, the 8-bit codes' lanes).
 template <const Order* ORDER>
 void lay_out(const uint16_t* xb, int tokens, int64_t cp, uint16_t* xq) {
-    __m512i ia = _mm512_setzero_si512(), ib = ia;
-    if constexpr (ORDER != nullptr) {
-        ia = _mm512_load_si512((const void*)ORDER->col);
-        ib = _mm512_load_si512((const void*)(ORDER->col + 32));
-    }
+    const StepOrder<ORDER> order;
     for (int64_t c = 0; c < cp; c += 64)
         for (int t = 0; t < tokens; ++t, xq += 64) {
-            __m512i x0 = _mm512_loadu_si512((const void*)(xb + t * cp + c));
-            __m512i x1 = _mm512_loadu_si512((const void*)(xb + t * cp + c + 32));
-            if constexpr (ORDER != nullptr) {
-                __m512i first = _mm512_permutex2var_epi16(x0, ia, x1);
-                x1 = _mm512_permutex2var_epi16(x0, ib, x1);
-                x0 = first;
-            }
+            __m512i x0, x1;
+            order.load(xb + t * cp + c, x0, x1);
             _mm512_store_si512((void*)xq, x0);
             _mm512_store_si512((void*)(xq + 32), x1);
         }
