@@ -52,16 +52,32 @@ class BuildNative(build_ext):
             return
         try:
             objects = []
-            for source in ext.sources:
-                flags = COMMON + ISA_FLAGS[os.path.basename(source)]
-                objects += self.compiler.compile([source], output_dir=self.build_temp, include_dirs=[CSRC],
-                                                 extra_postargs=flags, depends=ext.depends)
+            sources = list(ext.sources)
+            # AMX needs GCC 11 / Clang 12 or newer: an older compiler builds every other level
+            # (api.cpp then leaves the amx level out) rather than none
+            amx = [source for source in sources if os.path.basename(source) == "amx.cpp"]
+            without_amx = []
+            for source in amx:
+                sources.remove(source)
+                try:
+                    objects += self._compile(source, ext)
+                except Exception as error:
+                    warnings.warn(f"prunellm: the AMX kernels not built ({type(error).__name__}); the other "
+                                  "levels are")
+                    without_amx = ["-DPNL_NO_AMX"]
+            for source in sources:
+                objects += self._compile(source, ext, without_amx if os.path.basename(source) == "api.cpp" else [])
             self.compiler.link_shared_object(objects, self.get_ext_fullpath(ext.name), extra_postargs=["-pthread"],
                                              target_lang="c++")
         except Exception as error:  # any compiler or linker failure: the package still installs
             warnings.warn(f"prunellm: native CPU kernels not built ({type(error).__name__}: "
                           f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); "
                           "compressed layers run through the torch path on CPU")
+
+    def _compile(self, source: str, ext: Extension, extra: list[str] | None = None) -> list[str]:
+        flags = COMMON + ISA_FLAGS[os.path.basename(source)] + (extra or [])
+        return self.compiler.compile([source], output_dir=self.build_temp, include_dirs=[CSRC], extra_postargs=flags,
+                                     depends=ext.depends)
 
     def get_export_symbols(self, ext: Extension) -> list[str]:
         return []  # a ctypes library: no PyInit_ symbol to export on Linux and macOS

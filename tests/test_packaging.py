@@ -64,3 +64,31 @@ def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
     where = _run(str(python), "-c", "import prunellm, prunellm.runtime.cpu_kernels as k; "
                                     "print(prunellm.__file__); print(k.available())", cwd=tmp_path).split()
     assert where[0].startswith(str(venv)) and where[1] == str(native)  # the wheel's package (and library), loaded
+
+
+@pytest.mark.slow  # compiles the library: about a minute
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the AMX kernels are built on x86-64 Linux only")
+def test_a_compiler_without_amx_still_builds_every_other_level(tmp_path):
+    """setup.py with a compiler that fails on amx.cpp (an unknown flag added to its flags, as
+    GCC 10 fails on -mamx-tile): one warning, and the library builds without the amx level."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    setup = source / "setup.py"
+    text = setup.read_text()
+    assert '"-mamx-tile", "-mamx-bf16"]' in text
+    setup.write_text(text.replace('"-mamx-tile", "-mamx-bf16"]', '"-mamx-tile", "-mamx-bf16", "-mno-such-flag"]'))
+    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=source, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the AMX kernels not built" in done.stderr
+    levels = _run(sys.executable, "-c", "from prunellm.runtime import cpu_kernels as k; "
+                  "print(k.available(), ' '.join(k.supported_levels()))", cwd=source,
+                  env={"PYTHONPATH": str(source / "src")}).split()
+    assert levels[0] == "True" and "amx" not in levels and "portable" in levels

@@ -52,8 +52,9 @@ namespace {
 // AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's leave to use the tiles'
 // state: a process must ask for it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, feature 18)
 // before its first tile instruction, or that instruction faults. Asked once.
+// PNL_NO_AMX: the compiler could not build amx.cpp (setup.py), so no level uses it.
 bool amx_usable() {
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__) && defined(SYS_arch_prctl)
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__) && defined(SYS_arch_prctl) && !defined(PNL_NO_AMX)
     static const bool usable = [] {
         unsigned eax, ebx, ecx, edx;
         if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
@@ -269,7 +270,7 @@ float bf16_to_float(uint16_t h) {
 }
 
 // Parts for one weight: at least 64 rows and min_part_weights weights each, at most `threads`.
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PNL_NO_AMX)
 int tile_tokens(const PnlWeight* w) {
     const int set = tile_min_tokens.load(std::memory_order_relaxed);
     return set > 0 ? set : pnl_amx_min_tokens(w);
@@ -323,9 +324,11 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
                     }
                 }
                 // scratch: the pass's activations re-laid out step by step (avx512bf16.cpp, amx.cpp)
+#ifndef PNL_NO_AMX
                 if (level == PNL_AMX_BF16 && pnl_amx_reads(w) && nt >= tile_tokens(w))
                     jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, pnl_amx_scratch_bytes(cp, nt) + 256, pnl_rows_amx, xb};
                 else
+#endif
                     jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, (size_t)16 * 2 * cp + 256, pnl_rows_avx512bf16, xb};
                 if (jobs[i].scratch_bytes > scratch_bytes) scratch_bytes = jobs[i].scratch_bytes;
                 continue;
