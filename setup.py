@@ -34,7 +34,8 @@ ISA_FLAGS = {
     "amx.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                 "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
 }
-SOURCES = [name for name in ISA_FLAGS if X86 or not name.startswith("avx")]
+X86_ONLY = ("avx2.cpp", "avx512.cpp", "avx512bf16.cpp", "amx.cpp")
+SOURCES = [name for name in ISA_FLAGS if X86 or name not in X86_ONLY]
 # -Wno-maybe-uninitialized: GCC 12 warns inside its own _mm512_reduce_add_ps.
 COMMON = ["-O3", "-g0", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-pthread",
           "-Wno-maybe-uninitialized"]
@@ -52,13 +53,11 @@ class BuildNative(build_ext):
             return
         try:
             objects = []
-            sources = list(ext.sources)
             # AMX needs GCC 11 / Clang 12 or newer: an older compiler builds every other level
             # (api.cpp then leaves the amx level out) rather than none
-            amx = [source for source in sources if os.path.basename(source) == "amx.cpp"]
+            sources = [source for source in ext.sources if os.path.basename(source) != "amx.cpp"]
             without_amx = []
-            for source in amx:
-                sources.remove(source)
+            for source in set(ext.sources) - set(sources):
                 try:
                     objects += self._compile(source, ext)
                 except Exception as error:

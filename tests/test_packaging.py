@@ -26,12 +26,9 @@ def _run(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("native", [
-    pytest.param(False, id="without the native library"),  # seconds: in the default test run
-    pytest.param(True, id="with the native library", marks=pytest.mark.slow),  # compiles it: about a minute
-])
-def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
-    # Built from a copy, so that the build's egg-info, build/ and compiled library stay out of the checkout.
+def _build_inputs(tmp_path: Path) -> Path:
+    """A copy of what a build reads, so that the build's egg-info, build/ and compiled library
+    stay out of the checkout."""
     source = tmp_path / "source"
     source.mkdir()
     for name in BUILD_INPUTS:
@@ -40,6 +37,15 @@ def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
                             ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info"))
         else:
             shutil.copy2(REPO / name, source / name)
+    return source
+
+
+@pytest.mark.parametrize("native", [
+    pytest.param(False, id="without the native library"),  # seconds: in the default test run
+    pytest.param(True, id="with the native library", marks=pytest.mark.slow),  # compiles it: about a minute
+])
+def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
+    source = _build_inputs(tmp_path)
     wheels = tmp_path / "wheels"
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
          str(source), cwd=tmp_path, env=None if native else {"PRUNELLM_NATIVE": "off"})
@@ -72,14 +78,7 @@ def test_a_wheel_built_from_the_repository_installs_and_runs(tmp_path, native):
 def test_a_compiler_without_amx_still_builds_every_other_level(tmp_path):
     """setup.py with a compiler that fails on amx.cpp (an unknown flag added to its flags, as
     GCC 10 fails on -mamx-tile): one warning, and the library builds without the amx level."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in BUILD_INPUTS:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info"))
-        else:
-            shutil.copy2(REPO / name, source / name)
+    source = _build_inputs(tmp_path)
     setup = source / "setup.py"
     text = setup.read_text()
     assert '"-mamx-tile", "-mamx-bf16"]' in text

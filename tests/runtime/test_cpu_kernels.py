@@ -178,6 +178,30 @@ def test_the_tile_kernel_sums_as_expand_then_multiply(layers, threads, monkeypat
         _close(_float_sums(x, native), x, dense)
 
 
+@pytest.mark.skipif(cpu_kernels.available() and "amx" not in cpu_kernels.supported_levels(),
+                    reason="this CPU (or its OS) lacks AMX tiles")
+@pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384:bfloat16", "qquant:8:64:192:bfloat16"])
+def test_the_amx_level_takes_the_tiles_from_its_switch_point(layers, monkeypatch, case) -> None:
+    """Below the switch point the amx level is avx512bf16's kernel, bit for bit; from it the tiles
+    sum in another order (pairs of columns across 16 rows), so the bits differ somewhere: the
+    tile kernel did run."""
+    packed, dense, native = layers[case]
+    x = torch.randn(3, dense.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    monkeypatch.setenv(cpu_kernels.ENV, "avx512bf16")
+    dot = _float_sums(x, native)
+    monkeypatch.setenv(cpu_kernels.ENV, "amx")
+    before = cpu_kernels.set_tile_min_tokens(4)
+    try:
+        below = _float_sums(x, native)
+        cpu_kernels.set_tile_min_tokens(3)
+        tiles = _float_sums(x, native)
+    finally:
+        cpu_kernels.set_tile_min_tokens(max(before, 0))
+    assert torch.equal(below, dot)
+    assert not torch.equal(tiles, dot)
+    _close(tiles, x, dense)
+
+
 @pytest.mark.skipif(cpu_kernels.available() and "avx512bf16" not in cpu_kernels.supported_levels(),
                     reason="this CPU lacks AVX512_BF16")
 @pytest.mark.parametrize("case", ["bitmask:bfloat16:0.5", "qbitmask:4:128:384", "qquant:4:row:200:bfloat16",

@@ -35,9 +35,10 @@ FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
 # every count up to 16, a dense layer's beat torch's bfloat16 product up to 4 tokens
 # (bench/README.md's crossover table).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
-# The same on a CPU with AMX (amx_bf16), against torch's bfloat16 product on AMX tiles: the
-# kernels beat it at every 7B shape up to 1 token dense, 4 for stored values (50% bitmask), 8
-# for 4- and 8-bit codes (bench/results/layer_kernels_xeon.json).
+# The same on a CPU with AMX (amx_bf16) with the avx512bf16 level forced, against torch's
+# bfloat16 product on AMX tiles: the kernels beat it at every 7B shape up to 1 token dense, 4
+# for stored values (50% bitmask), 8 for 4- and 8-bit codes (bench/layer_kernels.py on the Xeon
+# before the amx level existed, its json in git history: commit e2205e3).
 AMX_BF16_DOT_PATH = {"dense": 1, "values": 4, "4-bit": 8, "8-bit": 8}
 # bfloat16 activations on the amx level (the tile kernel from a few tokens, vdpbf16ps below):
 # every kernel beat its alternative (the dense one torch's bfloat16 product on AMX, a compressed

@@ -3,9 +3,8 @@
 // unit multiplies them, so the vector ports only decode.
 //
 // Why: the vdpbf16ps kernel's products grow with the tokens (two vdpbf16ps per row, step and
-// token, on the ports the decode needs too), so on the Xeon of bench/README.md its time at 16
-// tokens was about three times its time at 1, and half torch's dense product (on AMX) for every
-// layout. Here the weights of 16 rows meet the activations in the tile unit: A = 16 rows x 32
+// token, on the ports the decode needs too), so from a few tokens on it falls behind torch's
+// dense product on AMX (runtime/token_limits.py, AMX_BF16_DOT_PATH). Here the weights of 16 rows meet the activations in the tile unit: A = 16 rows x 32
 // bfloat16 weights (one source register per row, stored to a buffer), B = the activations as 16
 // pairs of columns x up to 16 tokens, C (16 rows x tokens, float32) += A B over pairs. One step
 // of 64 columns is two tile products (the source's two registers), whatever the token count: a
@@ -140,10 +139,11 @@ extern "C" int pnl_amx_reads(const PnlWeight* w) {
     return pnl_avx512bf16_reads(w) && w->weight_dtype == PNL_BF16;
 }
 
-// Tokens from which the tiles beat vdpbf16ps on this weight, by what a step's decode costs (on
-// the Xeon of bench/README.md, 2 threads, 7B shapes from DRAM): a dense weight's step is two
-// loads, so its vdpbf16ps cost shows from 2 tokens; codes' lookups from 4; a masked bfloat16
-// row's expands are cheaper than its stores to the tile buffer up to 4 tokens, not at 8.
+// Tokens from which the tiles beat vdpbf16ps on this weight, by what a step's decode costs: a
+// dense weight's step is two loads, so its vdpbf16ps cost shows from 2 tokens; codes' lookups
+// from 4; a masked bfloat16 row's expands are cheaper than its stores to the tile buffer up to
+// 4 tokens, not at 8. Set from scratch timings at 1, 2, 4, 8 and 16 tokens (the Xeon of
+// bench/README.md, 2 threads, 7B shapes from DRAM); a wrong switch point costs speed only.
 extern "C" int pnl_amx_min_tokens(const PnlWeight* w) {
     if (w->value_kind == PNL_BF16) return w->has_mask ? 8 : 2;
     return 4;
