@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,17 @@ def test_generate_is_the_same_from_both_variants(compressed_dir: Path) -> None:
     assert texts[0] == texts[1] and texts[0].strip()
     with pytest.raises(PrunellmError, match="max-new-tokens"):
         generate_text(model, tokenizer, "w1", max_new_tokens=0)
+
+
+def test_the_memory_baseline_holds_the_model_classes_code(compressed_dir: Path, tmp_path: Path) -> None:
+    """bench-infer's peak is counted from after the modeling module's import (its libraries are
+    not the model's memory); a path with no class to tell imports nothing and does not fail."""
+    script = ("import sys; from prunellm.runtime.bench_infer import import_model_code; "
+              "module = 'transformers.models.llama.modeling_llama'; before = module in sys.modules; "
+              f"import_model_code({str(tmp_path / 'model.gguf')!r}); after_nothing = module in sys.modules; "
+              f"import_model_code({str(compressed_dir)!r}); print(before, after_nothing, module in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]
 
 
 def test_bench_infer_measures_both_variants(compressed_dir: Path) -> None:
