@@ -2,8 +2,10 @@
 compressed on the native kernels, one row per compressed layout.
 
     python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
-        [--head-bits 4] [--llama FILE.gguf ...] [--llama-ppl] \
+        [--head-bits 4 [8]] [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
+    python bench/cpu_model.py DIR [DIR ...] [--head-bits 4] [--llama FILE.gguf ...] --score-only --out SCORES.json
+    python bench/cpu_model.py DIR [DIR ...] ... --ppl-from SCORES.json --out RESULT.json
     python bench/cpu_model.py bench/results/cpu_model_qwen.json --from-json [--plot FILE.png]
 
 Each DIR is a `prunellm prune --format compressed` output. For each, `prunellm bench-infer`'s
@@ -14,7 +16,7 @@ variant (the native kernels at decode, prefill expanding each layer per call). A
 through torch's products ("dense-torch") and through the native kernels reading the dense
 weights in place (prunellm's default on a CPU); "x dense" is against the faster. Perplexity is
 the one the prune reported in DIR/report.json (measured on the stored values), file size the
-directory's compressed.safetensors. --head-bits adds, per compressed DIR, a row with the output
+directory's compressed.safetensors. --head-bits adds, per compressed DIR and bit width, a row with the output
 head quantized at load too (`prunellm.load(..., head_bits=N)`: round to nearest, groups of 128),
 as llama.cpp's types quantize theirs; its perplexity is not the report's, so none is shown.
 
@@ -24,6 +26,13 @@ scored by llama.cpp (llama-cpp-python) on the windows of the first DIR's report 
 tokenizer, window length and token count: like with like). The plot draws perplexity against
 decode tokens/s and against the file size; with no perplexity in any row, decode tokens/s
 against the weights held in memory.
+
+--score-only times nothing: it scores every row's perplexity on the model as it runs
+(`prunellm.load`, the "+ head N-bit" rows with their head quantized, the dense row expanded)
+and llama.cpp's files, on the first DIR's report's windows, into SCORES.json; --ppl-from then
+puts those scores in the rows of a timing run. Scoring is not timed, so it can run while other
+work does, and the quiet run that times stays short; the head rows get a perplexity of their
+own (the report's is the prune's, with the head as stored).
 """
 
 from __future__ import annotations
@@ -42,9 +51,10 @@ import torch
 from prunellm.runtime.bench_infer import InferConfig, compare, machine_description
 
 
-def measure(directories: list[Path], config: InferConfig, head_bits: int | None = None) -> dict:
+def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, ...] = (),
+            scores: dict | None = None) -> dict:
     """A directory pruned by `noop` (nothing compressed) gives the dense row, its perplexity
-    the dense model's; every other one its compressed row, and with head_bits a second one
+    the dense model's; every other one its compressed row, and per head_bits entry another one
     with the head quantized."""
     rows = []
     for directory in directories:
@@ -59,20 +69,80 @@ def measure(directories: list[Path], config: InferConfig, head_bits: int | None 
         row = compare(directory, config, ("compressed",))[0]
         file_bytes = (directory / "compressed.safetensors").stat().st_size
         rows.append({"setting": describe(report["method"]), **row, **common, "file_bytes": file_bytes})
-        if head_bits is not None:
-            row = compare(directory, dataclasses.replace(config, head_bits=head_bits), ("compressed",))[0]
-            rows.append({"setting": f"{describe(report['method'])} + head {head_bits}-bit", **row, **common,
-                         "perplexity": {}, "file_bytes": file_bytes, "head_bits": head_bits})
+        for bits in head_bits:
+            row = compare(directory, dataclasses.replace(config, head_bits=bits), ("compressed",))[0]
+            rows.append({"setting": f"{describe(report['method'])} + head {bits}-bit", **row, **common,
+                         "perplexity": {}, "file_bytes": file_bytes, "head_bits": bits})
+    if scores is not None:
+        for row in rows:
+            row["perplexity"] = {"wikitext2": _score_of(scores, _row_key(row))}
+            row["ppl_source"] = "as loaded"
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
 
 
-def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_from: Path | None) -> list[dict]:
+def _row_key(row: dict) -> str:
+    """What names a row's model: its directory or GGUF file (with its bytes), and the head's bits."""
+    return f"{row['directory']}|{row['file_bytes'] or 0}|head {row.get('head_bits') or 'as stored'}"
+
+
+def _score_of(scores: dict, key: str) -> float:
+    if key not in scores["scores"]:
+        raise SystemExit(f"--ppl-from {scores['path']} has no score of {key}: run --score-only on the same rows")
+    return scores["scores"][key]
+
+
+def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files: list[Path], threads: int) -> dict:
+    """Every row's perplexity, nothing timed: each prunellm row on the model as `prunellm.load`
+    runs it (the dense row expanded, the head rows with their head quantized), each GGUF file by
+    llama.cpp, all on the first directory's report's windows."""
+    import prunellm
+    from prunellm.eval.perplexity import perplexity
+    from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
+
+    windows, bos = _eval_windows(directories[0])  # (W, seqlen)
+    ids = windows.flatten() if bos is None else windows[:, 1:].flatten()  # the text the windows hold
+    scores = {}
+    for directory in directories:
+        noop = json.loads((directory / "report.json").read_text())["method"]["method"] == "noop"
+        file_bytes = None if noop else (directory / "compressed.safetensors").stat().st_size
+        for bits in [None] if noop else [None, *head_bits]:
+            model = prunellm.load(directory, "cpu", head_bits=bits)
+            key = _row_key({"directory": directory.name, "file_bytes": file_bytes, "head_bits": bits})
+            scores[key] = perplexity(model, ids, seqlen=windows.shape[1], bos_token_id=bos, progress=False)
+            print(f"{key}: {scores[key]:.3f}", flush=True)
+            del model
+    for path in llama_files:
+        key = _row_key({"directory": path.name, "file_bytes": path.stat().st_size})
+        scores[key] = llama_cpp_perplexity(path, windows, bos, threads=threads)
+        print(f"{key}: {scores[key]:.3f}", flush=True)
+    return {"windows": _window_settings(directories[0]), "scores": scores}
+
+
+def _window_settings(directory: Path) -> dict:
+    """What names the windows scored: the report's texts, window length and token count."""
+    ppl = json.loads((directory / "report.json").read_text())["perplexity"]
+    return {"texts": sorted(ppl["compressed"]), "seqlen": ppl["seqlen"], "max_tokens": ppl["max_tokens"]}
+
+
+def read_scores(paths: list[Path], windows_from: Path) -> dict:
+    """The scores of one or more --score-only runs (on the same windows) together."""
+    merged: dict[str, float] = {}
+    for path in paths:
+        scores = json.loads(path.read_text())
+        if scores.get("windows") != _window_settings(windows_from):
+            raise SystemExit(f"--ppl-from {path} scored other windows than {windows_from}'s report")
+        merged.update(scores["scores"])
+    return {"scores": merged, "path": ", ".join(map(str, paths))}
+
+
+def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_from: Path | None,
+               scores: dict | None = None) -> list[dict]:
     """llama.cpp's decode speed of each GGUF file (llama-bench), and its perplexity on the
-    windows of `windows_from`'s report when given."""
+    windows of `windows_from`'s report when given (scored now, or from `scores`)."""
     binary = Path(os.environ.get("PRUNELLM_LLAMA_BIN", "")) / "llama-bench"
     if not binary.is_file():
         raise SystemExit(f"llama-bench not found at {binary}: `make llama-tools` builds it (PRUNELLM_LLAMA_BIN)")
-    windows, bos = _eval_windows(windows_from) if windows_from is not None else (None, None)
+    windows, bos = _eval_windows(windows_from) if windows_from is not None and scores is None else (None, None)
     rows = []
     for path in files:
         done = subprocess.run([str(binary), "-m", str(path), "-t", str(threads), "-p", "0", "-n",
@@ -82,7 +152,9 @@ def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_fro
         row = {"setting": f"llama.cpp {_type_name(result['model_type'])}", "llama_cpp": True,
                "decode_tokens_per_second": result["avg_ts"], "file_bytes": path.stat().st_size,
                "weight_bytes": result["model_size"], "directory": path.name, "perplexity": {}}
-        if windows is not None:
+        if scores is not None:
+            row["perplexity"] = {"wikitext2": _score_of(scores, _row_key(row))}
+        elif windows is not None:
             from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
 
             row["perplexity"] = {"wikitext2": llama_cpp_perplexity(path, windows, bos, threads=threads)}
@@ -186,9 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--head-bits", type=int, choices=(8, 4), help="also each compressed row with its head quantized")
+    parser.add_argument("--head-bits", type=int, nargs="+", choices=(8, 4), default=[],
+                        help="also each compressed row with its head quantized to these bits")
     parser.add_argument("--llama", type=Path, nargs="*", default=[], help="GGUF files for llama.cpp's rows")
     parser.add_argument("--llama-ppl", action="store_true", help="also score the GGUF files' perplexity")
+    parser.add_argument("--score-only", action="store_true",
+                        help="time nothing: score every row's perplexity as it runs into --out (see above)")
+    parser.add_argument("--ppl-from", type=Path, nargs="+", metavar="SCORES",
+                        help="every row's perplexity from --score-only runs' JSON (the same rows and windows)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--from-json", action="store_true",
@@ -200,10 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot(result, args.plot)
         return 0
+    if args.score_only:
+        if not args.out:
+            raise SystemExit("--score-only writes its scores to --out")
+        result = score_rows(args.directories, args.head_bits, args.llama, torch.get_num_threads())
+        args.out.write_text(json.dumps(result, indent=1))
+        return 0
+    scores = read_scores(args.ppl_from, args.directories[0]) if args.ppl_from else None
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
-    result = measure(args.directories, config, args.head_bits)
+    result = measure(args.directories, config, args.head_bits, scores)
     result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
-                                 args.directories[0] if args.llama_ppl else None)
+                                 args.directories[0] if args.llama_ppl or scores else None, scores)
     print(result["machine"])
     print(table(result))
     if args.out:
