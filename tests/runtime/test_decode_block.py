@@ -5,9 +5,9 @@ The block rounds where the torch loop rounds; only the order of the sums in the 
 statistics and in attention differs. So from the same state one block's output equals the torch
 loop's in float32 up to float rounding, and in bfloat16 up to one unit in the last place on a few
 elements; over many steps the two loops' logits stay within bfloat16 rounding. Shapes are odd on
-purpose: heads of 24 dimensions (not a multiple of the 16 lanes attention sums in), widths of 96
-and 100 (not multiples of 64), grouped-query and plain heads, Qwen2's biases, more cached positions
-than lanes. Every kernel level this CPU runs and the portable one, one and two threads, torch's
+purpose: heads of 24 dimensions (not a multiple of the 16 lanes attention sums in) and of 64 (the
+AVX-512 attention's path, 16 positions' scores at a time), widths of 96 and 100 (not multiples of
+64), grouped-query and plain heads, Qwen2's biases, more cached positions than lanes. Every kernel level this CPU runs and the portable one, one and two threads, torch's
 OpenMP team and the library's own pool.
 """
 
@@ -39,6 +39,11 @@ CONFIGS = {
     "llama-odd": lambda layers: LlamaConfig(hidden_size=96, intermediate_size=100, num_hidden_layers=layers,
                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
                                             max_position_embeddings=256, tie_word_embeddings=False),
+    # heads of 64 (AVX-512 attention's register path: rows of four 16-float chunks), 3 query heads
+    # a key/value head
+    "llama-wide": lambda layers: LlamaConfig(hidden_size=192, intermediate_size=128, num_hidden_layers=layers,
+                                             num_attention_heads=6, num_key_value_heads=2, head_dim=64,
+                                             vocab_size=VOCAB, max_position_embeddings=256, tie_word_embeddings=False),
     # q/k/v biases, one key/value head per query head
     "qwen2": lambda layers: Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=VOCAB,

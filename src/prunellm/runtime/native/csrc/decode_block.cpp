@@ -50,11 +50,12 @@ float bits_to_float(uint32_t bits) {
 }
 
 // float32 -> bfloat16 bits, to nearest even as torch's .to(bfloat16) rounds (nan stays nan).
+// Both results computed and one selected, no branch: loops of it vectorize.
 uint16_t bf16_bits(float f) {
     uint32_t bits;
     memcpy(&bits, &f, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    const uint32_t nan = (bits >> 16) | 0x40u, nearest = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? nan : nearest);
 }
 
 // The model's dtype: where the torch loop holds a tensor in it, a value is rounded to it here.
@@ -64,6 +65,7 @@ struct Dtype {
     float load(const void* p, int64_t i) const {
         return bf16 ? bits_to_float((uint32_t)((const uint16_t*)p)[i] << 16) : ((const float*)p)[i];
     }
+    int64_t size() const { return bf16 ? 2 : 4; }
     // v already rounded to the dtype: the store is exact
     void store(void* p, int64_t i, float v) const {
         if (bf16) ((uint16_t*)p)[i] = bf16_bits(v);
@@ -88,11 +90,43 @@ void rms_norm(const Dtype& dt, const void* x, const void* weight, float eps, int
     }
 }
 
-// A projection's output as the torch loop holds it: the kernel's float32 sum cast to the dtype,
-// then the bias added (one more rounding), as CompressedLinear and DecodeLinear do.
-float projected(const Dtype& dt, const float* y, const float* bias, int64_t i, int64_t feature) {
-    const float v = dt.round(y[i]);
-    return bias ? dt.round(v + bias[feature]) : v;
+// A projection's row of n outputs (features 0 .. n-1) as the torch loop holds them, into out:
+// the kernel's float32 sums cast to the dtype, then the bias added (one more rounding), as
+// CompressedLinear and DecodeLinear do. The elementwise loops here and
+// below are written without a modulo or a branch per element, so that the compiler vectorizes
+// them at this file's baseline flags (a block's rotary, residuals and SiLU were a twentieth of a
+// small model's step, one element at a time).
+void projected_row(const Dtype& dt, const float* y, const float* bias, int64_t n, float* out) {
+    if (dt.bf16) {
+        const Dtype b{true};
+        if (bias) for (int64_t i = 0; i < n; ++i) out[i] = b.round(b.round(y[i]) + bias[i]);
+        else for (int64_t i = 0; i < n; ++i) out[i] = b.round(y[i]);
+    } else {
+        if (bias) for (int64_t i = 0; i < n; ++i) out[i] = y[i] + bias[i];
+        else for (int64_t i = 0; i < n; ++i) out[i] = y[i];
+    }
+}
+
+// x (n) in the dtype += the projection's row (its features 0 .. n-1), rounded to the dtype.
+void add_projected(const Dtype& dt, void* x, const float* y, const float* bias, int64_t n, float* row) {
+    projected_row(dt, y, bias, n, row);
+    if (dt.bf16) {
+        uint16_t* h = (uint16_t*)x;
+        for (int64_t i = 0; i < n; ++i) h[i] = bf16_bits(bits_to_float((uint32_t)h[i] << 16) + row[i]);
+    } else {
+        float* h = (float*)x;
+        for (int64_t i = 0; i < n; ++i) h[i] += row[i];
+    }
+}
+
+// One head's rotary: out (D) = a * cos + roll(a, D/2) * sin, a the head's projected outputs,
+// each product and the sum rounded to the dtype; cos and sin (D) as float32.
+void rotate_head(const Dtype& dt, const float* a, const float* cos, const float* sin, int64_t D, float* out) {
+    const int64_t half = D / 2;
+    for (int64_t d = 0; d < half; ++d)
+        out[d] = dt.round(dt.round(a[d] * cos[d]) + dt.round(a[d + half] * sin[d]));
+    for (int64_t d = half; d < D; ++d)
+        out[d] = dt.round(dt.round(a[d] * cos[d]) + dt.round(a[d - half] * sin[d]));
 }
 
 PnlAttend attend_for(int level) {
@@ -161,11 +195,11 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     if (!b || !x || !cos || !sin || batch < 1 || (dtype != PNL_F32 && dtype != PNL_BF16) || !valid(b, pos)) return -2;
     const Dtype dt{dtype == PNL_BF16};
     const int64_t B = batch, C = b->proj[Q]->cols, H = b->heads, KV = b->kv_heads, D = b->head_dim;
-    const int64_t I = b->proj[GATE]->rows, half = D / 2, L = pos + 1;
+    const int64_t I = b->proj[GATE]->rows, L = pos + 1;
     // Scratch, kept per thread: the dtype buffers (norm output, attention output, MLP activation)
     // and the float32 products.
     thread_local std::vector<float> floats;
-    const int64_t need = B * C * 2 + B * H * D * 3 + B * KV * D * 2 + B * I * 3 + 64;
+    const int64_t need = B * C * 2 + B * H * D * 3 + B * KV * D * 2 + B * I * 4 + 3 * D + C + 64;
     if ((int64_t)floats.size() < need) floats.resize(need);
     float* at = floats.data();
     auto take = [&at](int64_t n) { float* p = at; at += n; return p; };
@@ -180,6 +214,11 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     void* act = take(B * I);          // SiLU(gate) * up, dtype
     float* q = take(B * H * D);       // rotated queries, float32
     float* yd = yo;                   // down's output reuses o's
+    float* row = take(I > C ? I : C); // one row's projected outputs
+    float* cosf = take(D);            // the rotary tables as float32
+    float* sinf = take(D);
+    float* head_row = take(D);        // one head's projected outputs
+    for (int64_t d = 0; d < D; ++d) cosf[d] = dt.load(cos, d), sinf[d] = dt.load(sin, d);
     const int bf16_x = dt.bf16 ? 1 : 0;
     int done;
 
@@ -189,26 +228,20 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     float* qkv_out[3] = {yq, yk, yv};
     if ((done = pnl_matmul_many(qkv, 3, h, bf16_x, B, qkv_out, threads, level)) != 0) return done;
     for (int64_t t = 0; t < B; ++t) {
-        // rotary on one head's outputs (y from `first`, its bias from `feature`): x * cos +
-        // roll(x, D/2) * sin, each product and the sum rounded to the dtype
-        auto rotated = [&](const float* y, const float* bias, int64_t first, int64_t feature, int64_t d) {
-            const int64_t e = (d + half) % D;
-            const float a = projected(dt, y, bias, first + d, feature + d);
-            const float r = projected(dt, y, bias, first + e, feature + e);
-            return dt.round(dt.round(a * dt.load(cos, d)) + dt.round(r * dt.load(sin, d)));
-        };
+        // keys and queries rotated, values as projected
         for (int64_t g = 0; g < KV; ++g) {
             const int64_t first = t * KV * D + g * D;
             float* key = b->keys + ((t * KV + g) * b->max_len + pos) * D;
             float* value = b->values + ((t * KV + g) * b->max_len + pos) * D;
-            for (int64_t d = 0; d < D; ++d) {
-                key[d] = rotated(yk, b->bias[K], first, g * D, d);
-                value[d] = projected(dt, yv, b->bias[V], first + d, g * D + d);
-            }
+            projected_row(dt, yk + first, b->bias[K] ? b->bias[K] + g * D : nullptr, D, head_row);
+            rotate_head(dt, head_row, cosf, sinf, D, key);
+            projected_row(dt, yv + first, b->bias[V] ? b->bias[V] + g * D : nullptr, D, value);
         }
-        for (int64_t head = 0; head < H; ++head)
-            for (int64_t d = 0; d < D; ++d)
-                q[t * H * D + head * D + d] = rotated(yq, b->bias[Q], t * H * D + head * D, head * D, d);
+        for (int64_t head = 0; head < H; ++head) {
+            const int64_t first = t * H * D + head * D;
+            projected_row(dt, yq + first, b->bias[Q] ? b->bias[Q] + head * D : nullptr, D, head_row);
+            rotate_head(dt, head_row, cosf, sinf, D, q + first);
+        }
     }
     // attention, one item per token and key/value head: on the team once the cache is long
     // enough to be worth a wake-up, else here
@@ -219,23 +252,32 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
         attend_items(&work, 0, B * KV);
     const PnlWeight* o = b->proj[O];
     if ((done = pnl_matmul_many(&o, 1, attn, bf16_x, B, &yo, threads, level)) != 0) return done;
-    for (int64_t i = 0; i < B * C; ++i)
-        dt.store(x, i, dt.round(dt.load(x, i) + projected(dt, yo, b->bias[O], i, i % C)));
+    for (int64_t t = 0; t < B; ++t)
+        add_projected(dt, (char*)x + t * C * dt.size(), yo + t * C, b->bias[O], C, row);
 
     // MLP
     rms_norm(dt, x, b->norm[1], b->eps[1], B, C, h);
     const PnlWeight* gate_up[2] = {b->proj[GATE], b->proj[UP]};
     float* gate_up_out[2] = {yg, yu};
     if ((done = pnl_matmul_many(gate_up, 2, h, bf16_x, B, gate_up_out, threads, level)) != 0) return done;
-    for (int64_t i = 0; i < B * I; ++i) {
-        const float g = projected(dt, yg, b->bias[GATE], i, i % I);
-        const float silu = dt.round(g / (1.0f + expf(-g)));
-        dt.store(act, i, dt.round(silu * projected(dt, yu, b->bias[UP], i, i % I)));
+    for (int64_t t = 0; t < B; ++t) {
+        float* gate = row;
+        float* up = yu + t * I;  // projected in place: up's float32 sums are not read again
+        projected_row(dt, yg + t * I, b->bias[GATE], I, gate);
+        projected_row(dt, up, b->bias[UP], I, up);
+        for (int64_t i = 0; i < I; ++i) gate[i] = dt.round(gate[i] / (1.0f + expf(-gate[i])));  // SiLU
+        if (dt.bf16) {
+            uint16_t* out = (uint16_t*)act + t * I;
+            for (int64_t i = 0; i < I; ++i) out[i] = bf16_bits(gate[i] * up[i]);
+        } else {
+            float* out = (float*)act + t * I;
+            for (int64_t i = 0; i < I; ++i) out[i] = gate[i] * up[i];
+        }
     }
     const PnlWeight* down = b->proj[DOWN];
     if ((done = pnl_matmul_many(&down, 1, act, bf16_x, B, &yd, threads, level)) != 0) return done;
-    for (int64_t i = 0; i < B * C; ++i)
-        dt.store(x, i, dt.round(dt.load(x, i) + projected(dt, yd, b->bias[DOWN], i, i % C)));
+    for (int64_t t = 0; t < B; ++t)
+        add_projected(dt, (char*)x + t * C * dt.size(), yd + t * C, b->bias[DOWN], C, row);
     return 0;
 }
 
