@@ -19,10 +19,11 @@ from torch import nn
 from prunellm.devices import resolve_device
 from prunellm.errors import PrunellmError
 from prunellm.formats import detect_format, get_format
-from prunellm.formats.compressed.checkpoint import CompressedCheckpoint, read_compressed
+from prunellm.formats.compressed.checkpoint import TENSORS_FILE, CompressedCheckpoint, read_compressed
 from prunellm.formats.compressed.layer import CompressedWeight, bitmask_as_quant
 from prunellm.formats.compressed.model import build_skeleton, dense_linear, layer_slot, load_rest
 from prunellm.io.dtypes import stored_dtype
+from prunellm.io.mapped_pages import MappedFile
 
 from . import cpu_kernels
 from .dense_decode import use_kernels_for_dense
@@ -101,13 +102,21 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
         model = (fmt or get_format("hf")).load(directory, dtype=dtype, device=target).to(target).eval()
     else:
         checkpoint = read_compressed(directory)
+        mapped = None
         if target.type == "cpu":
             # The file is memory-mapped and one live tensor keeps all of it mapped: own copies of
-            # the tensors kept as they are, so that the map goes once the layers are repacked.
-            checkpoint.tensors = {name: tensor.clone() for name, tensor in checkpoint.tensors.items()}
+            # the tensors kept as they are, so that the map goes once the layers are repacked;
+            # each tensor's pages handed back once it is copied or repacked, so that the file
+            # does not sit resident beside the copies (io/mapped_pages.py).
+            mapped = MappedFile(directory / TENSORS_FILE)
+            copies = {}
+            for name, tensor in checkpoint.tensors.items():
+                copies[name] = tensor.clone()
+                mapped.drop([tensor])
+            checkpoint.tensors = copies
         model = build_skeleton(directory, checkpoint.dtype)
         _install_layers(model, checkpoint, keep, target, dense_budget=dense_budget or 0,
-                        only_kernel_layouts=keep_compressed is None)
+                        only_kernel_layouts=keep_compressed is None, mapped=mapped)
         load_rest(model, checkpoint)
         model = model.to(target).eval()
         if target.type == "cpu":
@@ -120,24 +129,33 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     return model
 
 
+# Layers repacked between two trims of the heap during a CPU load: each trim costs a walk of the
+# heap (milliseconds), each layer leaves its repacking's temporaries free in it.
+TRIM_EVERY_LAYERS = 16
+
+
 def _release_load_memory() -> None:
     """Give back what the load's temporaries left free inside glibc's heap: they were allocated
     between the buffers kept, and without a trim the process would hold about twice the
     compressed model's memory while decoding."""
-    from prunellm.streaming.heap import release_free_memory  # (the helper the streamed prune uses)
+    from prunellm.streaming.heap import (
+        release_free_memory,  # (the helper the streamed prune uses)
+    )
 
     release_free_memory()
 
 
 def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bool, device: torch.device,
-                    dense_budget: int = 0, only_kernel_layouts: bool = False) -> None:
+                    dense_budget: int = 0, only_kernel_layouts: bool = False,
+                    mapped: MappedFile | None = None) -> None:
     """Put each compressed layer in place: a CompressedLinear, or a dense nn.Linear expanded now
     (every layer when not `keep`; else the first ones whose dense bytes fit `dense_budget`, and
     with `only_kernel_layouts` those no kernel reads, which would otherwise be expanded at every
     decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
     CUDA, layers are converted to the layouts the GPU kernels read where that is lossless; on a
-    CPU, repacked for the native kernels. Each layer's file parts are let go once it is in place."""
-    for name in list(checkpoint.layers):
+    CPU, repacked for the native kernels. Each layer's file parts are let go once it is in place
+(with `mapped`, their pages handed back too)."""
+    for index, name in enumerate(list(checkpoint.layers)):
         packed = checkpoint.layers.pop(name)
         parent, child = layer_slot(model, name)
         bias = checkpoint.tensors.pop(f"{name}.bias", None)
@@ -155,6 +173,10 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
         else:
             new = _compressed_layer(name, packed, bias, device)
         setattr(parent, child, new)
+        if mapped is not None:
+            mapped.drop(packed.tensors.values())  # expanded, repacked or copied: not read again
+            if index % TRIM_EVERY_LAYERS == TRIM_EVERY_LAYERS - 1:
+                _release_load_memory()  # the repacking's temporaries, before the heap grows past them
 
 
 def _compressed_layer(name: str, packed: CompressedWeight, bias: torch.Tensor | None,
