@@ -75,7 +75,8 @@ def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, 
                          "perplexity": {}, "file_bytes": file_bytes, "head_bits": bits})
     if scores is not None:
         for row in rows:
-            row["perplexity"] = {"wikitext2": _score_of(scores, _row_key(row))}
+            score = _score_of(scores, _row_key(row))
+            row["perplexity"] = {} if score is None else {"wikitext2": score}
             row["ppl_source"] = "as loaded"
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
 
@@ -85,10 +86,11 @@ def _row_key(row: dict) -> str:
     return f"{row['directory']}|{row['file_bytes'] or 0}|head {row.get('head_bits') or 'as stored'}"
 
 
-def _score_of(scores: dict, key: str) -> float:
+def _score_of(scores: dict, key: str) -> float | None:
+    """A row's score, or None (said on stderr: its perplexity column stays empty)."""
     if key not in scores["scores"]:
-        raise SystemExit(f"--ppl-from {scores['path']} has no score of {key}: run --score-only on the same rows")
-    return scores["scores"][key]
+        print(f"--ppl-from {scores['path']}: no score of {key}", file=sys.stderr)
+    return scores["scores"].get(key)
 
 
 def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files: list[Path], threads: int) -> dict:
@@ -153,7 +155,8 @@ def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_fro
                "decode_tokens_per_second": result["avg_ts"], "file_bytes": path.stat().st_size,
                "weight_bytes": result["model_size"], "directory": path.name, "perplexity": {}}
         if scores is not None:
-            row["perplexity"] = {"wikitext2": _score_of(scores, _row_key(row))}
+            score = _score_of(scores, _row_key(row))
+            row["perplexity"] = {} if score is None else {"wikitext2": score}
         elif windows is not None:
             from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
 
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true",
                         help="time nothing: score every row's perplexity as it runs into --out (see above)")
     parser.add_argument("--ppl-from", type=Path, nargs="+", metavar="SCORES",
-                        help="every row's perplexity from --score-only runs' JSON (the same rows and windows)")
+                        help="each row's perplexity from --score-only runs' JSON (the same windows; a row "
+                             "they did not score has none)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--from-json", action="store_true",
