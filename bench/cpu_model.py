@@ -6,7 +6,8 @@ compressed on the native kernels, one row per compressed layout.
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
     python bench/cpu_model.py DIR [DIR ...] [--head-bits 4] [--llama FILE.gguf ...] --score-only --out SCORES.json
     python bench/cpu_model.py DIR [DIR ...] ... --ppl-from SCORES.json --out RESULT.json
-    python bench/cpu_model.py bench/results/cpu_model_qwen.json --from-json [--plot FILE.png]
+    python bench/cpu_model.py bench/results/cpu_model_qwen.json --from-json [--plot FILE.png] \
+        [--ppl-from SCORES.json ... --out bench/results/cpu_model_qwen.json]
 
 Each DIR is a `prunellm prune --format compressed` output. For each, `prunellm bench-infer`'s
 measurement (runtime/bench_infer.py: each variant in a child process of its own, so that its
@@ -277,6 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         result = json.loads(args.directories[0].read_text())
+        if args.ppl_from:  # scores that came after the timing run: into its rows, written back with --out
+            scores = {"scores": {}, "path": ", ".join(map(str, args.ppl_from))}
+            for path in args.ppl_from:
+                scores["scores"].update(json.loads(path.read_text())["scores"])
+            for row in result["rows"]:
+                score = _score_of(scores, _row_key(row))
+                row["perplexity"] = {} if score is None else {"wikitext2": score}
+            if args.out:
+                args.out.write_text(json.dumps(result, indent=1))
         print(table(result))
         if args.plot:
             plot(result, args.plot)
