@@ -127,12 +127,13 @@ def _window_settings(directory: Path) -> dict:
     return {"texts": sorted(ppl["compressed"]), "seqlen": ppl["seqlen"], "max_tokens": ppl["max_tokens"]}
 
 
-def read_scores(paths: list[Path], windows_from: Path) -> dict:
-    """The scores of one or more --score-only runs (on the same windows) together."""
+def read_scores(paths: list[Path], windows_from: Path | None) -> dict:
+    """The scores of one or more --score-only runs together (checked to be on `windows_from`'s
+    report's windows, where given)."""
     merged: dict[str, float] = {}
     for path in paths:
         scores = json.loads(path.read_text())
-        if scores.get("windows") != _window_settings(windows_from):
+        if windows_from is not None and scores.get("windows") != _window_settings(windows_from):
             raise SystemExit(f"--ppl-from {path} scored other windows than {windows_from}'s report")
         merged.update(scores["scores"])
     return {"scores": merged, "path": ", ".join(map(str, paths))}
@@ -279,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         result = json.loads(args.directories[0].read_text())
         if args.ppl_from:  # scores that came after the timing run: into its rows, written back with --out
-            scores = {"scores": {}, "path": ", ".join(map(str, args.ppl_from))}
-            for path in args.ppl_from:
-                scores["scores"].update(json.loads(path.read_text())["scores"])
+            scores = read_scores(args.ppl_from, None)
             for row in result["rows"]:
                 score = _score_of(scores, _row_key(row))
                 row["perplexity"] = {} if score is None else {"wikitext2": score}
