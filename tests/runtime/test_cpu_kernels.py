@@ -241,6 +241,22 @@ def test_expand_gives_the_formats_weight_bit_for_bit(layers, level, threads, cas
     assert torch.equal(_bits(weight), _bits(expected))
 
 
+@pytest.mark.parametrize("case", ["qbitmask:4:32:160", "qbitmask:2:32:160", "qbitmask:4:row:200:bfloat16",
+                                  "qnm2-4:4:row:200", "qquant:4:row:200"])
+def test_codes_repacked_in_bands_of_rows_give_the_same_layout(layers, monkeypatch, case) -> None:
+    """Large layers' codes are placed a band of rows at a time (rows of a bitmask layer end
+    mid-byte, so every band starts a row on a whole byte): bands of a few rows give the one-band
+    layout byte for byte."""
+    from prunellm.runtime import cpu_layout
+
+    packed, _, native = layers[case]
+    monkeypatch.setattr(cpu_layout, "BAND_CODES", 97)  # a few rows a band, cut mid-row
+    banded = cpu_kernels.prepare(packed.spec, packed.tensors)
+    assert torch.equal(banded.layout.values, native.layout.values)
+    assert torch.equal(banded.layout.row_start, native.layout.row_start)
+    assert torch.equal(cpu_kernels.expand(banded), cpu_kernels.expand(native))
+
+
 def test_expansion_for_a_call_reuses_its_buffer_and_gives_the_same_bits(layers, level) -> None:
     """A prefill's expansion goes into a buffer the thread keeps: layers of other shapes and
     dtypes, one after the other, each get their own weight's bits; a wrong `out` is refused."""

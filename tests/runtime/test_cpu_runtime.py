@@ -225,6 +225,22 @@ def test_head_rows_are_rounded_to_nearest() -> None:
         assert bool(((dense - weight).abs() <= step / 2 + 1e-6).all())
 
 
+def test_head_rows_quantized_in_bands_give_the_one_band_parts(monkeypatch) -> None:
+    """A head is quantized and packed a band of rows at a time (a vocabulary's float copy would
+    be gigabytes): bands of 3 rows give the parts of one band, bit for bit, 4-bit codes of an odd
+    width included."""
+    import prunellm.runtime.head as head
+
+    weight = torch.randn(10, 90, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    for bits, group in ((4, None), (8, 30), (4, 18)):
+        whole = quantize_rows(weight, bits, group)
+        monkeypatch.setattr(head, "ROWS_AT_ONCE", 3)
+        banded = quantize_rows(weight, bits, group)
+        monkeypatch.undo()
+        assert whole.tensors.keys() == banded.tensors.keys()
+        assert all(torch.equal(whole.tensors[k], banded.tensors[k]) for k in whole.tensors)
+
+
 @pytest.mark.slow
 @needs_kernels
 def test_smollm2_at_50_percent_generates_the_dense_models_tokens(smollm2, tmp_path: Path) -> None:

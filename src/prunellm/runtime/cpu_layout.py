@@ -31,6 +31,7 @@ FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 KIND = {"float32": 0, "float16": 1, "bfloat16": 2}  # PnlValueKind of stored floats; also the rounding dtype
 CODES = 3
 TAIL = 64  # bytes of padding after every buffer a kernel loads from
+BAND_CODES = 1 << 22  # codes placed at once when rows are repacked (32 MiB of int64 positions)
 
 
 @dataclass
@@ -90,9 +91,11 @@ def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 (N,) with N a multiple of 8 // bits -> uint8 (N * bits / 8,)."""
     if bits == 8:
         return values
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (values.reshape(-1, per_byte).to(torch.int32) << shifts).sum(dim=1).to(torch.uint8)
+    grouped = values.reshape(-1, 8 // bits)  # (N * bits / 8, 8 / bits)
+    packed = grouped[:, 0].clone()  # uint8 throughout: no int32 copies of a large layer's codes
+    for j in range(1, grouped.shape[1]):
+        packed |= grouped[:, j] << (j * bits)
+    return packed
 
 
 def build(spec: Any, tensors: dict[str, torch.Tensor]) -> KernelLayout:
@@ -115,15 +118,18 @@ def build(spec: Any, tensors: dict[str, torch.Tensor]) -> KernelLayout:
             raise PrunellmError("a 'quant' layer needs bits")
         bits = container_bits(spec.bits)
         qweight = _part(tensors, "qweight", torch.uint8, (rows, -(-cols * bits // 8)))
-        codes = torch.nn.functional.pad(unpack(qweight, bits, cols), (0, cols_pad - cols))  # (R, cols_pad)
-        mask, counts, stored = None, torch.full((rows,), cols_pad, dtype=torch.int64), codes.reshape(-1)
+        if cols == cols_pad:  # the file's rows are the kernels' rows already: no unpacking
+            stored = qweight.reshape(-1)
+        else:
+            stored = torch.nn.functional.pad(unpack(qweight, bits, cols), (0, cols_pad - cols)).reshape(-1)
+        mask, counts = None, torch.full((rows,), cols_pad, dtype=torch.int64)
     else:
         raise PrunellmError(f"unknown layout {spec.layout!r}")
     layout = KernelLayout(rows, cols, cols_pad, KIND[spec.dtype], 0, KIND[spec.dtype], cols, 1,
                           None if mask is None else _mask_words(mask, cols_pad), torch.empty(0), torch.empty(0),
                           None, None)
     if quantized:
-        _codes(layout, spec, tensors, counts, stored)
+        _codes(layout, spec, tensors, counts, stored, packed=spec.layout == "quant" and cols == cols_pad)
     else:
         layout.row_start = _starts(counts)
         layout.values = _with_tail(stored)
@@ -188,8 +194,9 @@ def _nm(spec: Any, t: dict[str, torch.Tensor], rows: int, cols: int,
 
 
 def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: torch.Tensor,
-           codes: torch.Tensor) -> None:
-    """Codes (N,) of rows of `counts` codes, repacked with each row starting on a whole byte."""
+           codes: torch.Tensor, packed: bool = False) -> None:
+    """Codes (N,) of rows of `counts` codes, repacked with each row starting on a whole byte
+    (`packed`: `codes` are those bytes already)."""
     rows, cols = layout.rows, layout.cols
     if not isinstance(spec.bits, int) or not 1 <= spec.bits <= 8:
         raise PrunellmError(f"bits {spec.bits!r} is not in 1..8")
@@ -201,18 +208,38 @@ def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: 
     zeros = _part(t, "zeros", torch.uint8, (rows, groups))
     bits = container_bits(spec.bits)
     per_byte = 8 // bits
-    padded = -(-counts // per_byte) * per_byte
-    starts = _starts(padded)
-    row = torch.repeat_interleave(torch.arange(rows), counts)
-    within = torch.arange(codes.numel()) - _starts(counts)[:-1].repeat_interleave(counts)
-    placed = torch.zeros(int(starts[-1]), dtype=torch.uint8)
-    placed[starts[:-1][row] + within] = codes
-    packed = pack(placed, bits)
+    starts = _starts(-(-counts // per_byte) * per_byte)
+    if not packed:
+        codes = _pack_rows(codes, counts, starts, bits)
     layout.value_kind, layout.code_bits = CODES, bits
     layout.group_size, layout.groups = group_size, groups
-    layout.row_start, layout.values, layout.value_bytes = starts, _with_tail(packed), packed.numel()
+    layout.row_start, layout.values, layout.value_bytes = starts, _with_tail(codes), codes.numel()
     # Copies, not views of the parts: the parts may be a memory-mapped file the caller releases.
     layout.scales, layout.zeros = scales.clone(), zeros.to(torch.float32)
+
+
+def _pack_rows(codes: torch.Tensor, counts: torch.Tensor, starts: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes uint8 (N,), rows of `counts` codes one after another -> packed bytes with row r's
+    codes from code `starts[r]` (every row padded to whole bytes). Placed in bands of rows of
+    about BAND_CODES codes: the positions are int64, eight bytes per code of the band."""
+    per_byte = 8 // bits
+    code_starts = _starts(counts)
+    if torch.equal(code_starts, starts):  # every row fills whole bytes
+        return pack(codes, bits)
+    out = torch.empty(int(starts[-1]) // per_byte, dtype=torch.uint8)
+    rows, first = counts.numel(), 0
+    while first < rows:
+        last = int(torch.searchsorted(code_starts, code_starts[first] + BAND_CODES, right=True)) - 1
+        last = min(max(last, first + 1), rows)
+        band = counts[first:last]
+        c0, c1, p0, p1 = (int(v) for v in (code_starts[first], code_starts[last], starts[first], starts[last]))
+        row = torch.repeat_interleave(torch.arange(last - first), band)  # (codes in the band,)
+        within = torch.arange(c1 - c0) - (code_starts[first:last] - c0).repeat_interleave(band)
+        placed = torch.zeros(p1 - p0, dtype=torch.uint8)
+        placed[(starts[first:last] - p0)[row] + within] = codes[c0:c1]
+        out[p0 // per_byte:p1 // per_byte] = pack(placed, bits)
+        first = last
+    return out
 
 
 def _starts(counts: torch.Tensor) -> torch.Tensor:

@@ -40,9 +40,13 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
     pad = (-n) % per_byte
     if pad:
         values = torch.nn.functional.pad(values, (0, pad))
-    grouped = values.reshape(*values.shape[:-1], -1, per_byte).to(torch.int32)  # (..., bytes, per_byte)
-    shifts = torch.arange(per_byte, dtype=torch.int32, device=values.device) * bits
-    return (grouped << shifts).sum(dim=-1).to(torch.uint8)
+    grouped = values.reshape(*values.shape[:-1], -1, per_byte)  # (..., bytes, per_byte)
+    # uint8 shifts and ORs, one slice per position in the byte: no wider integer copies (a
+    # vocabulary-sized head's codes would make gigabytes of int32 temporaries)
+    packed = grouped[..., 0].clone()  # (..., bytes)
+    for j in range(1, per_byte):
+        packed |= grouped[..., j] << (j * bits)
+    return packed
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
