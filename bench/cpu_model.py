@@ -257,6 +257,28 @@ def _plot_speed(result: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """One line, before anything loads, for a path that cannot be what it is given as."""
+    if args.from_json:
+        if not args.directories[0].is_file():
+            raise SystemExit(f"--from-json: {args.directories[0]} is not a file")
+    else:
+        for directory in args.directories:
+            if not (directory / "report.json").is_file():
+                raise SystemExit(f"{directory}: not a prunellm output directory (no report.json)")
+        for path in args.llama:
+            if not path.is_file() or _magic(path) != b"GGUF":
+                raise SystemExit(f"--llama {path}: not a GGUF file")
+    for path in args.ppl_from or []:
+        if not path.is_file():
+            raise SystemExit(f"--ppl-from {path}: no such file")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", type=Path)
@@ -277,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", action="store_true",
                         help="no run: print the table of the JSON given as the one DIR (and --plot it)")
     args = parser.parse_args(argv)
+    check_inputs(args)
     if args.from_json:
         result = json.loads(args.directories[0].read_text())
         if args.ppl_from:  # scores that came after the timing run: into its rows, written back with --out

@@ -31,3 +31,24 @@ def test_a_bench_script_that_loads_transformers_starts(tmp_path) -> None:
                             "from transformers import LlamaConfig; print(LlamaConfig().model_type)", str(BENCH)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert probe.returncode == 0 and probe.stdout.strip() == "llama", probe.stderr[-2000:]
+
+
+def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path) -> None:
+    """bench/cpu_model.py checks its paths before loading anything: a directory that is not a
+    prune's output, a --llama file that is not GGUF, a missing --ppl-from or --from-json file."""
+    import subprocess
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text("{}")
+    (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04")
+    cases = {
+        (str(tmp_path / "missing"), "--score-only", "--out", str(tmp_path / "s.json")): "no report.json",
+        (str(tmp_path / "run"), "--llama", str(tmp_path / "not.gguf"), "--score-only", "--out", "x"): "not a GGUF",
+        (str(tmp_path / "run"), "--ppl-from", str(tmp_path / "none.json")): "no such file",
+        (str(tmp_path / "none.json"), "--from-json"): "is not a file",
+    }
+    for args, message in cases.items():
+        done = subprocess.run([sys.executable, str(BENCH / "cpu_model.py"), *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and message in lines[0], (args, done.stderr[-2000:])
