@@ -241,6 +241,50 @@ def test_expand_gives_the_formats_weight_bit_for_bit(layers, level, threads, cas
     assert torch.equal(_bits(weight), _bits(expected))
 
 
+ODD_STEP_CASES = ["qbitmask:4:32:160", "qbitmask:4:128:384:bfloat16", "qbitmask:4:row:200:bfloat16",
+                  "qbitmask:4:64:320", "qbitmask:4:32:160:float16"]
+
+
+def _step_counts(mask: torch.Tensor) -> torch.Tensor:
+    """Stored columns per 64-column step: the set bits of each int64 mask word."""
+    return torch.tensor([bin(word & (2**64 - 1)).count("1") for word in mask.reshape(-1).tolist()])
+
+
+def test_masked_4_bit_steps_are_made_even_with_zero_weights(layers) -> None:
+    """A masked 4-bit layer's odd steps store one more column, the group's zero point (weight
+    +0): every step then holds an even number of codes, the expansion is the format's weight
+    bit for bit (signed zeros included), and the codes grow by at most one per step."""
+    for case in ODD_STEP_CASES + ["qnm2-4:4:128:384", "qnm4-8:4:4:200"]:
+        packed, _, native = layers[case]
+        layout = native.layout
+        assert layout.even_steps, case
+        counts = _step_counts(layout.mask)
+        assert bool((counts % 2 == 0).all()), case
+        stored = int(packed.tensors["row_offsets"][-1]) if "row_offsets" in packed.tensors else None
+        if stored is not None:
+            assert stored <= int(counts.sum()) <= stored + layout.mask.numel(), case
+        assert torch.equal(_bits(cpu_kernels.expand(native)), _bits(decompress_weight(packed))), case
+
+
+@pytest.mark.parametrize("case", ODD_STEP_CASES)
+def test_masked_4_bit_layers_with_odd_steps_read_at_half_bytes(layers, level, monkeypatch, case) -> None:
+    """Where a layer's steps cannot all be made even (cpu_layout keeps odd ones: no column to
+    spare, a scale that is not finite) the kernels read codes that start mid-byte: the same
+    products."""
+    from prunellm.runtime import cpu_layout
+
+    monkeypatch.setattr(cpu_layout, "_even_steps", lambda spec, t, mask, counts, codes: (mask, counts, codes, False))
+    packed, dense, _ = layers[case]
+    native = cpu_kernels.prepare(packed.spec, packed.tensors)
+    assert not native.layout.even_steps
+    counts = _step_counts(native.layout.mask)
+    assert bool((counts % 2 == 1).any())  # the case has odd steps to read
+    for tokens in (1, 2, 5, 16):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+    assert torch.equal(_bits(cpu_kernels.expand(native)), _bits(decompress_weight(packed)))
+
+
 @pytest.mark.parametrize("case", ["qbitmask:4:32:160", "qbitmask:2:32:160", "qbitmask:4:row:200:bfloat16",
                                   "qnm2-4:4:row:200", "qquant:4:row:200"])
 def test_codes_repacked_in_bands_of_rows_give_the_same_layout(layers, monkeypatch, case) -> None:

@@ -64,7 +64,7 @@ class _PnlWeight(ctypes.Structure):
                 ("value_kind", ctypes.c_int32), ("code_bits", ctypes.c_int32), ("weight_dtype", ctypes.c_int32),
                 ("has_mask", ctypes.c_int32), ("group_size", ctypes.c_int64), ("groups", ctypes.c_int64),
                 ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p), ("values", ctypes.c_void_p),
-                ("scales", ctypes.c_void_p), ("zeros", ctypes.c_void_p)]
+                ("scales", ctypes.c_void_p), ("zeros", ctypes.c_void_p), ("even_steps", ctypes.c_int32)]
 
 
 @dataclass
@@ -263,7 +263,7 @@ def prepare(spec: Any, tensors: dict[str, torch.Tensor]) -> NativeWeight:
     struct = _PnlWeight(layout.rows, layout.cols, layout.cols_pad, layout.value_kind, layout.code_bits,
                         layout.weight_dtype, int(layout.mask is not None), layout.group_size, layout.groups,
                         pointer(layout.mask), pointer(layout.row_start), pointer(layout.values),
-                        pointer(layout.scales), pointer(layout.zeros))
+                        pointer(layout.scales), pointer(layout.zeros), int(layout.even_steps))
     return NativeWeight((layout.rows, layout.cols), layout, struct)
 
 

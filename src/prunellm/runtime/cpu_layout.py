@@ -65,6 +65,7 @@ class KernelLayout:
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     value_bytes: int = 0
+    even_steps: bool = False  # every 64-column step of a row holds an even number of codes
 
 
 def container_bits(bits: int) -> int:
@@ -125,9 +126,13 @@ def build(spec: Any, tensors: dict[str, torch.Tensor]) -> KernelLayout:
         mask, counts = None, torch.full((rows,), cols_pad, dtype=torch.int64)
     else:
         raise PrunellmError(f"unknown layout {spec.layout!r}")
+    even = False
+    if quantized and mask is not None and container_bits(spec.bits) == 4 and not cols % (spec.group_size or cols):
+        mask, counts, stored, even = _even_steps(spec, tensors, mask, counts, stored)
     layout = KernelLayout(rows, cols, cols_pad, KIND[spec.dtype], 0, KIND[spec.dtype], cols, 1,
                           None if mask is None else _mask_words(mask, cols_pad), torch.empty(0), torch.empty(0),
                           None, None)
+    layout.even_steps = even
     if quantized:
         _codes(layout, spec, tensors, counts, stored, packed=spec.layout == "quant" and cols == cols_pad)
     else:
@@ -191,6 +196,43 @@ def _nm(spec: Any, t: dict[str, torch.Tensor], rows: int, cols: int,
     else:
         stored = _part(t, "values", FLOAT_DTYPES[spec.dtype], (rows, slots))
     return mask, torch.full((rows,), slots, dtype=torch.int64), stored.reshape(-1)
+
+
+def _even_steps(spec: Any, t: dict[str, torch.Tensor], mask: torch.Tensor, counts: torch.Tensor,
+                codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """A masked layer of 4-bit codes with every 64-column step holding an even number of codes,
+    so that each step's codes start on a whole byte (the vdpbf16ps kernel then loads them without
+    a half-byte shift): a step with an odd number stores one more column, its first without a
+    value, with the group's zero point as its code. Its weight is scale * (zero - zero) = 0,
+    what the format's decompression gives the column (it stores a pruned weight as the zero
+    point's code), so every expansion and product is unchanged; the codes grow by half a code a
+    step on average (2 bits in 64 weights). Returns mask (R, C), counts (R,), codes (N,) and
+    whether every step is even; unchanged and False where a step has no column to spare, a zero
+    point is not a 4-bit code or a scale is not finite (its zero weight would be NaN)."""
+    rows, cols = mask.shape
+    cols_pad = -(-cols // 64) * 64
+    steps = torch.nn.functional.pad(mask, (0, cols_pad - cols)).view(rows, -1, 64)  # (R, S, 64)
+    odd = steps.sum(dim=2) % 2 == 1  # (R, S)
+    if not bool(odd.any()):
+        return mask, counts, codes, True
+    spare = ~torch.nn.functional.pad(mask, (0, cols_pad - cols), value=True).view(rows, -1, 64)  # real columns only
+    if bool((odd & ~spare.any(dim=2)).any()):
+        return mask, counts, codes, False
+    row, step = odd.nonzero(as_tuple=True)  # (K,) each, row-major: columns in order within a row
+    col = step * 64 + spare[row, step].to(torch.uint8).argmax(dim=1)  # (K,) the first spare column
+    groups = cols // (spec.group_size or cols)
+    group = col // (spec.group_size or cols)
+    zero = _part(t, "zeros", torch.uint8, (rows, groups))[row, group]  # (K,)
+    scale = _part(t, "scales", torch.float32, (rows, groups))[row, group]
+    if bool((zero > 15).any()) or not bool(torch.isfinite(scale).all()):
+        return mask, counts, codes, False
+    grown = mask.clone()
+    grown[row, col] = True
+    was_stored = mask[grown]  # (N + K,) which of the new stored columns held a code
+    grown_codes = torch.empty(was_stored.numel(), dtype=torch.uint8)
+    grown_codes[was_stored] = codes
+    grown_codes[~was_stored] = zero  # the added columns in row-major order, as `row, col` lists them
+    return grown, counts + odd.sum(dim=1), grown_codes, True
 
 
 def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: torch.Tensor,

@@ -142,8 +142,19 @@ void rows(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t 
     for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r);
 }
 
+template <class Source>
+struct EvenSteps {  // the source that reads a masked layer of even steps (4-bit codes)
+    using type = Source;
+};
+template <bool BF16>
+struct EvenSteps<Code4Values<BF16>> {
+    using type = Code4Values<BF16, true>;
+};
+
 template <int NT, class Source>
 void by_mask(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t r1, uint8_t* s) {
+    using Even = typename EvenSteps<Source>::type;
+    if (w->has_mask && w->even_steps && !std::is_same_v<Even, Source>) return rows<NT, true, Even>(w, xb, y, r0, r1, s);
     if (w->has_mask) return rows<NT, true, Source>(w, xb, y, r0, r1, s);
     rows<NT, false, Source>(w, xb, y, r0, r1, s);
 }

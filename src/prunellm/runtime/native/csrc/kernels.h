@@ -47,6 +47,8 @@ typedef struct PnlWeight {
     const void* values;        // stored values or packed codes (first code in the lowest bits)
     const float* scales;       // (R, groups) or null
     const float* zeros;        // (R, groups) zero points as float32, or null
+    int32_t even_steps;        // 1: every 64-column step of a masked row holds an even number of
+                               // codes (cpu_layout.py pads them), so 4-bit steps start on a byte
 } PnlWeight;
 
 // One ISA's kernel: rows [row_begin, row_end) of y (T, R) float32 = xp (T, cols_pad) @ W^T.
