@@ -23,21 +23,21 @@ def test_every_family_has_a_limit_for_both_activation_dtypes() -> None:
     assert [token_limits.family(bits) for bits in (None, 0, 2, 4, 8)] == ["dense", "values", "4-bit", "4-bit",
                                                                         "8-bit"]
     tables = (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH,
-              token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH)
+              token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH, token_limits.AVX2_BF16_PATH)
     for table in tables:
         assert set(table) == {"dense", "values", "4-bit", "8-bit"}
         assert all(1 <= limit <= token_limits.MOST_TOKENS for limit in table.values())
     for bits in (None, 0, 4, 8):
         key = token_limits.family(bits)
-        float32_path, avx512, bf16_dot, amx_dot, amx_tiles = (table[key] for table in tables)
+        float32_path, avx512, bf16_dot, amx_dot, amx_tiles, avx2_bf16 = (table[key] for table in tables)
         for amx, dot in ((False, bf16_dot), (True, amx_dot)):  # bfloat16 products on AMX tiles or not
             assert token_limits.limits(bits, "avx512bf16", amx) == {torch.float32: avx512, torch.bfloat16: dot}
             assert token_limits.limits(bits, "avx512", amx) == {torch.float32: avx512, torch.bfloat16: avx512}
             # the amx level exists only on a CPU with the tiles: its own table, whatever torch does
             assert token_limits.limits(bits, "amx", amx) == {torch.float32: avx512, torch.bfloat16: amx_tiles}
-            for level in ("avx2", "portable"):
-                assert token_limits.limits(bits, level, amx) == {torch.float32: float32_path,
-                                                                 torch.bfloat16: float32_path}
+            assert token_limits.limits(bits, "avx2", amx) == {torch.float32: float32_path, torch.bfloat16: avx2_bf16}
+            assert token_limits.limits(bits, "portable", amx) == {torch.float32: float32_path,
+                                                                  torch.bfloat16: float32_path}
     assert token_limits.limits(4, "avx512bf16") == token_limits.limits(4, "avx512bf16", cpu_has("amx_bf16"))
 
 
@@ -64,7 +64,7 @@ def test_a_compressed_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counte
         weight = scale * (grid.codes(weight).float() - zero)  # on the grid: the pruned weights' codes are zero's
     layer = CompressedLinear(compress_weight(weight.to(torch.bfloat16), grid))
     for table in (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH,
-                  token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH):
+                  token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH, token_limits.AVX2_BF16_PATH):
         monkeypatch.setitem(table, token_limits.family(bits or 0), 3)
     assert layer.prepare_cpu()
     assert layer.cpu_kernel_max_tokens(torch.bfloat16) == layer.cpu_kernel_max_tokens(torch.float16) == 3
@@ -82,7 +82,7 @@ def test_a_compressed_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counte
 def test_a_dense_layer_takes_the_kernel_up_to_its_limit(monkeypatch, counted) -> None:
     linear = nn.Linear(128, 40, bias=True).to(torch.bfloat16)
     for table in (token_limits.FLOAT32_PATH, token_limits.AVX512_PATH, token_limits.BF16_DOT_PATH,
-                  token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH):
+                  token_limits.AMX_BF16_DOT_PATH, token_limits.AMX_TILE_PATH, token_limits.AVX2_BF16_PATH):
         monkeypatch.setitem(table, "dense", 2)
     layer = DecodeLinear(linear, cpu_kernels.prepare_dense(linear.weight.detach()))
     with torch.no_grad():

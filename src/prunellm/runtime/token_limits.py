@@ -29,8 +29,15 @@ MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
 # a compressed layer's kernel beat expanding it up to 16 tokens, a dense layer's beat torch's
 # bfloat16 product at 1 token only (bench/results/layer_kernels_float32.json).
 AVX512_PATH = {"dense": 1, "values": 16, "4-bit": 16, "8-bit": 16}
-# AVX2 and portable kernels: not timed against the expanded alternative (no such machine timed).
+# AVX2 and portable kernels: not timed against the expanded alternative on an AVX2-only machine.
 FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
+# bfloat16 activations on the avx2 level, measured with that level forced on the Xeon AMX VM
+# (bench/results/layer_kernels_xeon_avx2.json): 4- and 8-bit codes beat expanding the layer
+# at every 7B shape up to 16 tokens, even with torch's product on AMX tiles (where an AVX2-only
+# CPU's bfloat16 product is slower still); the dense and stored-value kernels lost to AMX tiles
+# from 1 and 2 tokens, which says nothing of a CPU without them: they keep the untimed limits.
+AVX2_BF16_PATH = {"dense": 1, "values": 2, "4-bit": 16, "8-bit": 16}
+AVX2_LEVEL = "avx2"
 # bfloat16 activations on the avx512bf16 level: a compressed layer's kernel beat expanding it at
 # every count up to 16, a dense layer's beat torch's bfloat16 product up to 4 tokens
 # (bench/README.md's crossover table).
@@ -74,6 +81,8 @@ def limits(code_bits: int | None, level: str, amx: bool | None = None) -> dict[t
         bf16 = AMX_TILE_PATH[key]
     elif level == BF16_DOT_LEVEL:
         bf16 = (AMX_BF16_DOT_PATH if amx else BF16_DOT_PATH)[key]
+    elif level == AVX2_LEVEL:
+        bf16 = AVX2_BF16_PATH[key]
     else:
         bf16 = wide
     return {torch.float32: wide, torch.bfloat16: bf16}
