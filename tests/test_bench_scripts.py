@@ -33,11 +33,16 @@ def test_a_bench_script_that_loads_transformers_starts(tmp_path) -> None:
     assert probe.returncode == 0 and probe.stdout.strip() == "llama", probe.stderr[-2000:]
 
 
-def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path) -> None:
+def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path, monkeypatch) -> None:
     """bench/cpu_model.py checks its paths before loading anything: a directory that is not a
-    prune's output, a --llama file that is not GGUF, a missing --ppl-from or --from-json file."""
-    import subprocess
+    prune's output, a --llama file that is not GGUF, a missing --ppl-from or --from-json file.
+    Each stops with one line (SystemExit's message, what Python prints to stderr)."""
+    import pytest
 
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("cpu_model_under_test", BENCH / "cpu_model.py")
+    cpu_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_model)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "report.json").write_text("{}")
     (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04")
@@ -48,7 +53,8 @@ def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path) -> None:
         (str(tmp_path / "none.json"), "--from-json"): "is not a file",
     }
     for args, message in cases.items():
-        done = subprocess.run([sys.executable, str(BENCH / "cpu_model.py"), *args], capture_output=True, text=True,
-                              cwd=tmp_path)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode != 0 and len(lines) == 1 and message in lines[0], (args, done.stderr[-2000:])
+        with pytest.raises(SystemExit) as stopped:
+            cpu_model.main(list(args))
+        assert isinstance(stopped.value.code, str) and message in stopped.value.code, args
+        assert len(stopped.value.code.splitlines()) == 1
+    assert not (tmp_path / "s.json").exists()
