@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from prunellm.io.atomic import write_json_atomic
 from prunellm.runtime.bench_infer import InferConfig, compare, machine_description
 
 
@@ -76,8 +77,7 @@ def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, 
                          "perplexity": {}, "file_bytes": file_bytes, "head_bits": bits})
     if scores is not None:
         for row in rows:
-            score = _score_of(scores, _row_key(row))
-            row["perplexity"] = {} if score is None else {"wikitext2": score}
+            row["perplexity"] = _perplexity_of(scores, row)
             row["ppl_source"] = "as loaded"
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
 
@@ -87,11 +87,14 @@ def _row_key(row: dict) -> str:
     return f"{row['directory']}|{row['file_bytes'] or 0}|head {row.get('head_bits') or 'as stored'}"
 
 
-def _score_of(scores: dict, key: str) -> float | None:
-    """A row's score, or None (said on stderr: its perplexity column stays empty)."""
+def _perplexity_of(scores: dict, row: dict) -> dict:
+    """A row's perplexity entry from --ppl-from's scores; {} where they have none (said on
+    stderr: its perplexity column stays empty)."""
+    key = _row_key(row)
     if key not in scores["scores"]:
         print(f"--ppl-from {scores['path']}: no score of {key}", file=sys.stderr)
-    return scores["scores"].get(key)
+        return {}
+    return {"wikitext2": scores["scores"][key]}
 
 
 def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files: list[Path], threads: int) -> dict:
@@ -157,8 +160,7 @@ def llama_rows(files: list[Path], config: InferConfig, threads: int, windows_fro
                "decode_tokens_per_second": result["avg_ts"], "file_bytes": path.stat().st_size,
                "weight_bytes": result["model_size"], "directory": path.name, "perplexity": {}}
         if scores is not None:
-            score = _score_of(scores, _row_key(row))
-            row["perplexity"] = {} if score is None else {"wikitext2": score}
+            row["perplexity"] = _perplexity_of(scores, row)
         elif windows is not None:
             from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
 
@@ -305,10 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.ppl_from:  # scores that came after the timing run: into its rows, written back with --out
             scores = read_scores(args.ppl_from, None)
             for row in result["rows"]:
-                score = _score_of(scores, _row_key(row))
-                row["perplexity"] = {} if score is None else {"wikitext2": score}
+                row["perplexity"] = _perplexity_of(scores, row)
             if args.out:
-                args.out.write_text(json.dumps(result, indent=1))
+                write_json_atomic(args.out, result)
         print(table(result))
         if args.plot:
             plot(result, args.plot)
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             raise SystemExit("--score-only writes its scores to --out")
         result = score_rows(args.directories, args.head_bits, args.llama, torch.get_num_threads())
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.out, result)
         return 0
     scores = read_scores(args.ppl_from, args.directories[0]) if args.ppl_from else None
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(result["machine"])
     print(table(result))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.out, result)
     if args.plot:
         plot(result, args.plot)
     return 0

@@ -138,9 +138,7 @@ def _release_load_memory() -> None:
     """Give back what the load's temporaries left free inside glibc's heap: they were allocated
     between the buffers kept, and without a trim the process would hold about twice the
     compressed model's memory while decoding."""
-    from prunellm.streaming.heap import (
-        release_free_memory,  # (the helper the streamed prune uses)
-    )
+    from prunellm.streaming.heap import release_free_memory  # (the helper the streamed prune uses)
 
     release_free_memory()
 
@@ -154,7 +152,7 @@ def _install_layers(model: nn.Module, checkpoint: CompressedCheckpoint, keep: bo
     decode step). Layers are expanded on `device` (a GPU expands a 7B model in seconds); on
     CUDA, layers are converted to the layouts the GPU kernels read where that is lossless; on a
     CPU, repacked for the native kernels. Each layer's file parts are let go once it is in place
-(with `mapped`, their pages handed back too)."""
+    (with `mapped`, their pages handed back too)."""
     for index, name in enumerate(list(checkpoint.layers)):
         packed = checkpoint.layers.pop(name)
         parent, child = layer_slot(model, name)
