@@ -11,8 +11,8 @@ from prunellm.walker import WalkConfig
 
 def test_sparsegpt_far_below_magnitude_on_real_model(smollm2, data_dir):
     model, tokenizer = smollm2
-    calibration = CalibrationConfig(str(data_dir / "wikitext-2-tokenized" / "valid.txt"), num_samples=8, seqlen=256)
-    test_ids = tokenize_eval_text(load_eval_text("wikitext2", data_dir=data_dir), tokenizer, max_tokens=2048)
+    calibration = CalibrationConfig(str(data_dir / "wikitext-2-tokenized" / "valid.txt"), num_samples=4, seqlen=256)
+    test_ids = tokenize_eval_text(load_eval_text("wikitext2", data_dir=data_dir), tokenizer, max_tokens=1024)
 
     def ppl(m):
         return perplexity(m, test_ids, seqlen=256, batch_size=4, progress=False)

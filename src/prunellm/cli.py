@@ -4,14 +4,17 @@ what the defaults are and which format writes what is decided below the CLI."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from .errors import PrunellmError
 from .logs import RunLog, add_logging_options, configured
 
+REPORT_EVERY_S = 30.0  # a sweep's report is redrawn at most this often while it runs
 EPILOG = "Data: local files under --data-dir or $PRUNELLM_DATA_DIR first, the `datasets` library when online."
 
 
@@ -537,15 +540,29 @@ def run_sweep(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, compute_device=resolve_device(args.device))
     sweep = Sweep(model, tokenizer, settings, config, args.out, suite=suite, resume=args.resume,
                   overwrite=args.overwrite, gguf_file=gguf_file(args.model), model_source=model_label(args.model))
-    for index, row in enumerate(sweep.run()):
-        print(f"[{index}/{len(settings)}] {describe_row(row)}", flush=True)
-        files = _write_report(args.out)  # plots and report follow every row: a sweep cut short keeps them
-        if args.save_models:  # each saved setting gets its model card once
-            from .report.card import CARD_FILE
+    # The report and its plots follow the rows, at most every REPORT_EVERY_S (drawing them takes
+    # about a second, a tiny model's setting less), and always after the last row or when the
+    # sweep is cut short: a sweep stopped by Ctrl-C or an error keeps its figures.
+    written, pending, files = float("-inf"), False, None
+    try:
+        for index, row in enumerate(sweep.run()):
+            print(f"[{index}/{len(settings)}] {describe_row(row)}", flush=True)
+            pending = True
+            if time.monotonic() - written >= REPORT_EVERY_S:
+                files, written, pending = _write_report(args.out), time.monotonic(), False
+            if args.save_models:  # each saved setting gets its model card once
+                from .report.card import CARD_FILE
 
-            for report in sorted(Path(args.out).glob("models/*/report.json")):
-                if not (report.parent / CARD_FILE).exists():
-                    _write_card(report.parent, "hf")
+                for report in sorted(Path(args.out).glob("models/*/report.json")):
+                    if not (report.parent / CARD_FILE).exists():
+                        _write_card(report.parent, "hf")
+    except BaseException:
+        if pending:
+            with contextlib.suppress(Exception):  # the reason the sweep stopped is what the user must see
+                _write_report(args.out)
+        raise
+    if pending or files is None:
+        files = _write_report(args.out)
     print(f"results: {Path(args.out) / 'results.csv'}; report: {files.html}")
 
 

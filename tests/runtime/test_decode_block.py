@@ -7,8 +7,9 @@ loop's in float32 up to float rounding, and in bfloat16 up to one unit in the la
 elements; over many steps the two loops' logits stay within bfloat16 rounding. Shapes are odd on
 purpose: heads of 24 dimensions (not a multiple of the 16 lanes attention sums in) and of 64 (the
 AVX-512 attention's path, 16 positions' scores at a time), widths of 96 and 100 (not multiples of
-64), grouped-query and plain heads, Qwen2's biases, more cached positions than lanes. Every kernel level this CPU runs and the portable one, one and two threads, torch's
-OpenMP team and the library's own pool.
+64), grouped-query and plain heads, Qwen2's biases, more cached positions than lanes. Every kernel
+level this CPU runs and the portable one, one and two threads, torch's OpenMP team and the
+library's own pool (in pairs: each level on two threads, each team on the best level).
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def _ulp(reference: torch.Tensor) -> torch.Tensor:
     return torch.exp2(exponent - 7)
 
 
+def _levels_and_teams() -> list[tuple[str, str]]:
+    """Every level on two threads of the library's pool, and the best level on one thread and on
+    torch's team: the levels' code and the teams' splitting are independent of each other, so
+    their pairs (not the whole product) cover both."""
+    levels = cpu_kernels.supported_levels() if cpu_kernels.available() else ["portable"]
+    return ([(level, "2 threads on the library's pool") for level in levels]
+            + [(levels[-1], "1 thread"), (levels[-1], "2 threads on torch's OpenMP")])
+
+
+@pytest.mark.parametrize("level, threads", _levels_and_teams(), indirect=True)
 @pytest.mark.parametrize("arch, dtype, kind", _cases())
 def test_one_block_rounds_where_the_torch_loop_rounds(dirs, level, threads, arch: str, dtype: str, kind: str) -> None:
     """A one-block model, 20 cached positions: the block's output (read before the head, through

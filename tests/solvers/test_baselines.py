@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prunellm.solvers import MagnitudeConfig, WandaConfig, magnitude, wanda
+from prunellm.solvers import MagnitudeConfig, WandaConfig, lowest_fraction_mask, magnitude, wanda
 from tests.conftest import layer_problem
 
 
@@ -37,3 +37,25 @@ def test_magnitude_per_layer_and_per_row():
     row = magnitude(W, MagnitudeConfig(sparsity=0.5, per_row=True))
     assert torch.all(row.mask.sum(1) == 32)
     assert torch.equal(magnitude(W, MagnitudeConfig(sparsity=0.0)).weight, W)
+
+
+def _stable_sort_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The definition: a stable sort's first k indices of each row (ties left to right)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    return mask.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True) if k else mask
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["layer", "row"])
+def test_masks_by_selection_are_the_stable_sorts_with_ties_left_to_right(per_row):
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, cols = torch.randint(1, 40, (2,), generator=gen).tolist()
+        # Few distinct values: most scores tie with the cut-off one.
+        scores = torch.randint(0, 1 + trial % 5, (rows, cols), generator=gen).float()
+        for sparsity in (0.0, 0.1, 0.5, 0.7, 0.99):
+            got = lowest_fraction_mask(scores, sparsity, per_row=per_row)
+            if per_row:
+                expected = _stable_sort_mask(scores, int(cols * sparsity))
+            else:
+                expected = _stable_sort_mask(scores.reshape(1, -1), int(rows * cols * sparsity)).reshape(rows, cols)
+            assert torch.equal(got, expected), (rows, cols, sparsity)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class TaskSuite:
         if not config.tasks:
             raise PrunellmError("no zero-shot tasks given")
         try:
-            from lm_eval.tasks import TaskManager
+            import lm_eval.tasks  # noqa: F401
         except ImportError:
             raise PrunellmError(f"zero-shot tasks need lm-evaluation-harness: {_INSTALL_HINT}") from None
         dirs = [BUILTIN_TASK_DIR]
@@ -91,9 +92,9 @@ class TaskSuite:
             dirs.append(path.resolve())
         with _quiet_lm_eval():
             # Local tasks first: they index in milliseconds; lm-eval's own only when asked for.
-            manager = TaskManager(include_path=[str(d) for d in dirs], include_defaults=False)
+            manager = _task_manager(tuple(map(str, dirs)), include_defaults=False)
             if not set(config.tasks) <= set(manager.all_tasks):
-                manager = TaskManager(include_path=[str(d) for d in dirs], include_defaults=True)
+                manager = _task_manager(tuple(map(str, dirs)), include_defaults=True)
         unknown = [name for name in config.tasks if name not in manager.all_tasks]
         if unknown:
             local = ", ".join(sorted(t for t in manager.all_tasks if t.startswith("prunellm")))
@@ -117,7 +118,7 @@ class TaskSuite:
         from lm_eval.models.huggingface import HFLM
 
         target = torch.device(device) if device is not None else next(model.parameters()).device
-        with on_device(model, target), _quiet_lm_eval():
+        with on_device(model, target), _quiet_lm_eval(), _without_environment_survey():
             # HFLM reads the device from the model; add_bos_token None keeps the tokenizer's
             # default. A copy of the tokenizer: lm-eval sets a pad token on the one it is
             # given, and the caller's may be saved with the model afterwards.
@@ -173,6 +174,33 @@ def _quiet_lm_eval() -> Iterator[None]:
         yield
     finally:
         lm_logger.setLevel(previous)
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(dirs: tuple[str, ...], include_defaults: bool) -> Any:
+    """lm-eval's index of the tasks in `dirs` (and its ~15k built-in ones): built once a process,
+    since indexing the built-in ones takes seconds (a sweep, or a second evaluation, reuses it)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(dirs), include_defaults=include_defaults)
+
+
+@contextlib.contextmanager
+def _without_environment_survey() -> Iterator[None]:
+    """simple_evaluate ends by surveying the machine into its results (torch's collect_env:
+    subprocesses, half a second a call, most of a small task's evaluation); the scores are all
+    that is read here, so the survey is skipped for the call."""
+    import lm_eval.evaluator
+
+    survey = getattr(lm_eval.evaluator, "add_env_info", None)
+    if survey is None:  # another lm-eval: nothing to skip
+        yield
+        return
+    lm_eval.evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info = survey
 
 
 def _task_errors() -> tuple[type[BaseException], ...]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prunellm.errors import PrunellmError
@@ -28,6 +32,44 @@ def gguf_model_kwargs(file_name: str) -> dict[str, Any]:
         return kwargs
     kwargs["quantization_config"] = GgufConfig(gguf_file=file_name, dequantize=True)
     return kwargs
+
+
+@contextlib.contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within it, transformers parses a GGUF file's metadata once and builds gguf's tensor-name
+    map once per architecture.
+
+    Loading a GGUF model and its tokenizer, transformers opens the file three times (the config,
+    the weights, the tokenizer), and gguf's reader walks every vocabulary string in Python each
+    time (seconds for SmolLM2's 49k tokens); it also builds the tensor-name map anew for every
+    module of the model (hundreds of times). Both are read-only once built, so one per file (and
+    per architecture) serves every call: the bundled model's first load drops from about 25 s to
+    under 10. transformers imports both names from `gguf` inside its functions, so they are
+    swapped there for the context's duration and restored after; nested uses share the outer one.
+    """
+    try:
+        import gguf
+    except ImportError:  # transformers will say that GGUF needs it
+        yield
+        return
+    if getattr(gguf.GGUFReader, "prunellm_shared", False):
+        yield
+        return
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: str | os.PathLike, mode: str = "r") -> Any:
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    shared_reader.prunellm_shared = True  # type: ignore[attr-defined]
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
 
 
 def clear_gguf_marks(model: PreTrainedModel) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from prunellm.io import gguf_cache
 from prunellm.io.checks import check_finite
 from prunellm.io.default_model import default_model_path
 from prunellm.io.dtypes import DTYPES
-from prunellm.io.gguf_source import clear_gguf_marks, gguf_model_kwargs
+from prunellm.io.gguf_source import clear_gguf_marks, gguf_model_kwargs, shared_reads
 from prunellm.io.source import ModelSource, resolve_source
 
 if TYPE_CHECKING:
@@ -51,17 +52,18 @@ def load_model(
         kwargs["device_map"] = {"": target}
 
     converted = None
-    if resolved.kind == "gguf":
-        resolved, converted = _through_cache(resolved.location, torch_dtype, target)
-    if converted is not None:
-        model, tokenizer = converted
-    else:
-        model = _from_pretrained("model", resolved, kwargs)
-    clear_gguf_marks(model)
-    model.eval()
-    check_finite(model)
-    if converted is None:
-        tokenizer = _from_pretrained("tokenizer", resolved, {})
+    with shared_reads() if resolved.kind == "gguf" else contextlib.nullcontext():
+        if resolved.kind == "gguf":
+            resolved, converted = _through_cache(resolved.location, torch_dtype, target)
+        if converted is not None:
+            model, tokenizer = converted
+        else:
+            model = _from_pretrained("model", resolved, kwargs)
+        clear_gguf_marks(model)
+        model.eval()
+        check_finite(model)
+        if converted is None:
+            tokenizer = _from_pretrained("tokenizer", resolved, {})
     log.info("loaded %s (%s, %s) from %s", type(model).__name__, model.dtype, target, resolved.location)
     return model, tokenizer
 
@@ -93,7 +95,8 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer alone (a streamed prune never loads the model whole)."""
     resolved = resolve_source(source)
     cached = gguf_cache.lookup(resolved.location) if resolved.kind == "gguf" else None
-    return _from_pretrained("tokenizer", ModelSource("dir", cached) if cached else resolved, {})
+    with shared_reads():
+        return _from_pretrained("tokenizer", ModelSource("dir", cached) if cached else resolved, {})
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:

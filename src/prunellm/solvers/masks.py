@@ -24,20 +24,24 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def lowest_fraction_mask(scores: torch.Tensor, sparsity: float, *, per_row: bool = False) -> torch.Tensor:
     """Prune exactly floor(sparsity · count) lowest scores, over the whole matrix or per row.
 
-    Exact counts (not a `<=` threshold) so that ties never overshoot the target.
+    Exact counts (not a `<=` threshold) so that ties never overshoot the target; equal scores are
+    pruned left to right (row-major over the whole matrix), reproducibly on every device.
     """
+    rows, cols = scores.shape
     if per_row:
-        rows, cols = scores.shape
-        k = int(cols * sparsity)
-        mask = torch.zeros_like(scores, dtype=torch.bool)
-        if k > 0:
-            # Stable sort: equal scores are pruned left to right, reproducibly on every device.
-            order = torch.sort(scores, dim=1, stable=True).indices[:, :k]  # (R, k)
-            mask.scatter_(1, order, True)
-        return mask
-    flat = scores.flatten()
-    k = int(flat.numel() * sparsity)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        mask[torch.sort(flat, stable=True).indices[:k]] = True
-    return mask.reshape(scores.shape)
+        return _lowest_k(scores, int(cols * sparsity))
+    return _lowest_k(scores.reshape(1, -1), int(rows * cols * sparsity)).reshape(rows, cols)
+
+
+def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """scores: (R, N). The k lowest of each row, the leftmost of equal scores first: what the
+    first k indices of a stable sort give, found by selection (the k-th value, then the ties at
+    it) because sorting a layer's millions of scores costs ten times as much."""
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = scores.kthvalue(k, dim=1, keepdim=True).values  # (R, 1): the k-th lowest of each row
+    mask = scores < threshold  # (R, N)
+    missing = k - mask.sum(dim=1, keepdim=True)  # (R, 1): how many scores equal to it go too
+    ties = scores == threshold  # (R, N)
+    mask |= ties & (ties.cumsum(dim=1, dtype=torch.int32) <= missing)
+    return mask
