@@ -149,6 +149,49 @@ def test_cut_short_sweep_keeps_rows_and_resume_finishes_it(workspace, tmp_path, 
     assert done["rows"][:3] == kept["rows"]  # finished rows (dense included) kept as they were
 
 
+@pytest.mark.parametrize("every, drawn", [(0.0, ["dense", "magnitude_40", "magnitude_60"]), (1e9, ["dense", "magnitude_60"])],
+                         ids=["every row", "first and last"])
+def test_the_report_is_redrawn_at_most_every_interval_and_after_the_last_row(workspace, tmp_path, monkeypatch,
+                                                                               every, drawn):
+    import prunellm.cli as cli
+
+    out = tmp_path / "sweep"
+    seen: list[str] = []
+    real = cli._write_report
+
+    def counted(run, target=None):
+        seen.append(json.loads((Path(run) / "results.json").read_text())["rows"][-1]["key"])
+        return real(run, target)
+
+    monkeypatch.setattr(cli, "REPORT_EVERY_S", every)
+    monkeypatch.setattr(cli, "_write_report", counted)
+    assert main(sweep_args(workspace, out, "--methods", "magnitude", "--sparsities", "0.4,0.6",
+                           "--no-layer-errors")) == 0
+    assert seen == drawn  # each drawing shows the rows finished by then; the last one shows them all
+    assert "magnitude 60%" in (out / "report.md").read_text()
+
+
+def test_a_sweep_stopped_by_an_error_draws_the_rows_it_kept(workspace, tmp_path, monkeypatch):
+    import prunellm.cli as cli
+
+    out = tmp_path / "sweep"
+    real = sweep_run.compress_model
+    calls: list[str] = []
+
+    def fails_on_third(*args, **kwargs):
+        calls.append("x")
+        if len(calls) == 3:
+            raise RuntimeError("out of memory in the third setting")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "REPORT_EVERY_S", 1e9)  # only the first row is drawn on the way
+    monkeypatch.setattr(sweep_run, "compress_model", fails_on_third)
+    with pytest.raises(RuntimeError, match="third setting"):  # the cause, not a report's error, surfaces
+        cli.run_sweep(cli.build_parser().parse_args(sweep_args(workspace, out, "--methods", "magnitude",
+                                                                "--sparsities", "0.3,0.5,0.7")))
+    assert "magnitude 50%" in (out / "report.md").read_text()  # the rows kept, drawn on the way out
+
+
 def test_overwrite_starts_over_and_keeps_foreign_files(workspace, tmp_path):
     out = tmp_path / "sweep"
     assert main(sweep_args(workspace, out, "--methods", "magnitude", "--sparsities", "0.5", "--no-layer-errors")) == 0

@@ -3,7 +3,7 @@
 Shared across settings: the loaded model (each setting prunes a deep copy), the calibration
 windows, the tokenized evaluation texts, the resolved zero-shot tasks, and the dense model's
 own scores (evaluated once, kept on --resume). Figures and the report are drawn by
-`prunellm.report` from the results written here (the CLI redraws them after every row).
+`prunellm.report` from the results written here (the CLI redraws them as rows come, at most every 30 s, and at the end).
 """
 
 from __future__ import annotations
