@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     _add_budget_option(infer)
     _add_head_bits_option(infer)
+    _add_embed_bits_option(infer)
     infer.add_argument("--cuda-graph", action="store_true",
                        help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
                             "work rather than Python's kernel launches")
@@ -297,6 +298,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
                              "--no-keep-compressed: every layer expanded at load)")
     _add_budget_option(parser)
     _add_head_bits_option(parser)
+    _add_embed_bits_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -310,6 +312,12 @@ def _add_head_bits_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-bits", type=int, choices=(8, 4), default=None,
                         help="quantize the output head (round-to-nearest, groups of 128 inputs) for the native CPU "
                              "kernels at decode; a tied head is untied (CPU only)")
+
+
+def _add_embed_bits_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embed-bits", type=int, choices=(8, 4), default=None,
+                        help="quantize the input embeddings' table (memory, not speed; rows expanded as read); "
+                             "with a tied head and the same --head-bits the two share one table (CPU only)")
 
 
 def _add_budget_option(parser: argparse.ArgumentParser) -> None:
@@ -434,7 +442,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     tokenizer = load_tokenizer(args.model)
     model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args),
-                 head_bits=args.head_bits)
+                 head_bits=args.head_bits, embed_bits=args.embed_bits)
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed, own_loop=args.own_loop)
     print(args.prompt + generation.text)
@@ -461,11 +469,15 @@ def run_bench_infer(args: argparse.Namespace) -> None:
         from .runtime.head import check_head_bits
 
         check_head_bits(args.head_bits, resolve_device(args.device))
+    if args.embed_bits is not None:
+        from .runtime.embedding import check_embed_bits
+
+        check_embed_bits(args.embed_bits, resolve_device(args.device))
     if args.out is not None:
         check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
                          dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits,
-                         own_loop=args.own_loop)
+                         embed_bits=args.embed_bits, own_loop=args.own_loop)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

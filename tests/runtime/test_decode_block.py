@@ -120,7 +120,7 @@ def test_one_block_rounds_where_the_torch_loop_rounds(dirs, level, threads, arch
     native.head = plain.head = lambda hidden: hidden  # (B, C): the normed block output
     token = torch.tensor([5, 11][:batch])
     got, expected = native.step(token).float(), plain.step(token).float()
-    assert got.shape == expected.shape == (batch, native.embed.shape[1])
+    assert got.shape == expected.shape == (batch, native.embed.embedding_dim)
     _agree(got, expected, dtype)
     for ours, theirs in ((native.keys[0], plain.keys[0]), (native.values[0], plain.values[0])):
         _agree(ours[:, :, 20], theirs[:, :, 20], dtype)  # the position written at this step
@@ -196,7 +196,7 @@ def test_bad_arguments_are_refused(dirs) -> None:
     round to; the loop raises rather than reading past its cache."""
     native, _ = _loops(dirs["llama", 1, "bfloat16", "compressed"], batch=1, length=8)
     lib = cpu_kernels._require()
-    x = torch.zeros(1, native.embed.shape[1], dtype=torch.bfloat16)
+    x = torch.zeros(1, native.embed.embedding_dim, dtype=torch.bfloat16)
     cos, sin = native.cos[0], native.sin[0]
     level = cpu_kernels.LEVELS[cpu_kernels.isa()]
     call = lambda pos, dtype: lib.pnl_decode_block(native.blocks.refs[0], x.data_ptr(), 1, dtype, cos.data_ptr(),  # noqa: E731

@@ -5,7 +5,8 @@ every compressed layer expanded once, "compressed" keeps every one compressed
 (keep_compressed=True): calls of a few tokens (decode; runtime/linear.py's thresholds) through the kernels
 that read the layout (the native library on a CPU, Triton on a GPU), larger calls (prefill)
 and layouts no kernel reads expanded per call. Each row says which path each kind of layer
-took. `head_bits` quantizes the compressed variant's output head too. Prompts are random token
+took. `head_bits` and `embed_bits` quantize the compressed variant's output head and input
+embeddings too. Prompts are random token
 ids (seeded): speed does not depend on what the tokens say.
 """
 
@@ -41,6 +42,7 @@ class InferConfig:
     dense_budget: int | None = None  # bytes of layers the compressed variant may expand at load
     cuda_graph: bool = False  # decode steps replayed from a captured CUDA graph (CUDA only)
     head_bits: int | None = None  # the compressed variant's output head quantized (CPU: 8 or 4)
+    embed_bits: int | None = None  # and its input embeddings' table (CPU: 8 or 4)
     own_loop: bool = True  # CPU decode steps on runtime/decode_loop.py where it runs the model
 
 
@@ -188,8 +190,9 @@ def _decode_path(model: torch.nn.Module, config: InferConfig) -> str:
     if not _own_loop(model, config):
         return "transformers"
     from .decode_block import qualifies
+    from .embedding import embedding_dtype
 
-    blocks = qualifies(model.model.layers, model.model.embed_tokens.weight.dtype, config.batch_size)
+    blocks = qualifies(model.model.layers, embedding_dtype(model.model.embed_tokens), config.batch_size)
     return "prunellm, native blocks" if blocks else "prunellm, torch ops"
 
 
@@ -247,7 +250,8 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     started = time.perf_counter()
     keep, dense_kernels = VARIANTS[variant]
     model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None,
-                 head_bits=config.head_bits if keep else None, dense_kernels=dense_kernels)
+                 head_bits=config.head_bits if keep else None, embed_bits=config.embed_bits if keep else None,
+                 dense_kernels=dense_kernels)
     load_seconds = time.perf_counter() - started
     load_peak = _peak(device, baseline)
     vocab = model.config.vocab_size

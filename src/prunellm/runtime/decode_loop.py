@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .embedding import QuantizedEmbedding, embedding_dtype
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -61,7 +62,7 @@ def supports(model: nn.Module) -> bool:
         return False
     if parameter.device.type != "cpu" or parameter.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
-    if type(inner.embed_tokens) is not nn.Embedding or not hasattr(inner, "rotary_emb"):
+    if type(inner.embed_tokens) not in (nn.Embedding, QuantizedEmbedding) or not hasattr(inner, "rotary_emb"):
         return False
     if len(inner.layers) != config.num_hidden_layers:
         return False
@@ -125,8 +126,8 @@ class DecodeLoop:
         attn = inner.layers[0].self_attn
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.embed = inner.embed_tokens.weight  # (V, C)
+        self.dtype = embedding_dtype(inner.embed_tokens)
+        self.embed = inner.embed_tokens  # ids (B,) -> (B, C): a table or its quantized rows (runtime/embedding.py)
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.norm, self.eps = inner.norm.weight, inner.norm.variance_epsilon
         self.head = _call(model.lm_head)
@@ -159,7 +160,7 @@ class DecodeLoop:
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (P, D) from the model's rotary embedding, sin with rotate_half's sign folded
         in: rotate_half(q) * sin == roll(q, D/2) * signed_sin, exactly (a sign flip is exact)."""
-        probe = self.embed[:1][None]  # (1, 1, C): only its dtype and device are read
+        probe = torch.zeros(1, 1, 1, dtype=self.dtype)  # only its dtype and device are read
         cos, sin = self.rotary(probe, position_ids=positions)  # (1, P, D) each
         half = self.head_dim // 2
         signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
@@ -198,7 +199,7 @@ class DecodeLoop:
             cos, sin = self.cos[pos], self.sin[pos]  # (D,)
         B, H, KV, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         half, end = D // 2, pos + 1
-        x = F.embedding(tokens, self.embed)  # (B, C)
+        x = self.embed(tokens)  # (B, C)
         if self.blocks is not None and tokens.shape[0] == self.batch_size:
             x = x.contiguous()
             self.blocks.run(x, cos, sin, pos)  # every block, x in place

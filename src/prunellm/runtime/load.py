@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from prunellm.io.mapped_pages import MappedFile
 
 from . import cpu_kernels
 from .dense_decode import use_kernels_for_dense
+from .embedding import check_embed_bits, quantize_embeddings
 from .head import check_head_bits, quantize_head
 from .linear import CompressedLinear
 
@@ -49,7 +50,7 @@ def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, keep_compressed: bool | None = None,
-         dense_budget: int | None = None, head_bits: int | None = None,
+         dense_budget: int | None = None, head_bits: int | None = None, embed_bits: int | None = None,
          dense_kernels: bool | None = None) -> PreTrainedModel:
     """The causal LM saved at `path` (a directory in any format prunellm writes, or a .gguf
     file, dequantized), on `device` (default: CUDA when present), in eval mode.
@@ -72,6 +73,11 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     head_bits: 8 or 4 quantizes the output head for the native CPU kernels (runtime/head.py):
     CPU only, opt-in; a head tied to the input embeddings is untied.
 
+    embed_bits: 8 or 4 quantizes the input embeddings' table (runtime/embedding.py: a lookup
+    expands only the rows it reads): CPU only, opt-in, memory rather than speed. With a tied
+    head quantized to the same bits the lookups read the head's codes and the float table goes;
+    a tied head left in float keeps it.
+
     dense_kernels: on a CPU with the native library, None (the default) or True sends the
     decode calls of dense bfloat16/float16 layers (the head, layers stored dense, layers
     expanded at load) through the kernels too, reading the weights in place
@@ -89,6 +95,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
         raise PrunellmError(f"dense_budget must be >= 0 bytes, got {dense_budget}")
     if head_bits is not None:
         check_head_bits(head_bits, target)
+    if embed_bits is not None:
+        check_embed_bits(embed_bits, target)
     if target.type == "cpu" and keep_compressed is not False and fmt is not None and fmt.name == "compressed" \
             and not cpu_kernels.available():
         cpu_kernels.warn_unavailable()
@@ -121,12 +129,29 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
         model = model.to(target).eval()
         if target.type == "cpu":
             _release_load_memory()
-    if head_bits is not None:
-        quantize_head(model, head_bits)
+    if head_bits is not None or embed_bits is not None:
+        _quantize_ends(model, head_bits, embed_bits)
         _release_load_memory()
     if target.type == "cpu" and dense_kernels is not False:
         use_kernels_for_dense(model)
     return model
+
+
+def _quantize_ends(model: PreTrainedModel, head_bits: int | None, embed_bits: int | None) -> None:
+    """The head and the input embeddings quantized as asked; a tied pair of the same bits shares
+    one table of codes (the head's)."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and hasattr(head, "weight") and hasattr(embedding, "weight") \
+        and head.weight.data_ptr() == embedding.weight.data_ptr()
+    quantized_head = quantize_head(model, head_bits) if head_bits is not None else None
+    if embed_bits is not None:
+        quantize_embeddings(model, embed_bits, tied_head=quantized_head if tied else None)
+        for config in {id(c): c for c in (model.config, _text_config(model.config))}.values():
+            config.tie_word_embeddings = False  # nothing may tie a head to a table no longer there
+
+
+def _text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 # Layers repacked between two trims of the heap during a CPU load: each trim costs a walk of the
