@@ -32,7 +32,8 @@ against the weights held in memory.
 
 --score-only times nothing: it scores every row's perplexity on the model as it runs
 (`prunellm.load`, the "+ head N-bit" rows with their head quantized, the dense row expanded)
-and llama.cpp's files, on the first DIR's report's windows, into SCORES.json; --ppl-from then
+and llama.cpp's files, on the first DIR's report's windows, into SCORES.json (given --ppl-from,
+only the rows those files have not scored); --ppl-from then
 puts those scores in the rows of a timing run. Scoring is not timed, so it can run while other
 work does, and the quiet run that times stays short; the head rows get a perplexity of their
 own (the report's is the prune's, with the head as stored).
@@ -104,10 +105,11 @@ def _perplexity_of(scores: dict, row: dict) -> dict:
 
 
 def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files: list[Path], threads: int,
-               embed_bits: int | None = None) -> dict:
+               embed_bits: int | None = None, known: frozenset[str] = frozenset()) -> dict:
     """Every row's perplexity, nothing timed: each prunellm row on the model as `prunellm.load`
     runs it (the dense row expanded, the head rows with their head quantized), each GGUF file by
-    llama.cpp, all on the first directory's report's windows."""
+    llama.cpp, all on the first directory's report's windows; rows whose key is in `known`
+    (scored before on the same windows) are left out."""
     import prunellm
     from prunellm.eval.perplexity import perplexity
     from prunellm.formats.gguf.llama_cpp import llama_cpp_perplexity
@@ -120,14 +122,18 @@ def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files:
         file_bytes = None if noop else (directory / "compressed.safetensors").stat().st_size
         for bits in [None] if noop else [None, *head_bits]:
             embeddings = embed_bits if bits else None
-            model = prunellm.load(directory, "cpu", head_bits=bits, embed_bits=embeddings)
             key = _row_key({"directory": directory.name, "file_bytes": file_bytes, "head_bits": bits,
                             "embed_bits": embeddings})
+            if key in known:
+                continue
+            model = prunellm.load(directory, "cpu", head_bits=bits, embed_bits=embeddings)
             scores[key] = perplexity(model, ids, seqlen=windows.shape[1], bos_token_id=bos, progress=False)
             print(f"{key}: {scores[key]:.3f}", flush=True)
             del model
     for path in llama_files:
         key = _row_key({"directory": path.name, "file_bytes": path.stat().st_size})
+        if key in known:
+            continue
         scores[key] = llama_cpp_perplexity(path, windows, bos, threads=threads)
         print(f"{key}: {scores[key]:.3f}", flush=True)
     return {"windows": _window_settings(directories[0]), "scores": scores}
@@ -330,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_only:
         if not args.out:
             raise SystemExit("--score-only writes its scores to --out")
-        result = score_rows(args.directories, args.head_bits, args.llama, torch.get_num_threads(), args.embed_bits)
+        # --ppl-from here: scores of earlier runs on the same windows, not scored again
+        known = frozenset(read_scores(args.ppl_from, args.directories[0])["scores"]) if args.ppl_from else frozenset()
+        result = score_rows(args.directories, args.head_bits, args.llama, torch.get_num_threads(), args.embed_bits,
+                            known)
         write_json_atomic(args.out, result)
         return 0
     scores = read_scores(args.ppl_from, args.directories[0]) if args.ppl_from else None
