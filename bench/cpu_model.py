@@ -214,7 +214,8 @@ def describe(method: dict) -> str:
     quant = f" + {method['bits']}-bit g{method['group_size']}" if (method.get("bits") or 16) < 16 else ""
     if method["method"] == "gptq":
         return f"GPTQ {method['bits']}-bit g{method['group_size']}"
-    return f"{method['method']} {pattern}{quant}"
+    refine = method.get("refine") or "none"
+    return f"{method['method']} {pattern}{quant}" + (f" + {refine.upper()}" if refine != "none" else "")
 
 
 def table(result: dict) -> str:
