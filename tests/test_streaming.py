@@ -112,6 +112,49 @@ def test_free_heap_memory_is_returned_on_linux():
     assert release_free_memory() is True and release_free_memory() is True
 
 
+def test_collections_inside_walk_only_the_objects_made_there():
+    import gc
+
+    from prunellm.streaming.heap import young_objects_only
+
+    class Node:
+        pass
+
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection between the steps below
+    try:
+        _check_young_objects_only(Node, young_objects_only)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_young_objects_only(Node, young_objects_only):
+    import gc
+    import weakref
+
+    older = Node()
+    older.self = older  # garbage from before: frozen, collected after
+    seen_older = weakref.ref(older)
+    del older
+    with young_objects_only():
+        assert gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        with young_objects_only():  # nested: the outer freeze stands
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+        cycle = Node()
+        cycle.self = cycle
+        seen = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert seen() is None  # what the run made is collected
+        assert seen_older() is not None  # what was there before waits
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert seen_older() is None
+
+
 def test_streamed_cli_run_with_a_block_range(root, calib, tmp_path, capsys):
     source = model_dir(root, "phi")
     out = tmp_path / "out"

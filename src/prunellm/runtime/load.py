@@ -86,6 +86,17 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     A model loaded with layers on a kernel is for running: its state_dict no longer holds
     those layers' weights (CompressedLinear). Nothing saves a loaded model.
     """
+    from prunellm.streaming.heap import young_objects_only  # (the helpers the streamed prune uses)
+
+    with young_objects_only():  # the load's heap trims collect only what it allocates
+        return _load(path, device, keep_compressed=keep_compressed, dense_budget=dense_budget, head_bits=head_bits,
+                     embed_bits=embed_bits, dense_kernels=dense_kernels)
+
+
+def _load(path: str | Path, device: str | torch.device | None, *, keep_compressed: bool | None,
+          dense_budget: int | None, head_bits: int | None, embed_bits: int | None,
+          dense_kernels: bool | None) -> PreTrainedModel:
+    """`load`'s work."""
     target = resolve_device(device)
     directory = Path(path).expanduser()
     fmt = detect_format(directory)

@@ -35,6 +35,7 @@ from .shards import ShardPlan, block_unit, write_index
 from ..io.skeleton import Skeleton, build_skeleton
 from ..methods import Method
 from ..compression import CalibrationConfig, EvalConfig, bos_for, build_report, calibration_windows, check_layer_shapes
+from .heap import young_objects_only
 from .host import StreamingHost
 from ..walker import (AllocationConfig, Blocks, LayerRecord, ResumePoint, WalkConfig, WalkResult, check_walk_range,
                      compress_model, find_blocks, with_forward_dtype)
@@ -100,27 +101,28 @@ def prune_streaming(source: str | Path, out: str | Path, method: Method, calibra
         log.warning("resuming the interrupted run in %s at block %d", state.root, state.next_block)
 
     result = WalkResult(layers=[LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in state.data["layers"]])
-    host = StreamingHost(skeleton, blocks, plan, state, result, group, save_dtype=saved)
-    gguf_grids, quant_grids = host.load_grids()
-    result.gguf_blocks.update(gguf_grids)
-    result.quant_grids.update(quant_grids)
-    torch.manual_seed(calibration.seed)
-    started = time.perf_counter()
-    if main:
-        for unit in ("embeddings", "head"):
-            if unit in plan.keys and unit not in state.written:
-                host.copy_unit(unit)
-    resumed_from = state.next_block if resumed else None
-    if state.next_block <= last:
-        resume = None
-        if state.next_block > 0:
-            inputs = state.load_inputs(state.next_block, *_rank_world(group))
-            resume = ResumePoint(state.next_block, inputs)
-        compress_model(model, method, windows, walk, host=host, resume=resume, dist=group, result=result)
-    if main:
-        for index in range(last + 1, len(blocks)):  # blocks after the range: copied as they are
-            if block_unit(index) not in state.written:
-                host.copy_unit(block_unit(index))
+    with young_objects_only():  # each block's heap trim collects what the run made, not every object
+        host = StreamingHost(skeleton, blocks, plan, state, result, group, save_dtype=saved)
+        gguf_grids, quant_grids = host.load_grids()
+        result.gguf_blocks.update(gguf_grids)
+        result.quant_grids.update(quant_grids)
+        torch.manual_seed(calibration.seed)
+        started = time.perf_counter()
+        if main:
+            for unit in ("embeddings", "head"):
+                if unit in plan.keys and unit not in state.written:
+                    host.copy_unit(unit)
+        resumed_from = state.next_block if resumed else None
+        if state.next_block <= last:
+            resume = None
+            if state.next_block > 0:
+                inputs = state.load_inputs(state.next_block, *_rank_world(group))
+                resume = ResumePoint(state.next_block, inputs)
+            compress_model(model, method, windows, walk, host=host, resume=resume, dist=group, result=result)
+        if main:
+            for index in range(last + 1, len(blocks)):  # blocks after the range: copied as they are
+                if block_unit(index) not in state.written:
+                    host.copy_unit(block_unit(index))
     result.seconds["total"] = time.perf_counter() - started
 
     report = build_report(model_source=model_label or str(source), model=model, method=method,
