@@ -43,9 +43,9 @@ def shared_reads() -> Iterator[None]:
     the weights, the tokenizer), and gguf's reader walks every vocabulary string in Python each
     time (seconds for SmolLM2's 49k tokens); it also builds the tensor-name map anew for every
     module of the model (hundreds of times). Both are read-only once built, so one per file (and
-    per architecture) serves every call: the bundled model's first load drops from about 25 s to
-    under 10. transformers imports both names from `gguf` inside its functions, so they are
-    swapped there for the context's duration and restored after; nested uses share the outer one.
+    per architecture) serves every call. transformers imports both names from `gguf` inside its
+    functions, so they are swapped there for the context's duration and restored after; nested
+    uses share the outer one.
     """
     try:
         import gguf
