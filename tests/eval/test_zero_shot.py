@@ -77,6 +77,19 @@ def local_task(tmp_path_factory) -> Path:
     return root
 
 
+def test_a_task_file_added_to_a_directory_since_its_last_index_is_found(local_task, tmp_path):
+    """lm-eval's index is kept per process, keyed by each directory's modification time."""
+    import shutil
+
+    tasks = shutil.copytree(local_task, tmp_path / "tasks")
+    assert TaskSuite.load(ZeroShotConfig(tasks=("tiny_words",), task_dirs=(str(tasks),)))
+    yaml = (tasks / "tiny_words.yaml").read_text().replace("task: tiny_words", "task: tiny_words_again")
+    (tasks / "tiny_words_again.yaml").write_text(yaml)
+    suite = TaskSuite.load(ZeroShotConfig(tasks=("tiny_words_again",), task_dirs=(str(tasks),)))
+    assert "tiny_words_again" in suite.manager.all_tasks
+    assert len(suite.manager.all_tasks) < 100  # found by indexing the directory again, not lm-eval's 15k
+
+
 def _our_accuracy(model, tokenizer, items) -> float:
     """Log-likelihood multiple choice computed here, independently of lm-eval: the choice whose
     tokens after the question are most likely wins."""

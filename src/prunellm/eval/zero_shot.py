@@ -92,9 +92,11 @@ class TaskSuite:
             dirs.append(path.resolve())
         with _quiet_lm_eval():
             # Local tasks first: they index in milliseconds; lm-eval's own only when asked for.
-            manager = _task_manager(tuple(map(str, dirs)), include_defaults=False)
+            # keyed by each directory's modification time too: a task file added since is indexed
+            key = tuple((str(d), Path(d).stat().st_mtime_ns) for d in dirs)
+            manager = _task_manager(key, include_defaults=False)
             if not set(config.tasks) <= set(manager.all_tasks):
-                manager = _task_manager(tuple(map(str, dirs)), include_defaults=True)
+                manager = _task_manager(key, include_defaults=True)
         unknown = [name for name in config.tasks if name not in manager.all_tasks]
         if unknown:
             local = ", ".join(sorted(t for t in manager.all_tasks if t.startswith("prunellm")))
@@ -177,12 +179,13 @@ def _quiet_lm_eval() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=4)
-def _task_manager(dirs: tuple[str, ...], include_defaults: bool) -> Any:
-    """lm-eval's index of the tasks in `dirs` (and its ~15k built-in ones): built once a process,
-    since indexing the built-in ones takes seconds (a sweep, or a second evaluation, reuses it)."""
+def _task_manager(dirs: tuple[tuple[str, int], ...], include_defaults: bool) -> Any:
+    """lm-eval's index of the tasks in `dirs` ((path, modification time) pairs) and, with
+    include_defaults, its ~15k built-in ones: built once a process, since indexing the built-in
+    ones takes seconds (a sweep, or a second evaluation, reuses it)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(dirs), include_defaults=include_defaults)
+    return TaskManager(include_path=[path for path, _ in dirs], include_defaults=include_defaults)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from prunellm.errors import PrunellmError
-from prunellm.formats.compressed.packing import container_bits
+from prunellm.formats.compressed.layer import dequantize_rows
+from prunellm.formats.compressed.packing import container_bits, unpack_bits
 from prunellm.io.dtypes import dtype_name
 
 from .head import HEAD_BITS, group_size_for, quantize_rows
@@ -57,17 +58,10 @@ class QuantizedEmbedding(nn.Module):
         table, flat = self.table, input_ids.reshape(-1)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"token id out of range for an embedding of {self.num_embeddings} rows")
-        packed = table.codes[flat]  # (N, C * bits / 8)
-        if table.bits == 4:
-            codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(len(flat), -1)  # (N, C)
-        else:
-            codes = packed
-        groups = table.scales.shape[1]
-        values = codes.to(torch.float32).reshape(len(flat), groups, -1)  # (N, G, C / G)
-        # scale * (code - zero) in float32, then rounded once to the table's dtype: the kernels'
-        # and the format's expansion, in their order
-        values = (values - table.zeros[flat][..., None]) * table.scales[flat][..., None]
-        return values.reshape(*input_ids.shape, self.embedding_dim).to(table.dtype)
+        codes = unpack_bits(table.codes[flat], table.bits, self.embedding_dim)  # (N, C)
+        # the format's own expansion of those rows: float32 scale * (code - zero), then the dtype
+        values = dequantize_rows(codes, table.scales[flat], table.zeros[flat]).to(table.dtype)  # (N, C)
+        return values.reshape(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.table.bits}, dtype={self.table.dtype}"

@@ -7,7 +7,8 @@ zero point per row and group of inputs), and the layer runs through the native C
 any compressed layer (decode reads the codes, a prefill expands them). Groups are 128 inputs,
 or the largest multiple of 16 below 128 dividing the hidden size (SmolLM2's 576: 96), else one
 per row. A head tied to the input embeddings is untied: the embedding lookup keeps its float
-table, and the quantized head is extra memory (8 or 4 bits a weight).
+table, and the quantized head is extra memory (8 or 4 bits a weight), unless `embed_bits` of the
+same width quantizes the embeddings too (runtime/embedding.py: they then read the head's codes).
 """
 
 from __future__ import annotations
