@@ -2,7 +2,7 @@
 compressed on the native kernels, one row per compressed layout.
 
     python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
-        [--head-bits 4 [8]] [--embed-bits 4] [--llama FILE.gguf ...] [--llama-ppl] \
+        [--head-bits 4 [8]] [--embed-bits 4] [--int8-activations] [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
     python bench/cpu_model.py DIR [DIR ...] [--head-bits 4] [--llama FILE.gguf ...] --score-only --out SCORES.json
     python bench/cpu_model.py DIR [DIR ...] ... --ppl-from SCORES.json --out RESULT.json
@@ -22,6 +22,9 @@ head quantized at load too (`prunellm.load(..., head_bits=N)`: round to nearest,
 as llama.cpp's types quantize theirs; its perplexity is not the report's, so none is shown.
 --embed-bits N quantizes the input embeddings of those head rows too (`embed_bits=N`: a tied
 head of the same bits shares its codes with them, and the float table goes from memory).
+--int8-activations adds each head row again with int8 activations (`int8_activations=True`:
+the 4- and 8-bit layers and the head on the int8 kernel, runtime/int8_activations.py); scored,
+its windows' prefill rounds the activations as the kernel does.
 
 --llama adds llama.cpp's own rows: each GGUF file's decode speed by `llama-bench` (-p 0 -n
 NEW_TOKENS, the same threads, from $PRUNELLM_LLAMA_BIN), and with --llama-ppl its perplexity
@@ -57,7 +60,7 @@ from prunellm.runtime.bench_infer import InferConfig, compare, machine_descripti
 
 
 def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, ...] = (),
-            scores: dict | None = None, embed_bits: int | None = None) -> dict:
+            scores: dict | None = None, embed_bits: int | None = None, int8: bool = False) -> dict:
     """A directory pruned by `noop` (nothing compressed) gives the dense row, its perplexity
     the dense model's; every other one its compressed row, and per head_bits entry another one
     with the head quantized."""
@@ -75,11 +78,14 @@ def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, 
         file_bytes = (directory / "compressed.safetensors").stat().st_size
         rows.append({"setting": describe(report["method"]), **row, **common, "file_bytes": file_bytes})
         for bits in head_bits:
-            row = compare(directory, dataclasses.replace(config, head_bits=bits, embed_bits=embed_bits),
-                          ("compressed",))[0]
-            embeddings = f", embeddings {embed_bits}-bit" if embed_bits else ""
-            rows.append({"setting": f"{describe(report['method'])} + head {bits}-bit{embeddings}", **row, **common,
-                         "perplexity": {}, "file_bytes": file_bytes, "head_bits": bits, "embed_bits": embed_bits})
+            for rounded in [False, True] if int8 else [False]:
+                row = compare(directory, dataclasses.replace(config, head_bits=bits, embed_bits=embed_bits,
+                                                             int8_activations=rounded), ("compressed",))[0]
+                extras = (f", embeddings {embed_bits}-bit" if embed_bits else "") + \
+                    (", int8 activations" if rounded else "")
+                rows.append({"setting": f"{describe(report['method'])} + head {bits}-bit{extras}", **row, **common,
+                             "perplexity": {}, "file_bytes": file_bytes, "head_bits": bits, "embed_bits": embed_bits,
+                             "int8_activations": rounded})
     if scores is not None:
         for row in rows:
             row["perplexity"] = _perplexity_of(scores, row)
@@ -91,6 +97,7 @@ def _row_key(row: dict) -> str:
     """What names a row's model: its directory or GGUF file (with its bytes), the head's and the
     input embeddings' bits."""
     embeddings = f"|embeddings {row['embed_bits']}" if row.get("embed_bits") else ""
+    embeddings += "|int8 activations" if row.get("int8_activations") else ""
     return f"{row['directory']}|{row['file_bytes'] or 0}|head {row.get('head_bits') or 'as stored'}{embeddings}"
 
 
@@ -105,7 +112,7 @@ def _perplexity_of(scores: dict, row: dict) -> dict:
 
 
 def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files: list[Path], threads: int,
-               embed_bits: int | None = None, known: frozenset[str] = frozenset()) -> dict:
+               embed_bits: int | None = None, known: frozenset[str] = frozenset(), int8: bool = False) -> dict:
     """Every row's perplexity, nothing timed: each prunellm row on the model as `prunellm.load`
     runs it (the dense row expanded, the head rows with their head quantized), each GGUF file by
     llama.cpp, all on the first directory's report's windows; rows whose key is in `known`
@@ -120,13 +127,17 @@ def score_rows(directories: list[Path], head_bits: tuple[int, ...], llama_files:
     for directory in directories:
         noop = json.loads((directory / "report.json").read_text())["method"]["method"] == "noop"
         file_bytes = None if noop else (directory / "compressed.safetensors").stat().st_size
-        for bits in [None] if noop else [None, *head_bits]:
+        variants = [(None, False)] if noop else [(None, False)] + [(bits, rounded) for bits in head_bits
+                                                                   for rounded in ([False, True] if int8 else [False])]
+        for bits, rounded in variants:
             embeddings = embed_bits if bits else None
             key = _row_key({"directory": directory.name, "file_bytes": file_bytes, "head_bits": bits,
-                            "embed_bits": embeddings})
+                            "embed_bits": embeddings, "int8_activations": rounded})
             if key in known:
                 continue
-            model = prunellm.load(directory, "cpu", head_bits=bits, embed_bits=embeddings)
+            # int8 activations: the prefill's expanded products round the activations as the
+            # decode kernels do (runtime/int8_activations.py), so the windows score that model
+            model = prunellm.load(directory, "cpu", head_bits=bits, embed_bits=embeddings, int8_activations=rounded)
             scores[key] = perplexity(model, ids, seqlen=windows.shape[1], bos_token_id=bos, progress=False)
             print(f"{key}: {scores[key]:.3f}", flush=True)
             del model
@@ -297,6 +308,8 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--ppl-from {path}: no such file")
     if args.embed_bits and not args.head_bits:
         raise SystemExit("--embed-bits quantizes the embeddings of the --head-bits rows: give --head-bits")
+    if args.int8_activations and not args.head_bits:
+        raise SystemExit("--int8-activations adds a row per --head-bits row: give --head-bits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also each compressed row with its head quantized to these bits")
     parser.add_argument("--embed-bits", type=int, choices=(8, 4), default=None,
                         help="with --head-bits: those rows' input embeddings quantized too")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="with --head-bits: each head row again with int8 activations (the opt-in int8 kernel)")
     parser.add_argument("--llama", type=Path, nargs="*", default=[], help="GGUF files for llama.cpp's rows")
     parser.add_argument("--llama-ppl", action="store_true", help="also score the GGUF files' perplexity")
     parser.add_argument("--score-only", action="store_true",
@@ -340,12 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         # --ppl-from here: scores of earlier runs on the same windows, not scored again
         known = frozenset(read_scores(args.ppl_from, args.directories[0])["scores"]) if args.ppl_from else frozenset()
         result = score_rows(args.directories, args.head_bits, args.llama, torch.get_num_threads(), args.embed_bits,
-                            known)
+                            known, args.int8_activations)
         write_json_atomic(args.out, result)
         return 0
     scores = read_scores(args.ppl_from, args.directories[0]) if args.ppl_from else None
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
-    result = measure(args.directories, config, args.head_bits, scores, args.embed_bits)
+    result = measure(args.directories, config, args.head_bits, scores, args.embed_bits, args.int8_activations)
     result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
                                  args.directories[0] if args.llama_ppl or scores else None, scores)
     print(result["machine"])

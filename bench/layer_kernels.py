@@ -20,7 +20,10 @@ loop would sit in the last-level cache (32 MiB on the machine of bench/README.md
 every figure. "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one: 1.0
 means the kernel streams as fast as memory allows. Weights are random on the layouts'
 patterns: kernel speed does not depend on the values; quantized layers are stored bfloat16, as
-`--save-dtype bfloat16` stores them. `--small` runs tiny shapes (a smoke test).
+`--save-dtype bfloat16` stores them. The quantized layouts run again with int8 activations
+(runtime/int8_activations.py, the opt-in int8 kernel: rows named "(int8 activations)"; their
+alternative rounds the activations before the expanded product). `--small` runs tiny shapes (a
+smoke test); `--only TEXT` the layouts whose name holds TEXT.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ import torch.nn.functional as F
 from prunellm.formats.compressed.layer import compress_weight
 from prunellm.runtime import cpu_kernels
 from prunellm.runtime.bench_infer import _cpu_name, cpu_features
+from prunellm.runtime.int8_activations import round_activations
 from prunellm.solvers.quant import QuantGrid
 
 SHAPES = {"attn 4096x4096": (4096, 4096), "up 11008x4096": (11008, 4096), "down 4096x11008": (4096, 11008)}
 SMALL = {"small 264x384": (264, 384), "small 520x1024": (520, 1024)}
 LAYOUTS = ["50% bitmask bf16", "70% bitmask bf16", "2:4 bf16", "50% bitmask + 4-bit g128", "2:4 + 4-bit g128",
            "4-bit g128", "8-bit g128"]
+# The quantized layouts again with int8 activations (runtime/int8_activations.py: the opt-in
+# int8 kernel, not exact), each row named with INT8.
+INT8 = " (int8 activations)"
+INT8_LAYOUTS = ["50% bitmask + 4-bit g128", "2:4 + 4-bit g128", "4-bit g128", "8-bit g128"]
 
 
 def cpu_description() -> dict[str, str]:
@@ -117,7 +125,7 @@ def cycled(fn, weights: list) -> float:
 
 
 def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, bandwidth: float,
-        working_set: int, kernel_x: torch.dtype = torch.bfloat16) -> list[dict]:
+        working_set: int, kernel_x: torch.dtype = torch.bfloat16, only: str | None = None) -> list[dict]:
     results = []
     for shape_name, (rows, cols) in shapes.items():
         base = torch.randn(rows, cols)
@@ -125,12 +133,15 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
         bf16 = [base.to(torch.bfloat16) for _ in range(copies_for(rows * cols * 2, working_set))]
         in_place = [cpu_kernels.prepare_dense(w) for w in bf16]  # the dense bf16 copies, read by the kernels
         natives = {}
-        for name in LAYOUTS:
-            packed = layer(name, rows, cols)
+        for name in [n for n in LAYOUTS if only is None or only in n] + \
+                [n + INT8 for n in INT8_LAYOUTS if only is None or only in n + INT8]:
+            packed = layer(name.removesuffix(INT8), rows, cols)
             first = cpu_kernels.prepare(packed.spec, packed.tensors)
             # each prepare repacks into buffers of its own: distinct memory per copy
             natives[name] = [first] + [cpu_kernels.prepare(packed.spec, packed.tensors)
                                        for _ in range(copies_for(first.nbytes, working_set) - 1)]
+            for native in natives[name]:
+                native.struct.x_int8 = int(name.endswith(INT8))
         for count in tokens:
             x = torch.randn(count, cols)
             x16 = x.to(torch.bfloat16)
@@ -146,7 +157,9 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
             alternative = {"dense bf16 (kernel)": t16}
             for name, weights in natives.items():
                 rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights), weights[0].nbytes))
-                alternative[name] = cycled(lambda w: F.linear(xk, cpu_kernels.expand_for_call(w).to(xk.dtype)), weights)
+                # with int8 activations the expanded call rounds them first too (runtime/linear.py)
+                xa = round_activations(xk).to(xk.dtype) if name.endswith(INT8) else xk
+                alternative[name] = cycled(lambda w: F.linear(xa, cpu_kernels.expand_for_call(w).to(xk.dtype)), weights)
             for name, seconds, nbytes in rows_out:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
@@ -162,11 +175,11 @@ def print_table(results: list[dict], cpu: dict[str, str], bandwidth: float, isa:
     print(f"CPU: {cpu['model']}; {torch.get_num_threads()} threads; kernels: {isa}")
     print(f"features: {cpu['flags']}")
     print(f"measured read bandwidth: {bandwidth / 1e9:.1f} GB/s (torch sum over a large buffer)")
-    header = f"{'shape':17s} {'T':>3s} {'layout':26s} {'ms':>8s} {'vs dense':>8s} {'MB':>7s} {'GB/s':>6s} {'of bw':>6s}"
+    header = f"{'shape':17s} {'T':>3s} {'layout':45s} {'ms':>8s} {'vs dense':>8s} {'MB':>7s} {'GB/s':>6s} {'of bw':>6s}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['shape']:17s} {r['tokens']:3d} {r['layout']:26s} {r['ms']:8.3f} {r['speedup']:7.2f}x "
+        print(f"{r['shape']:17s} {r['tokens']:3d} {r['layout']:45s} {r['ms']:8.3f} {r['speedup']:7.2f}x "
               f"{r['bytes'] / 1e6:7.1f} {r['gb_s']:6.1f} {r['of_bandwidth']:6.2f}")
 
 
@@ -193,7 +206,8 @@ def family_limits(results: list[dict]) -> dict[str, int]:
     """The crossovers by runtime/token_limits.py's families: the smallest over their layouts."""
     limits: dict[str, int] = {}
     for layout, (_, limit) in crossovers(results).items():
-        key = ("dense" if layout.startswith("dense") else "8-bit" if "8-bit" in layout
+        key = ("int8 activations" if layout.endswith(INT8) else "dense" if layout.startswith("dense")
+               else "8-bit" if "8-bit" in layout
                else "4-bit" if "4-bit" in layout else "values")
         limits[key] = min(limits.get(key, limit), limit)
     return limits
@@ -241,6 +255,7 @@ def main() -> None:
                         help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
     parser.add_argument("--kernel-x", choices=["bfloat16", "float32"], default="bfloat16",
                         help="the activations' dtype in the kernels' rows (torch's dense rows take both)")
+    parser.add_argument("--only", help="only the layouts whose name holds this text (the dense rows always run)")
     parser.add_argument("--small", action="store_true", help="tiny shapes and buffer: a smoke test, not figures")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="print bench/README.md's tables from this JSON (no run)")
@@ -255,12 +270,12 @@ def main() -> None:
     bandwidth = read_bandwidth(0.0625 if args.small else 1.0)
     working_set = (1 if args.small else args.working_set_mib) * 2**20
     results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set,
-                  getattr(torch, args.kernel_x))
+                  getattr(torch, args.kernel_x), args.only)
     print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
     print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), "
           "tokens up to which it wins:")
     for layout, (ratios, limit) in crossovers(results).items():
-        print(f"  {layout:26s} " + " ".join(f"{c}:{lo:.2f}-{hi:.2f}" for c, (lo, hi) in ratios.items())
+        print(f"  {layout:45s} " + " ".join(f"{c}:{lo:.2f}-{hi:.2f}" for c, (lo, hi) in ratios.items())
               + f"  -> {limit}")
     print(f"by family (runtime/token_limits.py, {args.kernel_x} activations on {cpu_kernels.isa()}): "
           f"{family_limits(results)}")

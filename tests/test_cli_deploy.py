@@ -57,6 +57,10 @@ def test_generate_and_bench_infer(compressed, capsys):
     assert main(["generate", str(compressed), "--prompt", "w1 w2", "--max-new-tokens", "5", "--device", "cpu",
                  "--no-own-loop"]) == 0  # Hugging Face's generate: the same text
     assert capsys.readouterr().out == captured.out
+    # int8 activations: here the 4-bit head's (the layers' groups of 16 are not the int8 kernel's)
+    assert main(["generate", str(compressed), "--prompt", "w1 w2", "--max-new-tokens", "5", "--device", "cpu",
+                 "--head-bits", "4", "--int8-activations"]) == 0
+    assert capsys.readouterr().out.startswith("w1 w2")
     assert main(["bench-infer", str(compressed), "--prompt-tokens", "8", "--new-tokens", "3", "--repeats", "1",
                  "--device", "cpu"]) == 0
     table = capsys.readouterr().out
@@ -96,6 +100,8 @@ def test_bad_export_generate_and_bench_requests(workspace, compressed, tmp_path,
         (["bench-infer", str(compressed), "--new-tokens", "0"], "--new-tokens must be positive"),
         (["bench-infer", str(compressed), "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
         (["generate", str(compressed), "--prompt", "w1", "--dense-budget-gib", "-1"], "--dense-budget-gib must be"),
+        (["generate", str(compressed), "--prompt", "w1", "--device", "cpu", "--int8-activations"],
+         "no layer of this model is 4- or 8-bit codes"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_option(infer)
     _add_head_bits_option(infer)
     _add_embed_bits_option(infer)
+    _add_int8_option(infer)
     infer.add_argument("--cuda-graph", action="store_true",
                        help="replay each decode step from a captured CUDA graph (both variants): times the GPU's "
                             "work rather than Python's kernel launches")
@@ -299,6 +300,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     _add_budget_option(parser)
     _add_head_bits_option(parser)
     _add_embed_bits_option(parser)
+    _add_int8_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -318,6 +320,12 @@ def _add_embed_bits_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed-bits", type=int, choices=(8, 4), default=None,
                         help="quantize the input embeddings' table (memory, not speed; rows expanded as read); "
                              "with a tied head and the same --head-bits the two share one table (CPU only)")
+
+
+def _add_int8_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="round the activations of 4- and 8-bit layers (and a --head-bits head) to int8 and "
+                             "multiply the codes as they are: faster decode, not exact (CPU only)")
 
 
 def _add_budget_option(parser: argparse.ArgumentParser) -> None:
@@ -442,7 +450,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     tokenizer = load_tokenizer(args.model)
     model = load(args.model, args.device, keep_compressed=args.keep_compressed, dense_budget=_budget_bytes(args),
-                 head_bits=args.head_bits, embed_bits=args.embed_bits)
+                 head_bits=args.head_bits, embed_bits=args.embed_bits, int8_activations=args.int8_activations)
     generation = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed, own_loop=args.own_loop)
     print(args.prompt + generation.text)
@@ -473,11 +481,15 @@ def run_bench_infer(args: argparse.Namespace) -> None:
         from .runtime.embedding import check_embed_bits
 
         check_embed_bits(args.embed_bits, resolve_device(args.device))
+    if args.int8_activations and resolve_device(args.device).type != "cpu":
+        raise PrunellmError(f"--int8-activations is for the native CPU kernels; the device is "
+                            f"{resolve_device(args.device)}")
     if args.out is not None:
         check_output_file(args.out, args.overwrite)
     config = InferConfig(args.prompt_tokens, args.new_tokens, args.batch_size, args.repeats, args.device,
                          dense_budget=_budget_bytes(args), cuda_graph=args.cuda_graph, head_bits=args.head_bits,
-                         embed_bits=args.embed_bits, own_loop=args.own_loop)
+                         embed_bits=args.embed_bits, int8_activations=args.int8_activations,
+                         own_loop=args.own_loop)
     rows = compare(args.model, config)
     print(format_rows(rows))
     if args.out is not None:

@@ -6,7 +6,7 @@ every compressed layer expanded once, "compressed" keeps every one compressed
 that read the layout (the native library on a CPU, Triton on a GPU), larger calls (prefill)
 and layouts no kernel reads expanded per call. Each row says which path each kind of layer
 took. `head_bits` and `embed_bits` quantize the compressed variant's output head and input
-embeddings too. Prompts are random token
+embeddings too, `int8_activations` runs its 4- and 8-bit layers on the int8 kernel. Prompts are random token
 ids (seeded): speed does not depend on what the tokens say.
 """
 
@@ -43,6 +43,7 @@ class InferConfig:
     cuda_graph: bool = False  # decode steps replayed from a captured CUDA graph (CUDA only)
     head_bits: int | None = None  # the compressed variant's output head quantized (CPU: 8 or 4)
     embed_bits: int | None = None  # and its input embeddings' table (CPU: 8 or 4)
+    int8_activations: bool = False  # the compressed variant's 4- and 8-bit layers on the int8 kernel (CPU)
     own_loop: bool = True  # CPU decode steps on runtime/decode_loop.py where it runs the model
 
 
@@ -251,7 +252,7 @@ def measure_variant(path: str | Path, variant: str, config: InferConfig) -> dict
     keep, dense_kernels = VARIANTS[variant]
     model = load(path, device, keep_compressed=keep, dense_budget=config.dense_budget if keep else None,
                  head_bits=config.head_bits if keep else None, embed_bits=config.embed_bits if keep else None,
-                 dense_kernels=dense_kernels)
+                 dense_kernels=dense_kernels, int8_activations=config.int8_activations and bool(keep))
     load_seconds = time.perf_counter() - started
     load_peak = _peak(device, baseline)
     vocab = model.config.vocab_size

@@ -54,7 +54,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "amx": 4}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 7  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 8  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -64,7 +64,8 @@ class _PnlWeight(ctypes.Structure):
                 ("value_kind", ctypes.c_int32), ("code_bits", ctypes.c_int32), ("weight_dtype", ctypes.c_int32),
                 ("has_mask", ctypes.c_int32), ("group_size", ctypes.c_int64), ("groups", ctypes.c_int64),
                 ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p), ("values", ctypes.c_void_p),
-                ("scales", ctypes.c_void_p), ("zeros", ctypes.c_void_p), ("even_steps", ctypes.c_int32)]
+                ("scales", ctypes.c_void_p), ("zeros", ctypes.c_void_p), ("even_steps", ctypes.c_int32),
+                ("x_int8", ctypes.c_int32)]
 
 
 @dataclass
@@ -128,6 +129,7 @@ def _load() -> ctypes.CDLL | None:
         lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]
         lib.pnl_set_min_part_weights.restype = ctypes.c_int64
         lib.pnl_set_tile_min_tokens.argtypes = [ctypes.c_int]
+        lib.pnl_int8_vector.argtypes = [ctypes.c_int]
         if lib.pnl_abi_version() != ABI_VERSION:
             raise OSError("library built from other sources: reinstall prunellm")
     except (OSError, AttributeError) as error:

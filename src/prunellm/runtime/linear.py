@@ -60,6 +60,9 @@ class CompressedLinear(nn.Module):
         self.use_kernels = use_kernels
         self.native: NativeWeight | None = None
         self._cpu_limits: dict[torch.dtype, int] = {}
+        # Set by runtime/int8_activations.py (with the native weight's flag): every product
+        # rounds its activations to int8 blocks first, a prefill's expanded one included.
+        self.int8_activations = False
 
     def prepare_cpu(self) -> bool:
         """Repack the weight for the native CPU kernels and drop the file's parts, when the
@@ -123,8 +126,13 @@ class CompressedLinear(nn.Module):
         if self.native is not None:
             # Expanded for this call into a buffer kept across calls (the product takes it at
             # once); on x as given, as nn.Linear would do it: bit for bit the dense layer's result.
+            # With int8 activations, on x rounded as the kernel rounds it (in x's dtype).
             from . import cpu_kernels
 
+            if self.int8_activations:
+                from .int8_activations import round_activations
+
+                x = round_activations(x).to(x.dtype)
             return F.linear(x, cpu_kernels.expand_for_call(self.native).to(x.dtype), self.bias)
         if x.device.type != "cpu" or flat.shape[0] > 1:
             # Expanded for this call only (freed on return), as above.
@@ -197,6 +205,7 @@ class CompressedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         native = ", cpu kernel" if self.native is not None else ""
+        native += ", int8 activations" if self.int8_activations else ""
         return f"in={self.in_features}, out={self.out_features}, {self.kind()}{native}"
 
 

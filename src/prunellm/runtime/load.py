@@ -29,6 +29,7 @@ from . import cpu_kernels
 from .dense_decode import use_kernels_for_dense
 from .embedding import check_embed_bits, quantize_embeddings
 from .head import check_head_bits, quantize_head
+from .int8_activations import use_int8_activations
 from .linear import CompressedLinear
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def keeps_compressed(device: torch.device, keep_compressed: bool | None) -> bool
 
 def load(path: str | Path, device: str | torch.device | None = None, *, keep_compressed: bool | None = None,
          dense_budget: int | None = None, head_bits: int | None = None, embed_bits: int | None = None,
-         dense_kernels: bool | None = None) -> PreTrainedModel:
+         dense_kernels: bool | None = None, int8_activations: bool = False) -> PreTrainedModel:
     """The causal LM saved at `path` (a directory in any format prunellm writes, or a .gguf
     file, dequantized), on `device` (default: CUDA when present), in eval mode.
 
@@ -78,6 +79,11 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
     head quantized to the same bits the lookups read the head's codes and the float table goes;
     a tied head left in float keeps it.
 
+    int8_activations: on a CPU with the native library, True rounds the activations of every
+    layer of 4- or 8-bit codes (the quantized layers, a head quantized by head_bits) to int8
+    blocks and multiplies the codes as they are (runtime/int8_activations.py): faster than the
+    exact kernels, not exact; opt-in. A model with no such layer is refused.
+
     dense_kernels: on a CPU with the native library, None (the default) or True sends the
     decode calls of dense bfloat16/float16 layers (the head, layers stored dense, layers
     expanded at load) through the kernels too, reading the weights in place
@@ -90,12 +96,12 @@ def load(path: str | Path, device: str | torch.device | None = None, *, keep_com
 
     with young_objects_only():  # the load's heap trims collect only what it allocates
         return _load(path, device, keep_compressed=keep_compressed, dense_budget=dense_budget, head_bits=head_bits,
-                     embed_bits=embed_bits, dense_kernels=dense_kernels)
+                     embed_bits=embed_bits, dense_kernels=dense_kernels, int8_activations=int8_activations)
 
 
 def _load(path: str | Path, device: str | torch.device | None, *, keep_compressed: bool | None,
           dense_budget: int | None, head_bits: int | None, embed_bits: int | None,
-          dense_kernels: bool | None) -> PreTrainedModel:
+          dense_kernels: bool | None, int8_activations: bool) -> PreTrainedModel:
     """`load`'s work."""
     target = resolve_device(device)
     directory = Path(path).expanduser()
@@ -108,6 +114,8 @@ def _load(path: str | Path, device: str | torch.device | None, *, keep_compresse
         check_head_bits(head_bits, target)
     if embed_bits is not None:
         check_embed_bits(embed_bits, target)
+    if int8_activations and target.type != "cpu":
+        raise PrunellmError(f"int8_activations is for the native CPU kernels; the device is {target}")
     if target.type == "cpu" and keep_compressed is not False and fmt is not None and fmt.name == "compressed" \
             and not cpu_kernels.available():
         cpu_kernels.warn_unavailable()
@@ -143,6 +151,8 @@ def _load(path: str | Path, device: str | torch.device | None, *, keep_compresse
     if head_bits is not None or embed_bits is not None:
         _quantize_ends(model, head_bits, embed_bits)
         _release_load_memory()
+    if int8_activations:
+        use_int8_activations(model)
     if target.type == "cpu" and dense_kernels is not False:
         use_kernels_for_dense(model)
     return model

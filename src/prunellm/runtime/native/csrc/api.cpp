@@ -85,6 +85,16 @@ bool cpu_has(int level) {
     return level == PNL_PORTABLE;
 }
 
+// The int8 kernel at `level`: vpdpbusd's from the AVX-512 level on a CPU with AVX512_VNNI, else
+// the scalar one (the same sums: slow, for correctness where the opt-in meets such a CPU).
+PnlKernelInt8 int8_kernel_for(int level) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (level >= PNL_AVX512 && __builtin_cpu_supports("avx512vnni")) return pnl_rows_int8_avx512vnni;
+#endif
+    (void)level;
+    return pnl_rows_int8_portable;
+}
+
 PnlKernel kernel_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (level >= PNL_AVX512) return pnl_rows_avx512;  // float32 activations
@@ -108,6 +118,8 @@ struct Job {
     PnlTask task = nullptr;  // set: items [0, items) split over the parts, no weight
     void* context = nullptr;
     int64_t items = 0;
+    PnlKernelInt8 kernel_int8 = nullptr;  // set: this kernel on the int8 activations xq
+    const PnlQuantX* xq = nullptr;
 };
 
 // A part's rows: contiguous, balanced by count, in multiples of 8 (whole cache lines of y); a
@@ -122,7 +134,8 @@ void run_part(const Job& job, int part, uint8_t* scratch) {
     int64_t begin = units * part / job.parts * unit, end = units * (part + 1) / job.parts * unit;
     if (end > R) end = R;
     if (begin >= end) return;
-    if (job.kernel_bf16) job.kernel_bf16(job.w, job.xb, job.tokens, job.y, begin, end, scratch);
+    if (job.kernel_int8) job.kernel_int8(job.w, job.xq, job.y, begin, end, scratch);
+    else if (job.kernel_bf16) job.kernel_bf16(job.w, job.xb, job.tokens, job.y, begin, end, scratch);
     else job.kernel(job.w, job.xp, job.tokens, job.y, begin, end, scratch);
 }
 
@@ -302,17 +315,29 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
     if (threads < 1) threads = 1;
     const auto started = std::chrono::steady_clock::now();
     const int64_t cp = ws[0]->cols_pad, C = ws[0]->cols;
-    thread_local std::vector<uint8_t> xbuf_bf16, xbuf_f32, scratch;
+    thread_local std::vector<uint8_t> xbuf_bf16, xbuf_f32, xbuf_int8, scratch;
     for (int64_t t0 = 0; t0 < tokens; t0 += 16) {  // kernels take up to 16 tokens a pass
         const int nt = (int)(tokens - t0 < 16 ? tokens - t0 : 16);
         uint16_t* xb = nullptr;  // the pass's activations as bfloat16, padded, where a kernel takes them
         float* xp = nullptr;     // as float32, padded
+        PnlQuantX xq{};          // as int8 blocks, for the weights that asked for them
         Job jobs[kMostJobs];
         size_t scratch_bytes = 0;
         for (int i = 0; i < count; ++i) {
             const PnlWeight* w = ws[i];
             float* y = ys[i] + t0 * w->rows;
             const int parts = parts_for(w, threads);
+            if (w->x_int8 && pnl_int8_reads(w)) {
+                if (!xq.q) {
+                    const void* pass = (const uint8_t*)x + t0 * C * (x_bf16 ? sizeof(uint16_t) : sizeof(float));
+                    xq = pnl_quantize_x(pass, x_bf16, C, cp, nt, grow(xbuf_int8, pnl_quantize_x_bytes(cp, nt)));
+                }
+                jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, pnl_int8_scratch_bytes(w, nt)};
+                jobs[i].kernel_int8 = int8_kernel_for(level);
+                jobs[i].xq = &xq;
+                if (jobs[i].scratch_bytes > scratch_bytes) scratch_bytes = jobs[i].scratch_bytes;
+                continue;
+            }
 #if defined(__x86_64__) || defined(_M_X64)
             // bfloat16 activations stay bfloat16 for the vdpbf16ps kernel, where it reads this weight
             if (level >= PNL_AVX512_BF16 && x_bf16 && pnl_avx512bf16_reads(w)) {
@@ -362,7 +387,12 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 7; }
+PNL_API int pnl_abi_version(void) { return 8; }
+
+// Whether the int8 kernel at `level` is the vector one (AVX512_VNNI), not the scalar fallback.
+PNL_API int pnl_int8_vector(int level) {
+    return cpu_has(level) && int8_kernel_for(level) != pnl_rows_int8_portable ? 1 : 0;
+}
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's
 // default); returns the old value.

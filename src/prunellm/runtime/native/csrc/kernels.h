@@ -49,7 +49,37 @@ typedef struct PnlWeight {
     const float* zeros;        // (R, groups) zero points as float32, or null
     int32_t even_steps;        // 1: every 64-column step of a masked row holds an even number of
                                // codes (cpu_layout.py pads them), so 4-bit steps start on a byte
+    int32_t x_int8;            // 1: products round the activations to int8 first (PnlQuantX), where
+                               // pnl_int8_reads(w); opt-in (runtime/int8_activations.py)
 } PnlWeight;
+
+// Activations rounded to int8 for the int8 kernels (the opt-in of PnlWeight.x_int8): per token,
+// blocks of PNL_INT8_BLOCK columns, each with one float32 scale, q = nearest-even(x * (127 /
+// amax)) and x ~ q * (amax / 127), as llama.cpp's Q8 activations. Made once per pass of up to 16
+// tokens (pnl_quantize_x) and read by every weight of the call.
+#define PNL_INT8_BLOCK 128
+typedef struct PnlQuantX {
+    const int8_t* q;    // (steps, tokens, 64): a step's 64 columns of every token together
+    const float* scale; // (tokens, steps): the scale of the block holding each step
+    const float* sum;   // (tokens, steps): scale * the sum of the step's q
+    int64_t steps;      // cols_pad / 64
+    int tokens;
+} PnlQuantX;
+// Bytes pnl_quantize_x writes for `tokens` tokens of cols_pad columns (q, scale, sum, aligned).
+size_t pnl_quantize_x_bytes(int64_t cols_pad, int tokens);
+// x (tokens, C) float32 or bfloat16 (x_bf16), rows `cols` apart, into `buffer` (64-byte aligned,
+// pnl_quantize_x_bytes of it); the columns past C are zero.
+PnlQuantX pnl_quantize_x(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens, uint8_t* buffer);
+// Whether the int8 kernels read w (4- and 8-bit codes in groups of a multiple of 64 columns).
+int pnl_int8_reads(const PnlWeight* w);
+// Rows [row_begin, row_end) of y (T, R) float32 = dequantized x @ W^T, where W's weights are
+// scale * (code - zero) in float32 (not rounded to the layer's dtype): the int8 kernel, per
+// ISA; scratch holds pnl_int8_scratch_bytes.
+typedef void (*PnlKernelInt8)(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
+                              uint8_t* scratch);
+size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens);
+void pnl_rows_int8_portable(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
+                            uint8_t* scratch);
 
 // One ISA's kernel: rows [row_begin, row_end) of y (T, R) float32 = xp (T, cols_pad) @ W^T.
 // xp is the activations in float32, zero past `cols`. scratch holds cols_pad + 64 bytes.
@@ -108,6 +138,9 @@ int pnl_amx_min_tokens(const PnlWeight* w);  // tokens from which the tiles are 
 size_t pnl_amx_scratch_bytes(int64_t cols_pad, int tokens);
 void pnl_rows_amx(const PnlWeight* w, const uint16_t* xb, int tokens, float* y, int64_t row_begin, int64_t row_end,
                   uint8_t* scratch);
+// int8.cpp: the int8 kernel through AVX512_VNNI's vpdpbusd (the AVX-512 level plus VNNI).
+void pnl_rows_int8_avx512vnni(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin,
+                              int64_t row_end, uint8_t* scratch);
 #endif
 
 #ifdef __cplusplus

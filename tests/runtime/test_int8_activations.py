@@ -1,0 +1,164 @@
+"""Int8 activations (runtime/int8_activations.py): the opt-in int8 kernels of 4- and 8-bit layers.
+
+Every level this CPU runs (the portable one among them) gives, for every layer the int8 kernel
+reads and 1 to 16 tokens, the product of the activations rounded as `round_activations` rounds
+them and the grid's float32 weights scale * (code - zero), within float32 rounding of the sum;
+the kernels round the activations exactly as the Python reference does (nearest even, ties
+included); a prefill's expanded product rounds them the same way; `prunellm.load(...,
+int8_activations=True)` turns it on for the quantized layers (here a 4-bit head) and refuses a
+model with none, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+import prunellm
+from prunellm.errors import PrunellmError
+from prunellm.formats.compressed.layer import CompressedWeight, compress_weight, decompress_weight
+from prunellm.runtime import cpu_kernels
+from prunellm.runtime.int8_activations import BLOCK, quantize_activations, reads, round_activations, \
+    use_int8_activations
+from prunellm.runtime.linear import CompressedLinear
+from prunellm.solvers.quant import QuantGrid
+from tests.model_dirs import save_run
+from tests.runtime.test_cpu_kernels import CASES, ROWS, _layer
+from tests.tiny_models import tiny_config
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
+                                reason="native CPU kernels not built (no C++ compiler at install)")
+
+
+def _int8_native(packed: CompressedWeight) -> cpu_kernels.NativeWeight:
+    native = cpu_kernels.prepare(packed.spec, packed.tensors)
+    native.struct.x_int8 = 1
+    return native
+
+
+def _grid_weight(packed: CompressedWeight) -> torch.Tensor:
+    """scale * (code - zero) in float32, before the rounding to the layer's dtype."""
+    return decompress_weight(CompressedWeight(dataclasses.replace(packed.spec, dtype="float32"), packed.tensors))
+
+
+@pytest.fixture(scope="module")
+def int8_layers() -> dict[str, tuple[torch.Tensor, cpu_kernels.NativeWeight]]:
+    built = {}
+    for case in CASES:
+        packed = _layer(case)
+        native = _int8_native(packed)
+        if reads(native):
+            built[case] = (_grid_weight(packed), native)
+    return built
+
+
+INT8_CASES = [case for case in CASES if case.startswith("q") and case.split(":")[1] in ("4", "8")
+              and case.split(":")[2] in ("row", "64", "128", "256")]
+
+
+def _close(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rel: float = 1e-4) -> None:
+    rounded = round_activations(x)  # (T, C) float32
+    reference = rounded @ weight.T
+    magnitude = rounded.abs() @ weight.abs().T
+    error = (y.float() - reference).abs()
+    assert bool((error <= rel * magnitude + 1e-6).all()), f"max error {float((error - rel * magnitude).max()):.3g}"
+
+
+def test_the_int8_cases_cover_every_layout() -> None:
+    kinds = {case.split(":")[0] for case in INT8_CASES}
+    assert {"qbitmask", "qnm2-4", "qquant"} <= kinds and {c.split(":")[1] for c in INT8_CASES} == {"4", "8"}
+
+
+@pytest.mark.parametrize("case", INT8_CASES)
+def test_the_int8_kernel_multiplies_the_rounded_activations_by_the_grid(int8_layers, level, case) -> None:
+    weight, native = int8_layers[case]
+    for tokens in (1, 2, 4, 5, 16):
+        x = torch.randn(tokens, weight.shape[1], generator=torch.Generator().manual_seed(tokens)) * 3
+        y = cpu_kernels.matmul(x, native)
+        assert y.shape == (tokens, ROWS)
+        _close(y, x, weight)
+        xb = x.to(torch.bfloat16)  # bfloat16 activations: rounded from their exact float32 values
+        _close(cpu_kernels.matmul(xb, native), xb.float(), weight, rel=4e-3)
+
+
+@pytest.mark.parametrize("case", ["qbitmask:4:128:384", "qnm2-4:4:64:256:bfloat16", "qquant:8:row:200"])
+def test_every_thread_team_gives_the_same_rows(int8_layers, level, threads, case) -> None:
+    weight, native = int8_layers[case]
+    x = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(1))
+    _close(cpu_kernels.matmul(x, native), x, weight)
+
+
+def test_the_kernels_round_as_the_reference_ties_to_even(level) -> None:
+    """One-hot rows (8-bit codes, weight 1 on column r of row r) give back each activation as the
+    kernel rounded it: equal to round_activations' value, where one step of q would be 1/127 of
+    the block's largest. The first block's scale is exactly 1 (largest 127), so its x.5 values are
+    ties, rounded to even."""
+    cols = 3 * BLOCK - 64  # a last block of one step
+    weight = torch.eye(cols)
+    grid = QuantGrid(8, False, None, torch.full((cols, 1), 1 / 255), torch.zeros(cols, 1))
+    packed = compress_weight(weight * 0 + grid.scale.expand(cols, cols) * torch.round(weight * 255), grid)
+    native = _int8_native(packed)
+    exact = _grid_weight(packed)
+    x = torch.randn(2, cols, generator=torch.Generator().manual_seed(0))
+    x[0, 0] = 127.0
+    x[0, 1:9] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5])
+    y = cpu_kernels.matmul(x, native)
+    expected = round_activations(x) @ exact.T
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=0)
+    q, scale = quantize_activations(x)
+    assert scale[0, 0] == 1.0 and q[0, 1:9].tolist() == [0, 2, 2, 0, -2, -2, 126, -126]
+
+
+def test_zero_blocks_and_large_values_round_safely() -> None:
+    x = torch.zeros(2, 300)
+    x[1, 5] = 3e38
+    x[1, 130] = -1e-30
+    rounded = round_activations(x)
+    assert torch.equal(rounded[0], x[0]) and bool(torch.isfinite(rounded).all())
+    assert rounded[1, 5] == pytest.approx(3e38, rel=1e-6) and rounded[1, 130] == pytest.approx(-1e-30, rel=1e-6)
+
+
+def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
+    """A call above the kernel's token limit expands the layer: its rows equal the 1-token kernel
+    calls' within float32 rounding (the same rounded activations, the same grid)."""
+    packed = _layer("qbitmask:4:128:384")
+    layer = CompressedLinear(packed)
+    assert layer.prepare_cpu()
+    assert use_int8_activations(nn.Sequential(layer)) == 1 and layer.int8_activations
+    x = torch.randn(40, 384, generator=torch.Generator().manual_seed(2))
+    assert x.shape[0] > layer.cpu_kernel_max_tokens(x.dtype)
+    prefill = layer(x)
+    one_by_one = torch.cat([layer(x[t:t + 1]) for t in range(x.shape[0])])
+    _close(prefill, x, _grid_weight(packed))
+    _close(one_by_one, x, _grid_weight(packed))
+    assert "int8 activations" in repr(layer)
+
+
+def test_a_model_without_codes_is_refused_in_one_line() -> None:
+    layer = CompressedLinear(_layer("bitmask:bfloat16:0.5"))
+    assert layer.prepare_cpu()
+    with pytest.raises(PrunellmError, match="no layer of this model is 4- or 8-bit codes"):
+        use_int8_activations(nn.Sequential(layer))
+
+
+def test_load_turns_it_on_for_a_quantized_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    directory = save_run(model, torch.float32, "compressed", tmp_path / "run", method="magnitude")
+    exact = prunellm.load(directory, "cpu", head_bits=4)
+    rounded = prunellm.load(directory, "cpu", head_bits=4, int8_activations=True)
+    head = rounded.get_output_embeddings()
+    assert head.int8_activations and head.native.struct.x_int8 == 1
+    assert not any(m.int8_activations for m in rounded.model.modules() if isinstance(m, CompressedLinear))
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        a, b = exact(ids).logits, rounded(ids).logits
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b, a, rtol=0.05, atol=0.05 * float(a.abs().max()))
+    with pytest.raises(PrunellmError, match="no layer of this model"):
+        prunellm.load(directory, "cpu", int8_activations=True)
