@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 import prunellm
 from prunellm.errors import PrunellmError
 from prunellm.formats.compressed.layer import CompressedWeight, compress_weight, decompress_weight
-from prunellm.runtime import cpu_kernels
+from prunellm.runtime import cpu_kernels, token_limits
+from prunellm.runtime.bench_infer import cache_argument
 from prunellm.runtime.int8_activations import BLOCK, quantize_activations, reads, round_activations, \
-    use_int8_activations
+    use_int8_activations, vector_kernel
 from prunellm.runtime.linear import CompressedLinear
 from prunellm.solvers.quant import QuantGrid
 from tests.model_dirs import save_run
@@ -130,6 +131,7 @@ def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
     layer = CompressedLinear(packed)
     assert layer.prepare_cpu()
     assert use_int8_activations(nn.Sequential(layer)) == 1 and layer.int8_activations
+    assert layer.cpu_kernel_max_tokens(torch.bfloat16) == token_limits.int8_limit(vector_kernel())
     x = torch.randn(40, 384, generator=torch.Generator().manual_seed(2))
     assert x.shape[0] > layer.cpu_kernel_max_tokens(x.dtype)
     prefill = layer(x)
@@ -162,3 +164,22 @@ def test_load_turns_it_on_for_a_quantized_head(tmp_path: Path) -> None:
     torch.testing.assert_close(b, a, rtol=0.05, atol=0.05 * float(a.abs().max()))
     with pytest.raises(PrunellmError, match="no layer of this model"):
         prunellm.load(directory, "cpu", int8_activations=True)
+
+
+def test_decoding_token_by_token_gives_the_prefills_logits(tmp_path: Path) -> None:
+    """The scoring path (a window's prefill: expanded products on rounded activations) and decode
+    (one token a call: the int8 kernel) give the same logits within float32 rounding: a
+    perplexity scored on windows is the decoding model's."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    directory = save_run(model, torch.float32, "compressed", tmp_path / "run", method="magnitude")
+    loaded = prunellm.load(directory, "cpu", head_bits=4, int8_activations=True)
+    ids = torch.tensor([[1, 5, 9, 2, 7, 7, 3, 11, 4, 6, 8, 10]])
+    assert ids.shape[1] > loaded.get_output_embeddings().cpu_kernel_max_tokens(torch.float32)
+    with torch.no_grad():
+        prefill = loaded(ids).logits  # (1, 12, V)
+        cache, steps = DynamicCache(), []
+        for position in range(ids.shape[1]):
+            out = loaded(ids[:, position:position + 1], use_cache=True, **{cache_argument(loaded): cache})
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), prefill, rtol=1e-4, atol=1e-4 * float(prefill.abs().max()))

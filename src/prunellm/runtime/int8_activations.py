@@ -27,7 +27,7 @@ from torch import nn
 
 from prunellm.errors import PrunellmError
 
-from . import cpu_kernels
+from . import cpu_kernels, token_limits
 from .cpu_layout import CODES
 from .linear import CompressedLinear
 
@@ -87,10 +87,10 @@ def use_int8_activations(model: nn.Module) -> int:
     if not layers:
         raise PrunellmError("int8_activations: no layer of this model is 4- or 8-bit codes on the CPU kernels "
                             "(it applies to quantized layers, and a head quantized by head_bits)")
+    vector = vector_kernel()
     for layer in layers:
-        layer.int8_activations = True
-        layer.native.struct.x_int8 = 1
-    if not vector_kernel():
+        layer.use_int8_activations(token_limits.int8_limit(vector))
+    if not vector:
         log.warning("int8 activations: this CPU (kernel level %s) lacks AVX512_VNNI; the int8 products run on "
                     "the scalar kernel, slower than the exact ones", cpu_kernels.isa())
     return len(layers)

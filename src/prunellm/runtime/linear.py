@@ -153,6 +153,15 @@ class CompressedLinear(nn.Module):
             out[..., start:stop] = F.linear(x, weight, bias)
         return out
 
+    def use_int8_activations(self, max_tokens: int) -> None:
+        """Round the activations to int8 blocks in every product (runtime/int8_activations.py),
+        the kernel's calls up to `max_tokens` tokens (its own limit), an expanded product's above."""
+        if self.native is None:
+            raise RuntimeError("int8 activations need the layer repacked for the native CPU kernels")
+        self.int8_activations = True
+        self.native.struct.x_int8 = 1
+        self._cpu_limits = {dtype: max_tokens for dtype in self._cpu_limits}
+
     def cpu_kernel_max_tokens(self, dtype: torch.dtype) -> int:
         """Tokens per call up to which the native kernel takes activations of `dtype` (0 when the
         layer is not repacked for it); a float16 model's activations go through float32."""

@@ -17,6 +17,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "kernels.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -78,12 +80,12 @@ struct Codes8 {  // 8-bit codes, a byte each
     }
 };
 
-// RB rows and NT tokens at once. CARRY: the int32 sums are carried over a segment's steps (else
-// converted every step: 16 tokens' carried sums would not fit the registers).
+// RB rows and NT tokens (t0 on) at once, NT <= 8: the int32 sums are carried over a segment's
+// steps, which takes two registers per row and token (acc and carried).
 template <int NT, int RB, bool MASKED, class Source>
-void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r) {
-    constexpr bool CARRY = NT <= 4;
-    const int64_t words = w->cols_pad / 64, R = w->rows, G = w->groups;
+void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r, int t0) {
+    static_assert(NT <= 8, "16 tokens' carried sums would not fit the registers: two passes (rows_in_two)");
+    const int64_t words = w->cols_pad / 64, R = w->rows, G = w->groups, T = x->tokens;
     const int64_t gs = G == 1 ? w->cols_pad : w->group_size;  // a multiple of 64 (pnl_int8_reads)
     const int64_t group_steps = gs / 64;
     Source src[RB];
@@ -110,19 +112,19 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
                 const float s = w->scales[(r + i) * G + gi], z = w->zeros[(r + i) * G + gi];
                 vscale[i] = _mm512_set1_ps(s);
                 fill[i] = _mm512_set1_epi8((char)(int)z);
-                for (int t = 0; t < NT; ++t) corr[i][t] += s * z * gsum[t * G + gi];
+                for (int t = 0; t < NT; ++t) corr[i][t] += s * z * gsum[(t0 + t) * G + gi];
             }
         }
         --group_left;
         // the segment ends with the activations' block (PNL_INT8_BLOCK = 2 steps), the group or the row
-        const bool ends = !CARRY || (word & 1) || group_left == 0 || word + 1 == words;
+        const bool ends = (word & 1) || group_left == 0 || word + 1 == words;
         __m512i codes[RB];
         for (int i = 0; i < RB; ++i) codes[i] = src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, fill[i]);
         for (int t = 0; t < NT; ++t) {
-            const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * NT + t) * 64));
+            const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * T + t0 + t) * 64));
             for (int i = 0; i < RB; ++i) carried[i][t] = _mm512_dpbusd_epi32(carried[i][t], codes[i], xv);
             if (ends) {
-                const __m512 xs = _mm512_set1_ps(x->scale[t * words + word]);
+                const __m512 xs = _mm512_set1_ps(x->scale[(t0 + t) * words + word]);
                 for (int i = 0; i < RB; ++i) {
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(carried[i][t]), _mm512_mul_ps(vscale[i], xs),
                                                 acc[i][t]);
@@ -132,16 +134,14 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
         }
     }
     for (int i = 0; i < RB; ++i)
-        for (int t = 0; t < NT; ++t) y[t * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
+        for (int t = 0; t < NT; ++t) y[(t0 + t) * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
 }
 
-template <int NT, bool MASKED, class Source>
-void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
-    constexpr int RB = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
-    // gsum (NT, G): per group, the sum over its steps of scale * sum(q)
+// gsum (T, G): per token and group, the sum over the group's steps of scale * sum(q).
+float* group_sums(const PnlWeight* w, const PnlQuantX* x, uint8_t* scratch) {
     const int64_t G = w->groups, words = w->cols_pad / 64, gs = G == 1 ? w->cols_pad : w->group_size;
     float* gsum = (float*)scratch;
-    for (int t = 0; t < NT; ++t)
+    for (int t = 0; t < x->tokens; ++t)
         for (int64_t g = 0; g < G; ++g) {
             float total = 0.0f;
             const int64_t end = g == G - 1 ? words : (g + 1) * gs / 64;  // the last group takes any rest
@@ -149,29 +149,54 @@ void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t 
                 total += x->sum[t * words + word];
             gsum[t * G + g] = total;
         }
+    return gsum;
+}
+
+template <int NT, bool MASKED, class Source>
+void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+    constexpr int RB = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
+    const float* gsum = group_sums(w, x, scratch);
     int64_t r = r0;
-    for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, gsum, y, r);
-    for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, gsum, y, r);
+    for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, gsum, y, r, 0);
+    for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, gsum, y, r, 0);
 }
 
-template <int NT>
-void dispatch_kind(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* s) {
-    if (w->code_bits == 8) {
-        if (w->has_mask) return rows<NT, true, Codes8>(w, x, y, r0, r1, s);
-        return rows<NT, false, Codes8>(w, x, y, r0, r1, s);
+// 9 to 16 tokens: each row in two passes of NT1 and NT2 tokens, the second reading the row's
+// codes again from L1 (converting 16 tokens' sums every step instead took twice as long).
+template <int NT1, int NT2, bool MASKED, class Source>
+void rows_in_two(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+    const float* gsum = group_sums(w, x, scratch);
+    for (int64_t r = r0; r < r1; ++r) {
+        block<NT1, 1, MASKED, Source>(w, x, gsum, y, r, 0);
+        block<NT2, 1, MASKED, Source>(w, x, gsum, y, r, NT1);
     }
-    if (!w->has_mask) return rows<NT, false, Codes4<true>>(w, x, y, r0, r1, s);
-    if (w->even_steps) return rows<NT, true, Codes4<true>>(w, x, y, r0, r1, s);
-    rows<NT, true, Codes4<false>>(w, x, y, r0, r1, s);
 }
 
-template <int NT>
+// The kind of weight as a source and whether it is masked: visit gets null pointers of the
+// source's type and of std::bool_constant<MASKED>.
+template <class Visit>
+void with_source(const PnlWeight* w, Visit visit) {
+    if (w->code_bits == 8) {
+        if (w->has_mask) return visit((Codes8*)nullptr, (std::true_type*)nullptr);
+        return visit((Codes8*)nullptr, (std::false_type*)nullptr);
+    }
+    if (!w->has_mask) return visit((Codes4<true>*)nullptr, (std::false_type*)nullptr);
+    if (w->even_steps) return visit((Codes4<true>*)nullptr, (std::true_type*)nullptr);
+    visit((Codes4<false>*)nullptr, (std::true_type*)nullptr);
+}
+
+template <int T>
 void dispatch_tokens(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* s) {
-    if constexpr (NT > 16) {
+    if constexpr (T > 16) {
         (void)w; (void)x; (void)y; (void)r0; (void)r1; (void)s;
     } else {
-        if (x->tokens == NT) return dispatch_kind<NT>(w, x, y, r0, r1, s);
-        dispatch_tokens<NT + 1>(w, x, y, r0, r1, s);
+        if (x->tokens != T) return dispatch_tokens<T + 1>(w, x, y, r0, r1, s);
+        with_source(w, [&](auto* source, auto* masked) {
+            using Source = std::remove_pointer_t<decltype(source)>;
+            constexpr bool MASKED = std::remove_pointer_t<decltype(masked)>::value;
+            if constexpr (T <= 8) rows<T, MASKED, Source>(w, x, y, r0, r1, s);
+            else rows_in_two<T - T / 2, T / 2, MASKED, Source>(w, x, y, r0, r1, s);
+        });
     }
 }
 
