@@ -11,8 +11,10 @@ activations its Q4 and Q8 products read), and multiplies the codes as they are
 scale * (code - zero) in float32, not rounded to the layer's dtype.
 
 The rounding changes the model: the same rounding is applied on every path of such a layer, a
-prefill's expanded product included (`round_activations`), so that a perplexity scored on
-windows (`bench/cpu_model.py --int8-activations`) measures the model that decodes. Other layers
+prefill's expanded product included (`round_activations`; a bfloat16 model's prefill then
+multiplies those values rounded to bfloat16, as its products take them), so that a perplexity
+scored on windows (`bench/cpu_model.py --int8-activations`) measures the model that decodes
+(tests/runtime/test_int8_activations.py: a decode token by token gives the prefill's logits). Other layers
 (bfloat16 values, dense layers, the embeddings) keep exact activations. On a CPU without
 AVX512_VNNI the int8 products run on a scalar kernel: the same sums, slower than the exact
 kernels, with one warning.
