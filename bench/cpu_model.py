@@ -257,18 +257,28 @@ def plot(result: dict, path: Path) -> None:
     if not points:  # no quality figures (speed-only rows): decode speed against the bytes held
         _plot_speed(result, path)
         return
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for name, speed, mib, ppl, llama in points:
         style = dict(marker="s", color="tab:gray") if llama else dict(marker="o", color="tab:blue")
+        label = _short_label(name)
         axes[0].scatter(speed, ppl, **style)
-        axes[0].annotate(name, (speed, ppl), fontsize=7)
+        axes[0].annotate(label, (speed, ppl), fontsize=6, rotation=20)
         axes[1].scatter(mib, ppl, **style)
-        axes[1].annotate(name, (mib, ppl), fontsize=7)
+        axes[1].annotate(label, (mib, ppl), fontsize=6, rotation=20)
     axes[0].set(xlabel="decode tokens/s (batch 1)", ylabel="WikiText-2 perplexity", yscale="log")
     axes[1].set(xlabel="file MiB (dense rows: weights in memory)", ylabel="WikiText-2 perplexity", yscale="log")
     figure.suptitle(textwrap.fill(result["machine"], 90), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def _short_label(setting: str) -> str:
+    """A row's setting shortened for a plot's label: "+h4" the head in 4 bits, "e4" the
+    embeddings, "+i8" int8 activations (the table spells them out)."""
+    for long, short in ((" + head ", " +h"), ("-bit, embeddings ", "/e"), (", int8 activations", " +i8"),
+                        ("sparsegpt ", "SG "), ("llama.cpp ", "llama "), (" g128", ""), (" + ALPS", "+ALPS")):
+        setting = setting.replace(long, short)
+    return setting.removesuffix("-bit")
 
 
 def _plot_speed(result: dict, path: Path) -> None:
