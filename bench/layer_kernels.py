@@ -141,7 +141,7 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
             natives[name] = [first] + [cpu_kernels.prepare(packed.spec, packed.tensors)
                                        for _ in range(copies_for(first.nbytes, working_set) - 1)]
             for native in natives[name]:
-                native.struct.x_int8 = int(name.endswith(INT8))
+                native.int8_activations = name.endswith(INT8)
         for count in tokens:
             x = torch.randn(count, cols)
             x16 = x.to(torch.bfloat16)

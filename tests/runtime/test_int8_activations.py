@@ -25,7 +25,7 @@ from prunellm.formats.compressed.layer import CompressedWeight, compress_weight,
 from prunellm.runtime import cpu_kernels, token_limits
 from prunellm.runtime.bench_infer import cache_argument
 from prunellm.runtime.int8_activations import BLOCK, quantize_activations, reads, round_activations, \
-    use_int8_activations, vector_kernel
+    use_int8_activations
 from prunellm.runtime.linear import CompressedLinear
 from prunellm.solvers.quant import QuantGrid
 from tests.model_dirs import save_run
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
 
 def _int8_native(packed: CompressedWeight) -> cpu_kernels.NativeWeight:
     native = cpu_kernels.prepare(packed.spec, packed.tensors)
-    native.struct.x_int8 = 1
+    native.int8_activations = True
     return native
 
 
@@ -131,7 +131,7 @@ def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
     layer = CompressedLinear(packed)
     assert layer.prepare_cpu()
     assert use_int8_activations(nn.Sequential(layer)) == 1 and layer.int8_activations
-    assert layer.cpu_kernel_max_tokens(torch.bfloat16) == token_limits.int8_limit(vector_kernel())
+    assert layer.cpu_kernel_max_tokens(torch.bfloat16) == token_limits.int8_limit(cpu_kernels.int8_vector_kernel())
     x = torch.randn(40, 384, generator=torch.Generator().manual_seed(2))
     assert x.shape[0] > layer.cpu_kernel_max_tokens(x.dtype)
     prefill = layer(x)
@@ -155,7 +155,7 @@ def test_load_turns_it_on_for_a_quantized_head(tmp_path: Path) -> None:
     exact = prunellm.load(directory, "cpu", head_bits=4)
     rounded = prunellm.load(directory, "cpu", head_bits=4, int8_activations=True)
     head = rounded.get_output_embeddings()
-    assert head.int8_activations and head.native.struct.x_int8 == 1
+    assert head.int8_activations and head.native.int8_activations
     assert not any(m.int8_activations for m in rounded.model.modules() if isinstance(m, CompressedLinear))
     ids = torch.tensor([[1, 5, 9, 2]])
     with torch.no_grad():

@@ -94,6 +94,16 @@ class NativeWeight:
         """The dtype of the dense weight (what `expand` returns)."""
         return WEIGHT_DTYPES[self.layout.weight_dtype]
 
+    @property
+    def int8_activations(self) -> bool:
+        """Whether `matmul` rounds the activations to int8 blocks first and runs the int8 kernel
+        (runtime/int8_activations.py; only for the 4- and 8-bit codes it reads)."""
+        return bool(self.struct.x_int8)
+
+    @int8_activations.setter
+    def int8_activations(self, enabled: bool) -> None:
+        self.struct.x_int8 = int(enabled)
+
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -235,6 +245,12 @@ def _best_level() -> str:
     """The best level this CPU runs (asked once: isa() is on every decode call's path)."""
     best = _require().pnl_best_level()
     return next(name for name, level in LEVELS.items() if level == best)
+
+
+def int8_vector_kernel() -> bool:
+    """Whether int8 products run on the vector kernel (AVX512_VNNI) at the level in use, not the
+    scalar one."""
+    return bool(_require().pnl_int8_vector(LEVELS[isa()]))
 
 
 def supports(spec: Any) -> bool:

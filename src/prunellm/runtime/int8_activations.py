@@ -42,14 +42,20 @@ LIMIT = 127.0
 def round_activations(x: torch.Tensor) -> torch.Tensor:
     """x (..., C) as the int8 kernels read it, in float32: per BLOCK columns of each row, q =
     nearest-even(x * (127 / amax)) in [-127, 127], times amax / 127 (the kernels' operations in
-    float32, so the same q and scales)."""
-    q, scale = quantize_activations(x)
-    columns = x.shape[-1]
-    return (q.float() * scale.repeat_interleave(BLOCK, dim=-1)[..., :q.shape[-1]])[..., :columns]
+    float32, so the same q and scales). On every prefill of such a layer: no int8 tensor made."""
+    q, scale = _rounded_blocks(x)  # (..., blocks, BLOCK), (..., blocks)
+    return (q * scale.unsqueeze(-1)).flatten(-2)[..., :x.shape[-1]]
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., C) -> q int8 (..., C rounded up to BLOCK) and scale float32 (..., blocks)."""
+    q, scale = _rounded_blocks(x)
+    return q.to(torch.int8).flatten(-2), scale
+
+
+def _rounded_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q as float32 (..., blocks, BLOCK), the columns padded with zeros to whole blocks, and the
+    blocks' scales (..., blocks). An all-zero block gets scale 0 and q 0, as the kernels give it."""
     flat = x.float()
     columns = flat.shape[-1]
     padded = -(-columns // BLOCK) * BLOCK
@@ -57,12 +63,9 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = torch.nn.functional.pad(flat, (0, padded - columns))
     blocks = flat.unflatten(-1, (padded // BLOCK, BLOCK))  # (..., blocks, BLOCK)
     amax = blocks.abs().amax(dim=-1)  # (..., blocks)
-    nonzero = amax > 0
-    one = torch.ones_like(amax)
-    inverse = torch.where(nonzero, LIMIT / torch.where(nonzero, amax, one), torch.zeros_like(amax))
-    scale = torch.where(nonzero, amax / LIMIT, torch.zeros_like(amax))
+    inverse = LIMIT / torch.where(amax > 0, amax, torch.ones_like(amax))  # any finite value for a zero block
     q = torch.round(blocks * inverse.unsqueeze(-1)).clamp_(-LIMIT, LIMIT)  # torch.round: nearest even
-    return q.to(torch.int8).flatten(-2), scale
+    return q, amax / LIMIT
 
 
 def reads(native: cpu_kernels.NativeWeight) -> bool:
@@ -71,11 +74,6 @@ def reads(native: cpu_kernels.NativeWeight) -> bool:
     layout = native.layout
     return layout.value_kind == CODES and layout.code_bits in (4, 8) and \
         (layout.groups == 1 or layout.group_size % 64 == 0)
-
-
-def vector_kernel() -> bool:
-    """Whether int8 products run on the vector kernel at the level in use (AVX512_VNNI)."""
-    return bool(cpu_kernels._require().pnl_int8_vector(cpu_kernels.LEVELS[cpu_kernels.isa()]))
 
 
 def use_int8_activations(model: nn.Module) -> int:
@@ -89,7 +87,7 @@ def use_int8_activations(model: nn.Module) -> int:
     if not layers:
         raise PrunellmError("int8_activations: no layer of this model is 4- or 8-bit codes on the CPU kernels "
                             "(it applies to quantized layers, and a head quantized by head_bits)")
-    vector = vector_kernel()
+    vector = cpu_kernels.int8_vector_kernel()
     for layer in layers:
         layer.use_int8_activations(token_limits.int8_limit(vector))
     if not vector:

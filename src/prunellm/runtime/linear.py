@@ -159,7 +159,7 @@ class CompressedLinear(nn.Module):
         if self.native is None:
             raise RuntimeError("int8 activations need the layer repacked for the native CPU kernels")
         self.int8_activations = True
-        self.native.struct.x_int8 = 1
+        self.native.int8_activations = True
         self._cpu_limits = {dtype: max_tokens for dtype in self._cpu_limits}
 
     def cpu_kernel_max_tokens(self, dtype: torch.dtype) -> int:
