@@ -27,7 +27,7 @@ needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="native C
 def _table(weight: torch.Tensor, bits: int, group: int | None) -> QuantizedTable:
     packed = quantize_rows(weight, bits, group)
     return QuantizedTable(packed.tensors["qweight"], packed.tensors["scales"],
-                          packed.tensors["zeros"].to(torch.float32), bits, weight.dtype)
+                          packed.tensors["zeros"], bits, weight.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])

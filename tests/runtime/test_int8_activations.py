@@ -124,6 +124,29 @@ def test_zero_blocks_and_large_values_round_safely() -> None:
     assert rounded[1, 5] == pytest.approx(3e38, rel=1e-6) and rounded[1, 130] == pytest.approx(-1e-30, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 300), (2, 5, 130), (17, 1000)])
+def test_the_kernels_rounding_is_the_references_bit_for_bit(level, dtype, shape) -> None:
+    """cpu_kernels.int8_rounded (the prefill's rounding, in the kernels' code at each level) gives
+    round_activations' float32 values exactly: ties, zero blocks, huge and tiny values included."""
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(shape[-1])) * 4).to(dtype)
+    flat = x.view(-1, shape[-1])
+    flat[0, 0] = 127.0
+    flat[0, 1:min(9, shape[-1])] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5])[:min(8, shape[-1] - 1)].to(dtype)
+    if flat.shape[0] > 1:
+        flat[1].zero_()
+        flat[1, -1] = 3e38 if dtype == torch.float32 else 1e38
+    expected = round_activations(x)
+    got = cpu_kernels.int8_rounded(x)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert torch.equal(got, expected)
+
+
+def test_the_kernels_rounding_refuses_other_dtypes_in_one_line() -> None:
+    with pytest.raises(PrunellmError, match="float32 or bfloat16"):
+        cpu_kernels.int8_rounded(torch.zeros(2, 64, dtype=torch.float16))
+
+
 def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
     """A call above the kernel's token limit expands the layer: its rows equal the 1-token kernel
     calls' within float32 rounding (the same rounded activations, the same grid)."""

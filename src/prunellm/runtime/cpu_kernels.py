@@ -54,7 +54,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "amx": 4}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 8  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 9  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -140,6 +140,8 @@ def _load() -> ctypes.CDLL | None:
         lib.pnl_set_min_part_weights.restype = ctypes.c_int64
         lib.pnl_set_tile_min_tokens.argtypes = [ctypes.c_int]
         lib.pnl_int8_vector.argtypes = [ctypes.c_int]
+        lib.pnl_round_activations.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                              ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         if lib.pnl_abi_version() != ABI_VERSION:
             raise OSError("library built from other sources: reinstall prunellm")
     except (OSError, AttributeError) as error:
@@ -324,6 +326,22 @@ def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     if done != 0:
         raise RuntimeError(f"native CPU kernel failed (code {done})")
     return y.to(torch.bfloat16) if bf16 else y
+
+
+def int8_rounded(x: torch.Tensor) -> torch.Tensor:
+    """x (..., C) float32 or bfloat16 -> float32 (..., C) as the int8 kernels read it: bit for bit
+    int8_activations.round_activations (the reference), in the kernels' own code, tokens split
+    over torch.get_num_threads() threads (the prefill of a layer with int8 activations)."""
+    lib = _require()
+    if not isinstance(x, torch.Tensor) or not x.is_cpu or x.dtype not in _X_DTYPES or x.dim() < 1 or not x.numel():
+        raise PrunellmError("x must be a non-empty CPU tensor of float32 or bfloat16")
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(flat.shape, dtype=torch.float32)
+    done = lib.pnl_round_activations(flat.data_ptr(), flat.dtype == torch.bfloat16, flat.shape[0], flat.shape[1],
+                                     out.data_ptr(), torch.get_num_threads(), LEVELS[isa()])
+    if done != 0:
+        raise RuntimeError(f"native int8 rounding failed (code {done})")
+    return out.reshape(x.shape)
 
 
 def expand(weight: NativeWeight, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,8 @@ Every layout becomes rows of `cols_pad` columns (C rounded up to 64) with
 - the stored values row after row, as stored (float32, float16, bfloat16), or their codes
   packed in their container, every row starting on a whole byte (the file packs the codes of
   a bitmask layer across rows; a byte-aligned row start lets a thread begin at any row);
-- scales float32 (R, G) and zero points as float32 (R, G) for codes.
+- scales float32 (R, G) and zero points uint8 (R, G) for codes, as the file stores them (a
+  float32 copy of the zero points was a quarter of a 4-bit layer's non-code bytes).
 
 Buffers the kernels load 16 values at a time from carry 64 bytes of tail padding, so that the
 last row's last load stays inside the buffer. Nothing here imports the format's own modules:
@@ -50,7 +51,7 @@ class KernelLayout:
     row_start: torch.Tensor  # int64 (R + 1)
     values: torch.Tensor  # stored values or packed codes, flat, with TAIL bytes after
     scales: torch.Tensor | None  # float32 (R, G)
-    zeros: torch.Tensor | None  # float32 (R, G)
+    zeros: torch.Tensor | None  # uint8 (R, G)
 
     @property
     def nbytes(self) -> int:
@@ -257,7 +258,7 @@ def _codes(layout: KernelLayout, spec: Any, t: dict[str, torch.Tensor], counts: 
     layout.group_size, layout.groups = group_size, groups
     layout.row_start, layout.values, layout.value_bytes = starts, _with_tail(codes), codes.numel()
     # Copies, not views of the parts: the parts may be a memory-mapped file the caller releases.
-    layout.scales, layout.zeros = scales.clone(), zeros.to(torch.float32)
+    layout.scales, layout.zeros = scales.clone(), zeros.clone()
 
 
 def _pack_rows(codes: torch.Tensor, counts: torch.Tensor, starts: torch.Tensor, bits: int) -> torch.Tensor:

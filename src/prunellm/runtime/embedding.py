@@ -30,7 +30,7 @@ EMBED_BITS = HEAD_BITS
 @dataclass(frozen=True)
 class QuantizedTable:
     """codes (V, C * bits / 8) uint8, the first column's code in the lowest bits of a byte;
-    scales and zeros (V, G) float32; `dtype` the table's own (what a lookup returns)."""
+    scales (V, G) float32 and zeros (V, G) uint8; `dtype` the table's own (what a lookup returns)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
@@ -96,7 +96,7 @@ def quantize_embeddings(model: nn.Module, bits: int, tied_head: nn.Module | None
         weight = embedding.weight.detach()
         packed = quantize_rows(weight, bits, group_size_for(weight.shape[1]))
         table = QuantizedTable(packed.tensors["qweight"], packed.tensors["scales"],
-                               packed.tensors["zeros"].to(torch.float32), bits, weight.dtype)
+                               packed.tensors["zeros"], bits, weight.dtype)
     quantized = QuantizedEmbedding(table, embedding.padding_idx)
     model.set_input_embeddings(quantized)
     return quantized

@@ -95,6 +95,14 @@ PnlKernelInt8 int8_kernel_for(int level) {
     return pnl_rows_int8_portable;
 }
 
+// The activations' rounding that goes with int8_kernel_for(level): the same bits either way.
+PnlQuantizeX quantize_x_for(int level) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (int8_kernel_for(level) == pnl_rows_int8_avx512vnni) return pnl_quantize_x_avx512;
+#endif
+    return pnl_quantize_x;
+}
+
 PnlKernel kernel_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (level >= PNL_AVX512) return pnl_rows_avx512;  // float32 activations
@@ -330,7 +338,7 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
             if (w->x_int8 && pnl_int8_reads(w)) {
                 if (!xq.q) {
                     const void* pass = (const uint8_t*)x + t0 * C * (x_bf16 ? sizeof(uint16_t) : sizeof(float));
-                    xq = pnl_quantize_x(pass, x_bf16, C, cp, nt, grow(xbuf_int8, pnl_quantize_x_bytes(cp, nt)));
+                    xq = quantize_x_for(level)(pass, x_bf16, C, cp, nt, grow(xbuf_int8, pnl_quantize_x_bytes(cp, nt)));
                 }
                 jobs[i] = Job{nullptr, w, nullptr, nt, y, parts, pnl_int8_scratch_bytes(w, nt)};
                 jobs[i].kernel_int8 = int8_kernel_for(level);
@@ -387,7 +395,7 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 8; }
+PNL_API int pnl_abi_version(void) { return 9; }
 
 // Whether the int8 kernel at `level` is the vector one (AVX512_VNNI), not the scalar fallback.
 PNL_API int pnl_int8_vector(int level) {
@@ -463,6 +471,44 @@ void pnl_parallel_for(PnlTask task, void* context, int64_t items, int threads) {
     job.items = items;
     thread_local std::vector<uint8_t> scratch;
     run_jobs(&job, 1, parts, grow(scratch, 0));
+}
+
+namespace {
+struct Rounding {
+    const uint8_t* x;
+    size_t row_bytes;
+    int x_bf16;
+    int64_t cols;
+    float* out;
+    PnlQuantizeX quantize;
+};
+
+void round_rows(void* context, int64_t begin, int64_t end) {
+    const Rounding& job = *(const Rounding*)context;
+    const int64_t cp = (job.cols + 63) / 64 * 64;
+    thread_local std::vector<uint8_t> buffer;
+    uint8_t* mine = grow(buffer, pnl_quantize_x_bytes(cp, 1));
+    for (int64_t t = begin; t < end; ++t) {
+        const PnlQuantX xq = job.quantize(job.x + t * job.row_bytes, job.x_bf16, job.cols, cp, 1, mine);
+        float* row = job.out + t * job.cols;
+        for (int64_t c = 0; c < job.cols; ++c) row[c] = (float)xq.q[c] * xq.scale[c / 64];
+    }
+}
+}  // namespace
+
+// out (T, C) float32 = x (T, C) as the int8 kernels read it, q * scale per block of
+// PNL_INT8_BLOCK columns (runtime/int8_activations.py's round_activations, the same bits): the
+// prefill of a layer with int8 activations rounds its activations before the expanded product,
+// and in torch's operations that rounding took a third of such a prefill. Tokens split over
+// `threads`. Returns 0, or -1 for a level this CPU lacks, -2 for bad arguments.
+PNL_API int pnl_round_activations(const void* x, int x_bf16, int64_t tokens, int64_t cols, float* out, int threads,
+                                  int level) {
+    if (level < PNL_PORTABLE || level > PNL_AMX_BF16 || !cpu_has(level)) return -1;
+    if (!x || !out || tokens < 1 || cols < 1) return -2;
+    Rounding job{(const uint8_t*)x, (size_t)cols * (x_bf16 ? sizeof(uint16_t) : sizeof(float)), x_bf16, cols, out,
+                 quantize_x_for(level)};
+    pnl_parallel_for(round_rows, &job, tokens, threads < 1 ? 1 : threads);
+    return 0;
 }
 
 // Windows links a Python extension only with this symbol; ctypes never calls it.

@@ -7,11 +7,18 @@
 // int8 activations (PnlQuantX) and sums each 4 into 16 int32 lanes: exact, with no table and no
 // float conversion of the weights (the bfloat16 kernel's two vpermw a step, avx512bf16.cpp). The
 // int32 sums are carried over a segment (the steps sharing both the activations' block scale and
-// the weights' group), then converted and added to float32 sums times scale * block scale. The
-// zero point's share, zero * the sum of the activations over the group, is one scalar per row,
-// token and group, from a per-call table of the activations' sums (pnl_int8_scratch_bytes):
+// the weights' group: the block's 2 steps, or 1 where groups are an odd number of steps), then
+// converted and added to float32 sums times scale * block scale. The zero point's share, zero *
+// the sum of the activations over the group, is one scalar per row and token from a per-call
+// table of the activations' sums (pnl_int8_scratch_bytes):
 //
 //     y = sum_g scale_g * (sum_{segments in g} xscale * sum_j code_j * q_j - zero_g * gsum_g)
+//
+// What a segment needs besides its codes (the zero point as a fill, scale * block scale) comes
+// from tables made once per row with vector operations (row_tables): made in the loop, their
+// broadcasts took two shuffle-port uops a row and group, the port vpexpandb already fills, and
+// the zero point's scalar sums a serial chain a row long (the per-layer section of
+// bench/README.md has the gain).
 //
 // Other weights, and every weight on CPUs without VNNI, take pnl_rows_int8_portable (api.cpp).
 #include <immintrin.h>
@@ -48,11 +55,13 @@ struct Codes4 {
         base = (const uint8_t*)w->values;
         p = w->row_start[r];
     }
+    void prefetch_ahead(const uint64_t* mword) {  // once per segment: 2 steps read at most 64 bytes of codes
+        prefetch(base + (p >> 1), kPrefetchBytes / 2);
+        if (mword) prefetch(mword, kPrefetchBytes / 4);
+    }
     template <bool MASKED>
     __m512i next(const uint64_t* mword, __m512i fill) {
         const uint8_t* q = base + (p >> 1);
-        prefetch(q, kPrefetchBytes / 2);
-        if (MASKED) prefetch(mword, kPrefetchBytes / 4);
         __m256i packed = _mm256_loadu_si256((const __m256i*)q);
         if (MASKED && !EVEN) {  // 64 codes from code p: half a byte on when p is odd
             const __m256i next8 = _mm256_loadu_si256((const __m256i*)(q + 8));
@@ -70,69 +79,119 @@ struct Codes4 {
 struct Codes8 {  // 8-bit codes, a byte each
     const uint8_t* p;
     void row(const PnlWeight* w, int64_t r) { p = (const uint8_t*)w->values + w->row_start[r]; }
+    void prefetch_ahead(const uint64_t* mword) {  // 2 steps read at most 128 bytes
+        prefetch(p, kPrefetchBytes);
+        prefetch(p + 64, kPrefetchBytes);
+        if (mword) prefetch(mword, kPrefetchBytes / 4);
+    }
     template <bool MASKED>
     __m512i next(const uint64_t* mword, __m512i fill) {
-        prefetch(p, kPrefetchBytes);
-        if (MASKED) prefetch(mword, kPrefetchBytes / 4);
         const __m512i codes = _mm512_loadu_si512((const void*)p);
         p += MASKED ? __builtin_popcountll(*mword) : 64;
         return MASKED ? _mm512_mask_expand_epi8(fill, mask_whole(mword), codes) : codes;
     }
 };
 
-// RB rows and NT tokens (t0 on) at once, NT <= 8: the int32 sums are carried over a segment's
-// steps, which takes two registers per row and token (acc and carried).
-template <int NT, int RB, bool MASKED, class Source>
-void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r, int t0) {
+// Row r's tables for its segments u (SEG steps each): fills[u], the zero point of the segment's
+// group as four bytes (a broadcast load); factors[t * segments + u], scale * the segment's
+// activation scale; and corr[t], the zero point's share, sum over groups of scale * zero * gsum.
+template <int NT, int SEG>
+void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64_t r, int t0, float* corr,
+                float* factors, uint32_t* fills) {
+    const int64_t words = w->cols_pad / 64, G = w->groups, segments = (words + SEG - 1) / SEG;
+    const int64_t gs = G == 1 ? w->cols_pad : w->group_size;
+    const float* s = w->scales + r * G;
+    const uint8_t* z = w->zeros + r * G;
+    __m512 c[NT];
+    for (int t = 0; t < NT; ++t) c[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g += 16) {
+        const __mmask16 k = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
+        const __m512 zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, z + g)));
+        const __m512 sz = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + g), zf);
+        for (int t = 0; t < NT; ++t) c[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(k, gsum + (t0 + t) * G + g), c[t]);
+    }
+    for (int t = 0; t < NT; ++t) corr[t] = _mm512_reduce_add_ps(c[t]);
+    int64_t u = 0;
+    if (SEG == 2 && gs == 128) {  // segment u's group is u, up to the last group (which takes any rest)
+        const int64_t direct = segments < G ? segments : G;
+        const __m512i four = _mm512_set1_epi32(0x01010101);
+        const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (; u < direct; u += 16) {
+            const __mmask16 k = direct - u >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (direct - u)) - 1);
+            const __m512i zi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, z + u));
+            _mm512_mask_storeu_epi32(fills + u, k, _mm512_mullo_epi32(zi, four));
+            const __m512 sv = _mm512_maskz_loadu_ps(k, s + u);
+            const int64_t left = (words - 2 * u + 1) / 2;  // segments from u on, whose first steps are gathered
+            const __mmask16 kx = left >= 16 ? k : (__mmask16)(k & ((1u << left) - 1));
+            for (int t = 0; t < NT; ++t) {
+                const float* xs = x->scale + (t0 + t) * words + 2 * u;
+                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), kx, evens, xs, 4);
+                _mm512_mask_storeu_ps(factors + t * segments + u, k, _mm512_mul_ps(sv, xv));
+            }
+        }
+        u = direct;
+    }
+    for (; u < segments; ++u) {
+        const int64_t g = u * SEG * 64 / gs < G ? u * SEG * 64 / gs : G - 1;
+        fills[u] = (uint32_t)z[g] * 0x01010101u;
+        for (int t = 0; t < NT; ++t) factors[t * segments + u] = s[g] * x->scale[(t0 + t) * words + u * SEG];
+    }
+}
+
+// RB rows and NT tokens (t0 on) at once, NT <= 8, in segments of SEG steps (2: groups of a
+// multiple of 128 columns, a whole number of the activations' blocks; 1: the other groups). The
+// int32 sums are carried over a segment, which takes two registers per row and token (acc and
+// carried); tables: RB * (NT + 1) * segments floats of scratch (row_tables).
+template <int NT, int RB, int SEG, bool MASKED, class Source>
+void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r, int t0, float* tables) {
     static_assert(NT <= 8, "16 tokens' carried sums would not fit the registers: two passes (rows_in_two)");
-    const int64_t words = w->cols_pad / 64, R = w->rows, G = w->groups, T = x->tokens;
-    const int64_t gs = G == 1 ? w->cols_pad : w->group_size;  // a multiple of 64 (pnl_int8_reads)
-    const int64_t group_steps = gs / 64;
+    const int64_t words = w->cols_pad / 64, R = w->rows, T = x->tokens;
+    const int64_t whole = words / SEG, segments = (words + SEG - 1) / SEG;
+    float* factors = tables;                                      // (RB, NT, segments)
+    uint32_t* fills = (uint32_t*)(tables + RB * NT * segments);  // (RB, segments)
+    // the scales and zero points of the rows two blocks on: read at a block's start, before its
+    // first step, a miss there stalls the whole block
+    const int64_t G = w->groups;
+    if (r + 3 * RB <= R) {
+        for (int64_t at = 0; at < RB * G; at += 16) {
+            prefetch(w->scales + (r + 2 * RB) * G + at, 0);
+            prefetch(w->zeros + (r + 2 * RB) * G + at, 0);
+        }
+    }
+    float corr[RB][NT];
+    for (int i = 0; i < RB; ++i)
+        row_tables<NT, SEG>(w, x, gsum, r + i, t0, corr[i], factors + i * NT * segments, fills + i * segments);
     Source src[RB];
     const uint64_t* mrow[RB];
-    __m512 acc[RB][NT], vscale[RB];
-    __m512i carried[RB][NT], fill[RB];
-    float corr[RB][NT];
+    __m512 acc[RB][NT];
     for (int i = 0; i < RB; ++i) {
         src[i].row(w, r + i);
         mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
-        for (int t = 0; t < NT; ++t) {
-            acc[i][t] = _mm512_setzero_ps();
-            carried[i][t] = _mm512_setzero_si512();
-            corr[i][t] = 0.0f;
-        }
+        for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
     }
-    int64_t g = -1, group_left = 0;
-    for (int64_t word = 0; word < words; ++word) {
-        if (group_left == 0) {  // a new group: its scale, zero point and the zero point's share
-            ++g;
-            group_left = group_steps;
-            const int64_t gi = g < G ? g : G - 1;
-            for (int i = 0; i < RB; ++i) {
-                const float s = w->scales[(r + i) * G + gi], z = w->zeros[(r + i) * G + gi];
-                vscale[i] = _mm512_set1_ps(s);
-                fill[i] = _mm512_set1_epi8((char)(int)z);
-                for (int t = 0; t < NT; ++t) corr[i][t] += s * z * gsum[(t0 + t) * G + gi];
+    auto segment = [&](int64_t u, int steps) __attribute__((always_inline)) {
+        __m512i fill[RB], carried[RB][NT];
+        for (int i = 0; i < RB; ++i) {
+            src[i].prefetch_ahead(MASKED ? mrow[i] + u * SEG : nullptr);
+            fill[i] = _mm512_set1_epi32((int)fills[i * segments + u]);
+            for (int t = 0; t < NT; ++t) carried[i][t] = _mm512_setzero_si512();
+        }
+        for (int k = 0; k < steps; ++k) {
+            const int64_t word = u * SEG + k;
+            __m512i codes[RB];
+            for (int i = 0; i < RB; ++i) codes[i] = src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, fill[i]);
+            for (int t = 0; t < NT; ++t) {
+                const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * T + t0 + t) * 64));
+                for (int i = 0; i < RB; ++i) carried[i][t] = _mm512_dpbusd_epi32(carried[i][t], codes[i], xv);
             }
         }
-        --group_left;
-        // the segment ends with the activations' block (PNL_INT8_BLOCK = 2 steps), the group or the row
-        const bool ends = (word & 1) || group_left == 0 || word + 1 == words;
-        __m512i codes[RB];
-        for (int i = 0; i < RB; ++i) codes[i] = src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, fill[i]);
-        for (int t = 0; t < NT; ++t) {
-            const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * T + t0 + t) * 64));
-            for (int i = 0; i < RB; ++i) carried[i][t] = _mm512_dpbusd_epi32(carried[i][t], codes[i], xv);
-            if (ends) {
-                const __m512 xs = _mm512_set1_ps(x->scale[(t0 + t) * words + word]);
-                for (int i = 0; i < RB; ++i) {
-                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(carried[i][t]), _mm512_mul_ps(vscale[i], xs),
-                                                acc[i][t]);
-                    carried[i][t] = _mm512_setzero_si512();
-                }
-            }
-        }
-    }
+        for (int i = 0; i < RB; ++i)
+            for (int t = 0; t < NT; ++t)
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(carried[i][t]),
+                                            _mm512_set1_ps(factors[(i * NT + t) * segments + u]), acc[i][t]);
+    };
+    for (int64_t u = 0; u < whole; ++u) segment(u, SEG);
+    if (whole < segments) segment(whole, 1);  // an odd number of steps: the last block has one
     for (int i = 0; i < RB; ++i)
         for (int t = 0; t < NT; ++t) y[(t0 + t) * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
 }
@@ -152,23 +211,42 @@ float* group_sums(const PnlWeight* w, const PnlQuantX* x, uint8_t* scratch) {
     return gsum;
 }
 
-template <int NT, bool MASKED, class Source>
-void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
-    constexpr int RB = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
+// Where the tables start in scratch (after group_sums' table; pnl_int8_scratch_bytes).
+float* tables_in(const PnlWeight* w, int tokens, uint8_t* scratch) {
+    return (float*)(scratch + (((size_t)tokens * w->groups * sizeof(float) + 63) & ~(size_t)63));
+}
+
+template <int NT, int SEG, bool MASKED, class Source>
+void rows_of(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+    constexpr int RB = NT == 1 ? 4 : NT <= 4 ? 2 : 1;  // RB * NT <= 8: the tables' size
     const float* gsum = group_sums(w, x, scratch);
+    float* tables = tables_in(w, x->tokens, scratch);
     int64_t r = r0;
-    for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, gsum, y, r, 0);
-    for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, gsum, y, r, 0);
+    for (; r + RB <= r1; r += RB) block<NT, RB, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
+    for (; r < r1; ++r) block<NT, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
 }
 
 // 9 to 16 tokens: each row in two passes of NT1 and NT2 tokens, the second reading the row's
 // codes again from L1 (converting 16 tokens' sums every step instead took twice as long).
-template <int NT1, int NT2, bool MASKED, class Source>
+template <int NT1, int NT2, int SEG, bool MASKED, class Source>
 void rows_in_two(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
     const float* gsum = group_sums(w, x, scratch);
+    float* tables = tables_in(w, x->tokens, scratch);
     for (int64_t r = r0; r < r1; ++r) {
-        block<NT1, 1, MASKED, Source>(w, x, gsum, y, r, 0);
-        block<NT2, 1, MASKED, Source>(w, x, gsum, y, r, NT1);
+        block<NT1, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
+        block<NT2, 1, SEG, MASKED, Source>(w, x, gsum, y, r, NT1, tables);
+    }
+}
+
+template <int NT, bool MASKED, class Source>
+void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+    const int64_t gs = w->groups == 1 ? w->cols_pad : w->group_size;  // a multiple of 64 (pnl_int8_reads)
+    if (gs % 128 == 0) {
+        if constexpr (NT <= 8) rows_of<NT, 2, MASKED, Source>(w, x, y, r0, r1, scratch);
+        else rows_in_two<NT - NT / 2, NT / 2, 2, MASKED, Source>(w, x, y, r0, r1, scratch);
+    } else {
+        if constexpr (NT <= 8) rows_of<NT, 1, MASKED, Source>(w, x, y, r0, r1, scratch);
+        else rows_in_two<NT - NT / 2, NT / 2, 1, MASKED, Source>(w, x, y, r0, r1, scratch);
     }
 }
 
@@ -194,8 +272,7 @@ void dispatch_tokens(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r
         with_source(w, [&](auto* source, auto* masked) {
             using Source = std::remove_pointer_t<decltype(source)>;
             constexpr bool MASKED = std::remove_pointer_t<decltype(masked)>::value;
-            if constexpr (T <= 8) rows<T, MASKED, Source>(w, x, y, r0, r1, s);
-            else rows_in_two<T - T / 2, T / 2, MASKED, Source>(w, x, y, r0, r1, s);
+            rows<T, MASKED, Source>(w, x, y, r0, r1, s);
         });
     }
 }
@@ -205,4 +282,50 @@ void dispatch_tokens(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r
 extern "C" void pnl_rows_int8_avx512vnni(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin,
                                          int64_t row_end, uint8_t* scratch) {
     dispatch_tokens<1>(w, x, y, row_begin, row_end, scratch);
+}
+
+// pnl_quantize_x 16 columns at a time (a call rounds every activation of the pass on one thread
+// before any product: scalar, it was a visible share of a small layer's call): the same float32
+// operations, so the same bits. Columns past `cols` are zero.
+extern "C" PnlQuantX pnl_quantize_x_avx512(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                                           uint8_t* buffer) {
+    const PnlQuantX out = pnl_quantx_in(cols_pad, tokens, buffer);
+    const int64_t steps = out.steps;
+    int8_t* q = (int8_t*)buffer;
+    const __m512 top = _mm512_set1_ps(127.0f), bottom = _mm512_set1_ps(-127.0f);
+    for (int t = 0; t < tokens; ++t) {
+        const float* xf = (const float*)x + t * cols;
+        const uint16_t* xh = (const uint16_t*)x + t * cols;
+        for (int64_t c0 = 0; c0 < cols_pad; c0 += PNL_INT8_BLOCK) {
+            const int vectors = (int)((cols_pad - c0 < PNL_INT8_BLOCK ? cols_pad - c0 : PNL_INT8_BLOCK) / 16);
+            __m512 v[PNL_INT8_BLOCK / 16];
+            __m512 amax = _mm512_setzero_ps();
+            for (int j = 0; j < vectors; ++j) {
+                const int64_t col = c0 + 16 * j, left = cols - col;
+                const __mmask16 k = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+                v[j] = x_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, xh + col)), 16))
+                              : _mm512_maskz_loadu_ps(k, xf + col);
+                amax = _mm512_max_ps(amax, _mm512_abs_ps(v[j]));
+            }
+            const float a = _mm512_reduce_max_ps(amax);
+            const float s = a > 0.0f ? a / 127.0f : 0.0f, inv = a > 0.0f ? 127.0f / a : 0.0f;
+            const __m512 vinv = _mm512_set1_ps(inv);
+            for (int j0 = 0; j0 < vectors; j0 += 4) {  // a step: 64 columns
+                const int64_t step = (c0 + 16 * j0) / 64;
+                int8_t* dst = q + (step * tokens + t) * 64;
+                __m512i total = _mm512_setzero_si512();
+                for (int j = j0; j < j0 + 4; ++j) {
+                    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v[j], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    r = _mm512_min_ps(_mm512_max_ps(r, bottom), top);
+                    const __m512i qi = _mm512_cvtps_epi32(r);
+                    total = _mm512_add_epi32(total, qi);
+                    _mm_storeu_si128((__m128i*)(dst + 16 * (j - j0)), _mm512_cvtepi32_epi8(qi));
+                }
+                ((float*)out.scale)[t * steps + step] = s;
+                ((float*)out.sum)[t * steps + step] = s * (float)_mm512_reduce_add_epi32(total);
+            }
+        }
+    }
+    return out;
 }

@@ -46,7 +46,7 @@ typedef struct PnlWeight {
     const int64_t* row_start;  // (R + 1) index of each row's first stored value; codes: a whole byte
     const void* values;        // stored values or packed codes (first code in the lowest bits)
     const float* scales;       // (R, groups) or null
-    const float* zeros;        // (R, groups) zero points as float32, or null
+    const uint8_t* zeros;      // (R, groups) zero points (integers, as the file stores them), or null
     int32_t even_steps;        // 1: every 64-column step of a masked row holds an even number of
                                // codes (cpu_layout.py pads them), so 4-bit steps start on a byte
     int32_t x_int8;            // 1: products round the activations to int8 first (PnlQuantX), where
@@ -70,6 +70,10 @@ size_t pnl_quantize_x_bytes(int64_t cols_pad, int tokens);
 // x (tokens, C) float32 or bfloat16 (x_bf16), rows `cols` apart, into `buffer` (64-byte aligned,
 // pnl_quantize_x_bytes of it); the columns past C are zero.
 PnlQuantX pnl_quantize_x(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens, uint8_t* buffer);
+typedef PnlQuantX (*PnlQuantizeX)(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                                  uint8_t* buffer);
+// Where pnl_quantize_x puts each part in `buffer` (the parts' pointers; nothing written).
+PnlQuantX pnl_quantx_in(int64_t cols_pad, int tokens, uint8_t* buffer);
 // Whether the int8 kernels read w (4- and 8-bit codes in groups of a multiple of 64 columns).
 int pnl_int8_reads(const PnlWeight* w);
 // Rows [row_begin, row_end) of y (T, R) float32 = dequantized x @ W^T, where W's weights are
@@ -141,6 +145,9 @@ void pnl_rows_amx(const PnlWeight* w, const uint16_t* xb, int tokens, float* y, 
 // int8.cpp: the int8 kernel through AVX512_VNNI's vpdpbusd (the AVX-512 level plus VNNI).
 void pnl_rows_int8_avx512vnni(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin,
                               int64_t row_end, uint8_t* scratch);
+// int8.cpp: pnl_quantize_x with AVX-512, bit for bit its result (the int8 kernel's companion).
+PnlQuantX pnl_quantize_x_avx512(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                                uint8_t* buffer);
 #endif
 
 #ifdef __cplusplus

@@ -153,7 +153,7 @@ extern "C" void pnl_expand_rows(const PnlWeight* w, void* out, int64_t row_begin
             continue;
         }
         const float* scales = w->scales + r * w->groups;
-        const float* zeros = w->zeros + r * w->groups;
+        const uint8_t* zeros = w->zeros + r * w->groups;
         int64_t g = 0, group_end = w->group_size;  // columns [group_end - group_size, group_end) are group g
         float s = scales[0], z = zeros[0];
         for_each_stored(w, r, [&](int64_t col, int64_t k) {

@@ -30,12 +30,20 @@ extern "C" size_t pnl_quantize_x_bytes(int64_t cols_pad, int tokens) {
     return aligned((size_t)cols_pad * tokens) + 2 * aligned((size_t)steps * tokens * sizeof(float));
 }
 
-extern "C" PnlQuantX pnl_quantize_x(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
-                                    uint8_t* buffer) {
+extern "C" PnlQuantX pnl_quantx_in(int64_t cols_pad, int tokens, uint8_t* buffer) {
     const int64_t steps = cols_pad / 64;
-    int8_t* q = (int8_t*)buffer;
     float* scale = (float*)(buffer + aligned((size_t)cols_pad * tokens));
     float* sum = scale + aligned((size_t)steps * tokens * sizeof(float)) / sizeof(float);
+    return PnlQuantX{(const int8_t*)buffer, scale, sum, steps, tokens};
+}
+
+extern "C" PnlQuantX pnl_quantize_x(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                                    uint8_t* buffer) {
+    const PnlQuantX out = pnl_quantx_in(cols_pad, tokens, buffer);
+    const int64_t steps = out.steps;
+    int8_t* q = (int8_t*)buffer;
+    float* scale = (float*)out.scale;
+    float* sum = (float*)out.sum;
     float block[PNL_INT8_BLOCK];
     for (int t = 0; t < tokens; ++t) {
         for (int64_t c0 = 0; c0 < cols_pad; c0 += PNL_INT8_BLOCK) {
@@ -66,7 +74,7 @@ extern "C" PnlQuantX pnl_quantize_x(const void* x, int x_bf16, int64_t cols, int
             }
         }
     }
-    return PnlQuantX{q, scale, sum, steps, tokens};
+    return out;
 }
 
 extern "C" int pnl_int8_reads(const PnlWeight* w) {
@@ -74,10 +82,13 @@ extern "C" int pnl_int8_reads(const PnlWeight* w) {
     return w->groups == 1 || w->group_size % 64 == 0;
 }
 
-// The vector kernel's per-call table: for each token and group, the sum over the group's steps of
-// scale * sum(q) (the zero point's term), tokens x groups floats.
+// The vector kernel's scratch (int8.cpp): per call, for each token and group, the sum over the
+// group's steps of scale * sum(q) (the zero point's term), tokens x groups floats; then a block of
+// rows' tables, at most 12 floats a step (rows x tokens <= 8 factors and at most 4 rows' fills
+// per segment of 1 or 2 steps; 16 kept for headroom).
 extern "C" size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens) {
-    return aligned((size_t)tokens * w->groups * sizeof(float)) + 64;
+    const size_t steps = (size_t)(w->cols_pad / 64);
+    return aligned((size_t)tokens * w->groups * sizeof(float)) + 16 * steps * sizeof(float) + 64;
 }
 
 // y = sum over groups of scale_g * sum over the group's steps of x.scale[step] * sum over the
