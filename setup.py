@@ -4,7 +4,7 @@ All metadata lives in pyproject.toml; this file only adds the compiled part. The
 plain C++ shared library loaded through ctypes (runtime/cpu_kernels.py), with no torch or
 Python headers in its build. Each source file is compiled with the flags of its ISA family
 (avx2.cpp with -mavx2 ..., avx512.cpp with -mavx512* ..., avx512bf16.cpp adding -mavx512bf16,
-int8.cpp adding -mavx512vnni, amx.cpp adding -mamx-tile -mamx-bf16);
+int8_avx2.cpp as avx2.cpp, int8.cpp adding -mavx512vnni, amx.cpp adding -mamx-tile -mamx-bf16);
 the library picks one at run time by the CPU's features. On other machines only the portable
 file is built. When no compiler works the install still succeeds, with one warning, and
 prunellm uses its torch path.
@@ -32,12 +32,13 @@ ISA_FLAGS = {
                    "-mavx512vl", "-mavx512dq", "-mavx512vbmi2"],
     "avx512bf16.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                        "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512bf16"],
+    "int8_avx2.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2"],
     "int8.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                  "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512vnni"],
     "amx.cpp": ["-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2", "-mavx512f", "-mavx512bw",
                 "-mavx512vl", "-mavx512dq", "-mavx512vbmi2", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
 }
-X86_ONLY = ("avx2.cpp", "avx512.cpp", "avx512bf16.cpp", "int8.cpp", "amx.cpp")
+X86_ONLY = ("avx2.cpp", "avx512.cpp", "avx512bf16.cpp", "int8_avx2.cpp", "int8.cpp", "amx.cpp")
 SOURCES = [name for name in ISA_FLAGS if X86 or name not in X86_ONLY]
 # -Wno-maybe-uninitialized: GCC 12 warns inside its own _mm512_reduce_add_ps.
 COMMON = ["-O3", "-g0", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math", "-pthread",

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import prunellm
+from prunellm.devices import cpu_has
 from prunellm.errors import PrunellmError
 from prunellm.formats.compressed.layer import CompressedWeight, compress_weight, decompress_weight
 from prunellm.runtime import cpu_kernels, token_limits
@@ -147,6 +148,25 @@ def test_the_kernels_rounding_refuses_other_dtypes_in_one_line() -> None:
         cpu_kernels.int8_rounded(torch.zeros(2, 64, dtype=torch.float16))
 
 
+def test_each_level_names_its_int8_kernel_and_only_the_scalar_one_warns(level, caplog) -> None:
+    """The int8 kernel by level: the portable level's is the scalar one (a warning, a 1-token
+    limit), the avx2 level's vpmaddubsw one, an AVX-512 level's the VNNI one where the CPU has
+    AVX512_VNNI (else AVX2's); each layer's token limit is its kernel's."""
+    kernel = cpu_kernels.int8_kernel()
+    if level == "portable":
+        assert kernel == "scalar"
+    elif level == "avx2":
+        assert kernel == "avx2"
+    else:
+        assert kernel == ("vnni" if cpu_has("avx512_vnni") else "avx2")
+    layer = CompressedLinear(_layer("qbitmask:4:128:384"))
+    assert layer.prepare_cpu()
+    with caplog.at_level("WARNING"):
+        use_int8_activations(nn.Sequential(layer))
+    assert ("lacks AVX2" in caplog.text) == (kernel == "scalar")
+    assert layer.cpu_kernel_max_tokens(torch.float32) == token_limits.INT8_LIMITS[kernel]
+
+
 def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
     """A call above the kernel's token limit expands the layer: its rows equal the 1-token kernel
     calls' within float32 rounding (the same rounded activations, the same grid)."""
@@ -154,7 +174,7 @@ def test_a_prefill_rounds_the_activations_as_the_kernel(int8_layers) -> None:
     layer = CompressedLinear(packed)
     assert layer.prepare_cpu()
     assert use_int8_activations(nn.Sequential(layer)) == 1 and layer.int8_activations
-    assert layer.cpu_kernel_max_tokens(torch.bfloat16) == token_limits.int8_limit(cpu_kernels.int8_vector_kernel())
+    assert layer.cpu_kernel_max_tokens(torch.bfloat16) == token_limits.int8_limit(cpu_kernels.int8_kernel())
     x = torch.randn(40, 384, generator=torch.Generator().manual_seed(2))
     assert x.shape[0] > layer.cpu_kernel_max_tokens(x.dtype)
     prefill = layer(x)
@@ -197,10 +217,10 @@ def test_decoding_token_by_token_gives_the_prefills_logits(tmp_path: Path) -> No
     model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
     directory = save_run(model, torch.float32, "compressed", tmp_path / "run", method="magnitude")
     loaded = prunellm.load(directory, "cpu", head_bits=4, int8_activations=True)
-    ids = torch.tensor([[1, 5, 9, 2, 7, 7, 3, 11, 4, 6, 8, 10]])
+    ids = torch.tensor([[1, 5, 9, 2, 7, 7, 3, 11, 4, 6, 8, 10, 12, 13, 2, 9, 14, 5, 1, 3]])
     assert ids.shape[1] > loaded.get_output_embeddings().cpu_kernel_max_tokens(torch.float32)
     with torch.no_grad():
-        prefill = loaded(ids).logits  # (1, 12, V)
+        prefill = loaded(ids).logits  # (1, 20, V)
         cache, steps = DynamicCache(), []
         for position in range(ids.shape[1]):
             out = loaded(ids[:, position:position + 1], use_cache=True, **{cache_argument(loaded): cache})

@@ -249,10 +249,13 @@ def _best_level() -> str:
     return next(name for name, level in LEVELS.items() if level == best)
 
 
-def int8_vector_kernel() -> bool:
-    """Whether int8 products run on the vector kernel (AVX512_VNNI) at the level in use, not the
-    scalar one."""
-    return bool(_require().pnl_int8_vector(LEVELS[isa()]))
+INT8_KERNELS = {0: "scalar", 1: "vnni", 2: "avx2"}  # pnl_int8_vector's answers
+
+
+def int8_kernel() -> str:
+    """Which kernel int8 products run on at the level in use: "vnni" (AVX512_VNNI's vpdpbusd),
+    "avx2" (vpmaddubsw), or "scalar" (the portable one: the same sums, slow)."""
+    return INT8_KERNELS[_require().pnl_int8_vector(LEVELS[isa()])]
 
 
 def supports(spec: Any) -> bool:

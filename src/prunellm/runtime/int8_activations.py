@@ -7,17 +7,18 @@ work (runtime/native/csrc/avx512bf16.cpp). With this option, every product of a 
 8-bit codes first rounds its activations to int8, per token in blocks of BLOCK columns with one
 float32 scale each (q = nearest-even(x * 127 / amax), x ~ q * amax / 127, as llama.cpp rounds the
 activations its Q4 and Q8 products read), and multiplies the codes as they are
-(runtime/native/csrc/int8.cpp: AVX512_VNNI's vpdpbusd). The weights are the grid's own values
-scale * (code - zero) in float32, not rounded to the layer's dtype.
+(runtime/native/csrc/int8.cpp: AVX512_VNNI's vpdpbusd; int8_avx2.cpp: AVX2's vpmaddubsw). The
+weights are the grid's own values scale * (code - zero) in float32, not rounded to the layer's
+dtype.
 
 The rounding changes the model: the same rounding is applied on every path of such a layer, a
 prefill's expanded product included (`round_activations`; a bfloat16 model's prefill then
 multiplies those values rounded to bfloat16, as its products take them), so that a perplexity
 scored on windows (`bench/cpu_model.py --int8-activations`) measures the model that decodes
 (tests/runtime/test_int8_activations.py: a decode token by token gives the prefill's logits). Other layers
-(bfloat16 values, dense layers, the embeddings) keep exact activations. On a CPU without
-AVX512_VNNI the int8 products run on a scalar kernel: the same sums, slower than the exact
-kernels, with one warning.
+(bfloat16 values, dense layers, the embeddings) keep exact activations. On a CPU without AVX2
+the int8 products run on a scalar kernel: the same sums, slower than the exact kernels, with one
+warning.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def use_int8_activations(model: nn.Module) -> int:
     if not layers:
         raise PrunellmError("int8_activations: no layer of this model is 4- or 8-bit codes on the CPU kernels "
                             "(it applies to quantized layers, and a head quantized by head_bits)")
-    vector = cpu_kernels.int8_vector_kernel()
+    kernel = cpu_kernels.int8_kernel()
     for layer in layers:
-        layer.use_int8_activations(token_limits.int8_limit(vector))
-    if not vector:
-        log.warning("int8 activations: this CPU (kernel level %s) lacks AVX512_VNNI; the int8 products run on "
-                    "the scalar kernel, slower than the exact ones", cpu_kernels.isa())
+        layer.use_int8_activations(token_limits.int8_limit(kernel))
+    if kernel == "scalar":
+        log.warning("int8 activations: this CPU (kernel level %s) lacks AVX2; the int8 products run on the scalar "
+                    "kernel, slower than the exact ones", cpu_kernels.isa())
     return len(layers)

@@ -52,12 +52,13 @@ AMX_BF16_DOT_PATH = {"dense": 1, "values": 4, "4-bit": 8, "8-bit": 8}
 # one expanding then that product) at every 7B shape up to 16 tokens
 # (bench/results/layer_kernels_xeon.json).
 AMX_TILE_PATH = {"dense": 16, "values": 16, "4-bit": 16, "8-bit": 16}
-# Int8 activations (runtime/int8_activations.py), whatever the activations' dtype: the VNNI
-# kernel beat the expanded product on rounded activations at every 7B shape up to INT8_VNNI
-# tokens (bench/README.md's crossover table, "(int8 activations)" rows); the scalar kernel of
-# CPUs without VNNI is not timed against it (a guess, as FLOAT32_PATH's).
-INT8_VNNI = 8
-INT8_SCALAR = 1
+# Int8 activations (runtime/int8_activations.py), whatever the activations' dtype, by the kernel
+# that runs them (cpu_kernels.int8_kernel()): the VNNI kernel beat the expanded product on
+# rounded activations at every 7B shape up to 16 tokens (bench/README.md's crossover table,
+# "(int8 activations)" rows); the AVX2 one, forced on the same Xeon, up to INT8_LIMITS["avx2"]
+# (its avx2 table there; an AVX2-only CPU's expanded product is slower, so this is a floor); the
+# scalar kernel of CPUs without AVX2 is not timed against it (a guess, as FLOAT32_PATH's).
+INT8_LIMITS = {"vnni": 16, "avx2": 4, "scalar": 1}
 AVX512_LEVELS = ("avx512", "avx512bf16", "amx")
 BF16_DOT_LEVEL = "avx512bf16"
 AMX_TILE_LEVEL = "amx"
@@ -75,10 +76,10 @@ def family(code_bits: int | None) -> str:
     return "4-bit" if code_bits <= BF16_DOT_CODE_BITS else "8-bit"
 
 
-def int8_limit(vector: bool) -> int:
-    """Tokens per call up to which a layer with int8 activations runs on its kernel (`vector`:
-    the VNNI one, else the scalar one); above, the layer is expanded for the call."""
-    return INT8_VNNI if vector else INT8_SCALAR
+def int8_limit(kernel: str) -> int:
+    """Tokens per call up to which a layer with int8 activations runs on its kernel ("vnni",
+    "avx2" or "scalar": cpu_kernels.int8_kernel()); above, the layer is expanded for the call."""
+    return INT8_LIMITS[kernel]
 
 
 def limits(code_bits: int | None, level: str, amx: bool | None = None) -> dict[torch.dtype, int]:

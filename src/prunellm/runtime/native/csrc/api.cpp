@@ -86,10 +86,12 @@ bool cpu_has(int level) {
 }
 
 // The int8 kernel at `level`: vpdpbusd's from the AVX-512 level on a CPU with AVX512_VNNI, else
-// the scalar one (the same sums: slow, for correctness where the opt-in meets such a CPU).
+// vpmaddubsw's from the AVX2 level, else the scalar one (the same sums: slow, for correctness
+// where the opt-in meets such a CPU).
 PnlKernelInt8 int8_kernel_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (level >= PNL_AVX512 && __builtin_cpu_supports("avx512vnni")) return pnl_rows_int8_avx512vnni;
+    if (level >= PNL_AVX2) return pnl_rows_int8_avx2;
 #endif
     (void)level;
     return pnl_rows_int8_portable;
@@ -397,9 +399,16 @@ extern "C" {
 
 PNL_API int pnl_abi_version(void) { return 9; }
 
-// Whether the int8 kernel at `level` is the vector one (AVX512_VNNI), not the scalar fallback.
+// Which int8 kernel runs at `level`: 1 the AVX512_VNNI one, 2 the AVX2 one, 0 the scalar one.
 PNL_API int pnl_int8_vector(int level) {
-    return cpu_has(level) && int8_kernel_for(level) != pnl_rows_int8_portable ? 1 : 0;
+    if (!cpu_has(level)) return 0;
+    const PnlKernelInt8 kernel = int8_kernel_for(level);
+#if defined(__x86_64__) || defined(_M_X64)
+    if (kernel == pnl_rows_int8_avx512vnni) return 1;
+    if (kernel == pnl_rows_int8_avx2) return 2;
+#endif
+    (void)kernel;
+    return 0;
 }
 
 // Products of fewer weights per thread than this stay on the calling thread (-1: the team's

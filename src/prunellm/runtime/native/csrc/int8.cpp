@@ -196,31 +196,11 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
         for (int t = 0; t < NT; ++t) y[(t0 + t) * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
 }
 
-// gsum (T, G): per token and group, the sum over the group's steps of scale * sum(q).
-float* group_sums(const PnlWeight* w, const PnlQuantX* x, uint8_t* scratch) {
-    const int64_t G = w->groups, words = w->cols_pad / 64, gs = G == 1 ? w->cols_pad : w->group_size;
-    float* gsum = (float*)scratch;
-    for (int t = 0; t < x->tokens; ++t)
-        for (int64_t g = 0; g < G; ++g) {
-            float total = 0.0f;
-            const int64_t end = g == G - 1 ? words : (g + 1) * gs / 64;  // the last group takes any rest
-            for (int64_t word = g * gs / 64; word < end && word < words; ++word)
-                total += x->sum[t * words + word];
-            gsum[t * G + g] = total;
-        }
-    return gsum;
-}
-
-// Where the tables start in scratch (after group_sums' table; pnl_int8_scratch_bytes).
-float* tables_in(const PnlWeight* w, int tokens, uint8_t* scratch) {
-    return (float*)(scratch + (((size_t)tokens * w->groups * sizeof(float) + 63) & ~(size_t)63));
-}
-
 template <int NT, int SEG, bool MASKED, class Source>
 void rows_of(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
     constexpr int RB = NT == 1 ? 4 : NT <= 4 ? 2 : 1;  // RB * NT <= 8: the tables' size
-    const float* gsum = group_sums(w, x, scratch);
-    float* tables = tables_in(w, x->tokens, scratch);
+    const float* gsum = pnl_int8_group_sums(w, x, scratch);
+    float* tables = (float*)pnl_int8_tables_in(w, x->tokens, scratch);
     int64_t r = r0;
     for (; r + RB <= r1; r += RB) block<NT, RB, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
     for (; r < r1; ++r) block<NT, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
@@ -230,8 +210,8 @@ void rows_of(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64
 // codes again from L1 (converting 16 tokens' sums every step instead took twice as long).
 template <int NT1, int NT2, int SEG, bool MASKED, class Source>
 void rows_in_two(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
-    const float* gsum = group_sums(w, x, scratch);
-    float* tables = tables_in(w, x->tokens, scratch);
+    const float* gsum = pnl_int8_group_sums(w, x, scratch);
+    float* tables = (float*)pnl_int8_tables_in(w, x->tokens, scratch);
     for (int64_t r = r0; r < r1; ++r) {
         block<NT1, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
         block<NT2, 1, SEG, MASKED, Source>(w, x, gsum, y, r, NT1, tables);

@@ -82,6 +82,11 @@ int pnl_int8_reads(const PnlWeight* w);
 typedef void (*PnlKernelInt8)(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
                               uint8_t* scratch);
 size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens);
+// The vector kernels' shared parts of scratch (quantized_x.cpp): the per-call table gsum (T, G),
+// for each token and group the sum over the group's steps of x.scale * sum(q), written into
+// scratch; and where a kernel's own part of scratch starts, after it.
+const float* pnl_int8_group_sums(const PnlWeight* w, const PnlQuantX* x, uint8_t* scratch);
+uint8_t* pnl_int8_tables_in(const PnlWeight* w, int tokens, uint8_t* scratch);
 void pnl_rows_int8_portable(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
                             uint8_t* scratch);
 
@@ -145,6 +150,9 @@ void pnl_rows_amx(const PnlWeight* w, const uint16_t* xb, int tokens, float* y, 
 // int8.cpp: the int8 kernel through AVX512_VNNI's vpdpbusd (the AVX-512 level plus VNNI).
 void pnl_rows_int8_avx512vnni(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin,
                               int64_t row_end, uint8_t* scratch);
+// int8_avx2.cpp: the int8 kernel with AVX2 (vpmaddubsw, a table for the expansion).
+void pnl_rows_int8_avx2(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
+                        uint8_t* scratch);
 // int8.cpp: pnl_quantize_x with AVX-512, bit for bit its result (the int8 kernel's companion).
 PnlQuantX pnl_quantize_x_avx512(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
                                 uint8_t* buffer);

@@ -82,13 +82,30 @@ extern "C" int pnl_int8_reads(const PnlWeight* w) {
     return w->groups == 1 || w->group_size % 64 == 0;
 }
 
-// The vector kernel's scratch (int8.cpp): per call, for each token and group, the sum over the
-// group's steps of scale * sum(q) (the zero point's term), tokens x groups floats; then a block of
-// rows' tables, at most 12 floats a step (rows x tokens <= 8 factors and at most 4 rows' fills
-// per segment of 1 or 2 steps; 16 kept for headroom).
+// The vector kernels' scratch (int8.cpp, int8_avx2.cpp): per call, for each token and group, the
+// sum over the group's steps of scale * sum(q) (the zero point's term), tokens x groups floats;
+// then (pnl_int8_tables_in) a block of rows' tables, at most 12 floats a step (rows x tokens <= 8
+// factors and at most 4 rows' fills per segment of 1 or 2 steps), or a row's codes spread to
+// bytes (cols_pad, and 128 for loads past the end).
 extern "C" size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens) {
-    const size_t steps = (size_t)(w->cols_pad / 64);
-    return aligned((size_t)tokens * w->groups * sizeof(float)) + 16 * steps * sizeof(float) + 64;
+    return aligned((size_t)tokens * w->groups * sizeof(float)) + (size_t)w->cols_pad + 128 + 64;
+}
+
+extern "C" uint8_t* pnl_int8_tables_in(const PnlWeight* w, int tokens, uint8_t* scratch) {
+    return scratch + aligned((size_t)tokens * w->groups * sizeof(float));
+}
+
+extern "C" const float* pnl_int8_group_sums(const PnlWeight* w, const PnlQuantX* x, uint8_t* scratch) {
+    const int64_t G = w->groups, words = w->cols_pad / 64, gs = G == 1 ? w->cols_pad : w->group_size;
+    float* gsum = (float*)scratch;
+    for (int t = 0; t < x->tokens; ++t)
+        for (int64_t g = 0; g < G; ++g) {
+            float total = 0.0f;
+            const int64_t end = g == G - 1 ? words : (g + 1) * gs / 64;  // the last group takes any rest
+            for (int64_t word = g * gs / 64; word < end && word < words; ++word) total += x->sum[t * words + word];
+            gsum[t * G + g] = total;
+        }
+    return gsum;
 }
 
 // y = sum over groups of scale_g * sum over the group's steps of x.scale[step] * sum over the
