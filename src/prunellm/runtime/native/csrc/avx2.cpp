@@ -123,12 +123,7 @@ struct Code4Source {
     }
 };
 
-inline float reduce(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "avx2_sum.inc"
 
 template <int NT, bool MASKED, class Source>
 void rows(const PnlWeight* w, const float* xp, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {

@@ -86,12 +86,7 @@ inline __m256i place32(const uint8_t* q, uint32_t m4, __m256i fill, int* used) {
     return _mm256_blendv_epi8(_mm256_shuffle_epi8(src, idx), fill, idx);
 }
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "avx2_sum.inc"
 
 // Row r for NT tokens from t0 (NT <= 4), its codes as bytes in `codes`.
 template <int NT, bool MASKED, bool BYTE8>
@@ -147,7 +142,7 @@ void row_pass(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* 
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(carried[t]),
                                      _mm256_set1_ps(scales[g] * x->scale[(t0 + t) * words + w0]), acc[t]);
     }
-    for (int t = 0; t < NT; ++t) y[(t0 + t) * w->rows + r] = hsum(acc[t]) - corr[t];
+    for (int t = 0; t < NT; ++t) y[(t0 + t) * w->rows + r] = reduce(acc[t]) - corr[t];
 }
 
 template <bool MASKED, bool BYTE8>
