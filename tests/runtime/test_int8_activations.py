@@ -125,7 +125,7 @@ def test_zero_blocks_and_large_values_round_safely() -> None:
     assert rounded[1, 5] == pytest.approx(3e38, rel=1e-6) and rounded[1, 130] == pytest.approx(-1e-30, rel=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 64), (3, 300), (2, 5, 130), (17, 1000)])
 def test_the_kernels_rounding_is_the_references_bit_for_bit(level, dtype, shape) -> None:
     """cpu_kernels.int8_rounded (the prefill's rounding, in the kernels' code at each level) gives
@@ -137,16 +137,16 @@ def test_the_kernels_rounding_is_the_references_bit_for_bit(level, dtype, shape)
     flat[0, 1:1 + ties.numel()] = ties.to(dtype)
     if flat.shape[0] > 1:
         flat[1].zero_()
-        flat[1, -1] = 3e38 if dtype == torch.float32 else 1e38
+        flat[1, -1] = {torch.float32: 3e38, torch.bfloat16: 1e38, torch.float16: 6e4}[dtype]
     expected = round_activations(x)
     got = cpu_kernels.int8_rounded(x)
     assert got.dtype == torch.float32 and got.shape == x.shape
     assert torch.equal(got, expected)
 
 
-def test_the_kernels_rounding_refuses_other_dtypes_in_one_line() -> None:
-    with pytest.raises(PrunellmError, match="float32 or bfloat16"):
-        cpu_kernels.int8_rounded(torch.zeros(2, 64, dtype=torch.float16))
+def test_the_kernels_rounding_refuses_a_non_float_tensor_in_one_line() -> None:
+    with pytest.raises(PrunellmError, match="float dtype"):
+        cpu_kernels.int8_rounded(torch.zeros(2, 64, dtype=torch.int32))
 
 
 def test_each_level_names_its_int8_kernel_and_only_the_scalar_one_warns(level, caplog) -> None:

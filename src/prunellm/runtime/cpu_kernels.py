@@ -139,7 +139,7 @@ def _load() -> ctypes.CDLL | None:
         lib.pnl_set_min_part_weights.argtypes = [ctypes.c_int64]
         lib.pnl_set_min_part_weights.restype = ctypes.c_int64
         lib.pnl_set_tile_min_tokens.argtypes = [ctypes.c_int]
-        lib.pnl_int8_vector.argtypes = [ctypes.c_int]
+        lib.pnl_int8_kernel.argtypes = [ctypes.c_int]
         lib.pnl_round_activations.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                                               ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         if lib.pnl_abi_version() != ABI_VERSION:
@@ -249,13 +249,13 @@ def _best_level() -> str:
     return next(name for name, level in LEVELS.items() if level == best)
 
 
-INT8_KERNELS = {0: "scalar", 1: "vnni", 2: "avx2"}  # pnl_int8_vector's answers
+INT8_KERNELS = {0: "scalar", 1: "vnni", 2: "avx2"}  # pnl_int8_kernel's answers
 
 
 def int8_kernel() -> str:
     """Which kernel int8 products run on at the level in use: "vnni" (AVX512_VNNI's vpdpbusd),
     "avx2" (vpmaddubsw), or "scalar" (the portable one: the same sums, slow)."""
-    return INT8_KERNELS[_require().pnl_int8_vector(LEVELS[isa()])]
+    return INT8_KERNELS[_require().pnl_int8_kernel(LEVELS[isa()])]
 
 
 def supports(spec: Any) -> bool:
@@ -332,13 +332,15 @@ def matmul(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
 
 
 def int8_rounded(x: torch.Tensor) -> torch.Tensor:
-    """x (..., C) float32 or bfloat16 -> float32 (..., C) as the int8 kernels read it: bit for bit
+    """x (..., C) of a float dtype -> float32 (..., C) as the int8 kernels read it: bit for bit
     int8_activations.round_activations (the reference), in the kernels' own code, tokens split
-    over torch.get_num_threads() threads (the prefill of a layer with int8 activations)."""
+    over torch.get_num_threads() threads (the prefill of a layer with int8 activations). Other
+    float dtypes than float32 and bfloat16 are widened to float32 first, exactly."""
     lib = _require()
-    if not isinstance(x, torch.Tensor) or not x.is_cpu or x.dtype not in _X_DTYPES or x.dim() < 1 or not x.numel():
-        raise PrunellmError("x must be a non-empty CPU tensor of float32 or bfloat16")
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    if not isinstance(x, torch.Tensor) or not x.is_cpu or not x.is_floating_point() or x.dim() < 1 or not x.numel():
+        raise PrunellmError("x must be a non-empty CPU tensor of a float dtype")
+    flat = x.reshape(-1, x.shape[-1])
+    flat = (flat if flat.dtype in _X_DTYPES else flat.float()).contiguous()
     out = torch.empty(flat.shape, dtype=torch.float32)
     done = lib.pnl_round_activations(flat.data_ptr(), flat.dtype == torch.bfloat16, flat.shape[0], flat.shape[1],
                                      out.data_ptr(), torch.get_num_threads(), LEVELS[isa()])

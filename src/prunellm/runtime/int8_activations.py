@@ -12,7 +12,8 @@ weights are the grid's own values scale * (code - zero) in float32, not rounded 
 dtype.
 
 The rounding changes the model: the same rounding is applied on every path of such a layer, a
-prefill's expanded product included (`round_activations`; a bfloat16 model's prefill then
+prefill's expanded product included (`cpu_kernels.int8_rounded`, bit for bit the reference
+`round_activations`; a bfloat16 model's prefill then
 multiplies those values rounded to bfloat16, as its products take them), so that a perplexity
 scored on windows (`bench/cpu_model.py --int8-activations`) measures the model that decodes
 (tests/runtime/test_int8_activations.py: a decode token by token gives the prefill's logits). Other layers

@@ -34,9 +34,6 @@ KERNEL_MAX_TOKENS = 16
 # a 4096-wide layer: 1 MiB in float16, 2 MiB as float32 on the way); chosen by a one-off timing
 # at LLaMA-7B shapes (bench/cpu_decode.py times this one: bench/README.md, section "Deploy").
 CPU_BAND_ELEMENTS = 1 << 19
-# The dtypes whose activations a prefill rounds in the kernels' code (cpu_kernels.int8_rounded);
-# any other goes through the Python reference, the same values.
-INT8_ROUNDED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class CompressedLinear(nn.Module):
@@ -133,10 +130,7 @@ class CompressedLinear(nn.Module):
             from . import cpu_kernels
 
             if self.int8_activations:
-                from .int8_activations import round_activations
-
-                rounded = cpu_kernels.int8_rounded(x) if x.dtype in INT8_ROUNDED_DTYPES else round_activations(x)
-                x = rounded.to(x.dtype)
+                x = cpu_kernels.int8_rounded(x).to(x.dtype)
             return F.linear(x, cpu_kernels.expand_for_call(self.native).to(x.dtype), self.bias)
         if x.device.type != "cpu" or flat.shape[0] > 1:
             # Expanded for this call only (freed on return), as above.

@@ -400,7 +400,7 @@ extern "C" {
 PNL_API int pnl_abi_version(void) { return 9; }
 
 // Which int8 kernel runs at `level`: 1 the AVX512_VNNI one, 2 the AVX2 one, 0 the scalar one.
-PNL_API int pnl_int8_vector(int level) {
+PNL_API int pnl_int8_kernel(int level) {
     if (!cpu_has(level)) return 0;
     const PnlKernelInt8 kernel = int8_kernel_for(level);
 #if defined(__x86_64__) || defined(_M_X64)

@@ -17,8 +17,7 @@
 // What a segment needs besides its codes (the zero point as a fill, scale * block scale) comes
 // from tables made once per row with vector operations (row_tables): made in the loop, their
 // broadcasts took two shuffle-port uops a row and group, the port vpexpandb already fills, and
-// the zero point's scalar sums a serial chain a row long (the per-layer section of
-// bench/README.md has the gain).
+// the zero point's scalar sums a serial chain a row long.
 //
 // Other weights, and every weight on CPUs without VNNI, take pnl_rows_int8_portable (api.cpp).
 #include <immintrin.h>
