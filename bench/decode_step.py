@@ -10,7 +10,9 @@ Each DIR is loaded by `prunellm.load(DIR, "cpu")` and decoded at batch 1 by prun
 the blocks as torch operations around the kernel calls (`native_blocks=False`). "kernels" is
 the time inside the native products by the library's own clock (`pnl_kernel_nanoseconds`: the
 team's products from the call to their return, no Python wrapper); "outside" is the rest of the
-step. Medians over --steps greedy steps after a warm-up.
+step. Medians over --steps greedy steps after a warm-up. A bfloat16 model's native blocks run
+twice: on their bfloat16 key/value cache (the default) and on a float32 one (the cache before),
+the same logits bit for bit; "cache" names each row's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from prunellm.runtime.bench_infer import machine_description
 from prunellm.runtime.decode_loop import DecodeLoop, supports
 
 
-def measure(model: torch.nn.Module, native_blocks: bool, prompt_tokens: int, steps: int) -> dict:
-    loop = DecodeLoop(model, prompt_tokens + steps + 8, 1, native_blocks=native_blocks)
+def measure(model: torch.nn.Module, native_blocks: bool, prompt_tokens: int, steps: int,
+            kv_dtype: torch.dtype | None = None) -> dict:
+    loop = DecodeLoop(model, prompt_tokens + steps + 8, 1, native_blocks=native_blocks, kv_dtype=kv_dtype)
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
     token = loop.prefill(ids).argmax(-1)
     for _ in range(4):  # warm-up
@@ -45,7 +48,8 @@ def measure(model: torch.nn.Module, native_blocks: bool, prompt_tokens: int, ste
         times.append(elapsed)
         outside.append(elapsed - clock(0) * 1e-9)
     step, rest = statistics.median(times), statistics.median(outside)
-    return {"path": "native blocks" if loop.blocks is not None else "torch ops", "step_ms": step * 1e3,
+    return {"path": "native blocks" if loop.blocks is not None else "torch ops",
+            "cache": str(loop.kv_dtype).removeprefix("torch."), "step_ms": step * 1e3,
             "tokens_per_second": 1 / step, "kernel_ms": (step - rest) * 1e3, "outside_ms": rest * 1e3,
             "outside_share": rest / step}
 
@@ -62,17 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     if not cpu_kernels.available():
         raise SystemExit("the native CPU kernels are not built")
     print(machine_description("cpu"))
-    print("| model | decode path | step ms | tokens/s | kernels ms | outside ms | outside share |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | decode path | cache | step ms | tokens/s | kernels ms | outside ms | outside share |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for directory in args.directories:
         model = prunellm.load(directory, "cpu", head_bits=args.head_bits)
         if not supports(model):
             raise SystemExit(f"{directory}: prunellm's decode loop does not run {type(model).__name__}")
         head = f" + head {args.head_bits}-bit" if args.head_bits else ""
-        for native_blocks in (False, True):
-            r = measure(model, native_blocks, args.prompt_tokens, args.steps)
-            print(f"| {directory.name}{head} | {r['path']} | {r['step_ms']:.1f} | {r['tokens_per_second']:.1f} | "
-                  f"{r['kernel_ms']:.1f} | {r['outside_ms']:.1f} | {r['outside_share']:.0%} |", flush=True)
+        variants = [(False, None), (True, None)]
+        if model.dtype == torch.bfloat16:
+            variants.append((True, torch.float32))
+        for native_blocks, kv_dtype in variants:
+            r = measure(model, native_blocks, args.prompt_tokens, args.steps, kv_dtype)
+            print(f"| {directory.name}{head} | {r['path']} | {r['cache']} | {r['step_ms']:.1f} | "
+                  f"{r['tokens_per_second']:.1f} | {r['kernel_ms']:.1f} | {r['outside_ms']:.1f} | "
+                  f"{r['outside_share']:.0%} |", flush=True)
     return 0
 
 

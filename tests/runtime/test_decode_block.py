@@ -166,6 +166,61 @@ def test_the_loop_on_native_blocks_gives_the_torch_loops_logits(dirs, arch: str,
     assert native.length == plain.length == 9 + 24
 
 
+@pytest.mark.parametrize("level", cpu_kernels.supported_levels() if cpu_kernels.available() else [], indirect=True)
+@pytest.mark.parametrize("arch, kind", [("llama", "dense"), ("llama-wide", "compressed"), ("qwen2", "compressed")])
+def test_a_bfloat16_cache_gives_the_float32_caches_logits_bit_for_bit(dirs, level, arch: str, kind: str) -> None:
+    """A bfloat16 model's native blocks keep keys and values in bfloat16 (they are bfloat16
+    already): 24 steps give exactly the logits of the same blocks on a float32 cache, on every
+    level's attention (heads of 24 take the plain loops, of 64 AVX-512's register path); a
+    float32 model's cache stays float32."""
+    model = prunellm.load(dirs[arch, 3, "bfloat16", kind], "cpu")
+    batch = BATCH[kind]
+    ours = DecodeLoop(model, 40, batch)
+    assert ours.blocks is not None and ours.kv_dtype == torch.bfloat16
+    assert all(cache.dtype == torch.bfloat16 for cache in ours.keys + ours.values)
+    wide = DecodeLoop(model, 40, batch, kv_dtype=torch.float32)
+    assert wide.blocks is not None and wide.keys[0].dtype == torch.float32
+    ids = tokens(batch, 9, seed=6)
+    got, expected = ours.prefill(ids), wide.prefill(ids)
+    for step in range(24):
+        fed = expected.argmax(dim=-1)
+        got, expected = ours.step(fed), wide.step(fed)
+        assert torch.equal(got, expected), f"step {step}"
+    for layer in range(3):
+        assert torch.equal(ours.keys[layer].float(), wide.keys[layer])
+        assert torch.equal(ours.values[layer].float(), wide.values[layer])
+    float32 = prunellm.load(dirs[arch, 3, "float32", "compressed"], "cpu")
+    assert DecodeLoop(float32, 16, BATCH["compressed"]).kv_dtype == torch.float32
+    with pytest.raises(ValueError, match="cannot be torch.bfloat16"):
+        DecodeLoop(float32, 16, BATCH["compressed"], kv_dtype=torch.bfloat16)
+
+
+def test_a_bfloat16_cache_at_a_long_context_and_on_the_torch_path(tmp_path) -> None:
+    """1400 cached positions (attention split over the team) on a bfloat16 cache: the float32
+    cache's output bit for bit; and the torch operations (the loop's path at another batch size)
+    read the same bfloat16 cache to the torch loop's logits on its float32 cache, bit for bit."""
+    directory = _save(_model("llama", 1, positions=1500), "bfloat16", "compressed", tmp_path / "long")
+    model = prunellm.load(directory, "cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    threshold = cpu_kernels.set_min_part_weights(0)
+    try:
+        ours = DecodeLoop(model, 1410, 2)
+        wide = DecodeLoop(model, 1410, 2, kv_dtype=torch.float32)
+        ids, token = tokens(2, 1400, seed=4), torch.tensor([7, 9])
+        ours.prefill(ids), wide.prefill(ids)
+        assert torch.equal(ours.step(token), wide.step(token))
+        on_torch, plain = DecodeLoop(model, 1410, 2), DecodeLoop(model, 1410, 2, native_blocks=False)
+        on_torch.blocks = None  # the torch operations, on the bfloat16 cache
+        assert on_torch.keys[0].dtype == torch.bfloat16 and plain.keys[0].dtype == torch.float32
+        on_torch.prefill(ids), plain.prefill(ids)
+        for fed in (token, torch.tensor([3, 4])):
+            assert torch.equal(on_torch.step(fed), plain.step(fed))
+    finally:
+        cpu_kernels.set_min_part_weights(threshold)
+        torch.set_num_threads(before)
+
+
 def test_blocks_only_where_every_projection_runs_on_the_kernels(dirs, tmp_path) -> None:
     """A float32 dense model (torch's products), a hook on a projection, a float32 norm in a
     bfloat16 model, another activation, a batch beyond a layer's kernel limit: the torch loop."""
@@ -193,7 +248,8 @@ def test_blocks_only_where_every_projection_runs_on_the_kernels(dirs, tmp_path) 
 
 def test_bad_arguments_are_refused(dirs) -> None:
     """pnl_decode_block checks its arguments: a position past the cache, a dtype it does not
-    round to; the loop raises rather than reading past its cache."""
+    round to, float32 activations on a bfloat16 cache; the loop raises rather than reading past
+    its cache."""
     native, _ = _loops(dirs["llama", 1, "bfloat16", "compressed"], batch=1, length=8)
     lib = cpu_kernels._require()
     x = torch.zeros(1, native.embed.embedding_dim, dtype=torch.bfloat16)
@@ -204,6 +260,11 @@ def test_bad_arguments_are_refused(dirs) -> None:
     assert call(7, 2) == 0
     assert call(8, 2) == -2 and call(-1, 2) == -2  # outside the cache's 8 positions
     assert call(0, 1) == -2  # float16: not a dtype the block rounds to
+    assert native.blocks.structs[0].kv_bf16 == 1
+    assert call(0, 0) == -2  # float32 activations would be rounded into a bfloat16 cache
+    native.blocks.structs[0].kv_bf16 = 2
+    assert call(0, 2) == -2  # not a cache dtype
+    native.blocks.structs[0].kv_bf16 = 1
     broken = ctypes.cast(native.blocks.refs[0], ctypes.c_void_p)
     assert lib.pnl_decode_block(broken, x.data_ptr(), 0, 2, cos.data_ptr(), sin.data_ptr(), 0, 1, level) == -2
     with pytest.raises(RuntimeError, match="code -2"):

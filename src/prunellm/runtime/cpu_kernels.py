@@ -54,7 +54,7 @@ LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "amx": 4}
 ENV = "PRUNELLM_CPU_KERNEL"
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 LIBRARY = "_prunellm_cpu"
-ABI_VERSION = 9  # pnl_abi_version() of the sources beside this file
+ABI_VERSION = 10  # pnl_abi_version() of the sources beside this file
 WEIGHT_DTYPES = {kind: FLOAT_DTYPES[name] for name, kind in KIND.items()}
 _X_DTYPES = (torch.float32, torch.bfloat16)
 

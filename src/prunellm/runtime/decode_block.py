@@ -39,7 +39,7 @@ class _PnlBlock(ctypes.Structure):
                 ("norm", ctypes.c_void_p * 2), ("eps", ctypes.c_float * 2),
                 ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p), ("max_len", ctypes.c_int64),
                 ("heads", ctypes.c_int32), ("kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
-                ("scaling", ctypes.c_float)]
+                ("scaling", ctypes.c_float), ("kv_bf16", ctypes.c_int32)]
 
 
 def kernel_weight(module: nn.Module, dtype: torch.dtype, tokens: int) -> NativeWeight | None:
@@ -51,6 +51,13 @@ def kernel_weight(module: nn.Module, dtype: torch.dtype, tokens: int) -> NativeW
     if has_hooks(module) or type(module) not in (CompressedLinear, DecodeLinear):
         return None
     return module.native_for(dtype, tokens)
+
+
+def cache_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The key/value cache's dtype for native blocks of a `dtype` model: a bfloat16 model's keys
+    and values are bfloat16 (the block rounds them where the torch loop does), so its cache holds
+    them in bfloat16, exactly, at half the bytes attention reads; a float32 model's, float32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
 def _is_silu(act: nn.Module) -> bool:
@@ -90,7 +97,8 @@ class NativeBlocks:
               dtype: torch.dtype) -> NativeBlocks | None:
         """The blocks of `layers` (the model's decoder layers), or None where one does not
         qualify: the library missing, a dtype other than float32/bfloat16, a projection the
-        kernels would not take at `batch_size` tokens, an activation other than SiLU."""
+        kernels would not take at `batch_size` tokens, an activation other than SiLU. The caches
+        are float32, or bfloat16 in a bfloat16 model (cache_dtype)."""
         if not qualifies(layers, dtype, batch_size):
             return None
         structs, kept = [], []
@@ -106,10 +114,14 @@ class NativeBlocks:
             for index, norm in enumerate(_norms(layer)):
                 struct.norm[index] = norm.weight.data_ptr()  # read in place: the model holds it
                 struct.eps[index] = norm.variance_epsilon
+            kv_dtype = cache_dtype(dtype)
             for cache in (layer_keys, layer_values):
-                if cache.dtype != torch.float32 or not cache.is_contiguous():
+                if cache.dtype not in (torch.float32, kv_dtype) or not cache.is_contiguous():
                     return None
+            if layer_keys.dtype != layer_values.dtype:
+                return None
             struct.keys, struct.values = layer_keys.data_ptr(), layer_values.data_ptr()
+            struct.kv_bf16 = int(layer_keys.dtype == torch.bfloat16)
             struct.max_len = layer_keys.shape[2]
             struct.heads, struct.kv_heads, struct.head_dim, struct.scaling = heads, kv_heads, head_dim, scaling
             structs.append(struct)

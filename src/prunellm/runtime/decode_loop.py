@@ -13,10 +13,11 @@ reads the loaded model's own modules and weights and runs a step as few torch op
 - RMSNorm inline, the same operations as the model's (float32 statistics, cast back);
 - rotary tables from the model's own `model.model.rotary_emb` (its rope scaling), computed
   once for every position, or per step for rope types that depend on the length (dynamic, longrope);
-- a static key/value cache, per layer (B, kv_heads, max_len, head_dim) in float32 (the model's
-  keys and values, exact), filled from the prefill's cache; attention for one query as plain
-  float32 products over the filled prefix (q @ Kᵀ * scale, softmax, @ V), grouped-query heads
-  without repeating K and V.
+- a static key/value cache, per layer (B, kv_heads, max_len, head_dim), filled from the prefill's
+  cache: float32, or bfloat16 for a bfloat16 model on native blocks (its keys and values are
+  bfloat16: exact either way, half the bytes); attention for one query as plain float32
+  products over the filled prefix (q @ Kᵀ * scale, softmax, @ V), grouped-query heads without
+  repeating K and V.
 
 Logits equal the model's (with a DynamicCache) up to float rounding: a float32 model's to
 about 1e-7, a bfloat16 model's to its rounding (SmolLM2 in bfloat16: closer to the float32
@@ -116,7 +117,8 @@ class _Layer:
 class DecodeLoop:
     """Prefill through the model, then one token a step on a static key/value cache."""
 
-    def __init__(self, model: nn.Module, max_len: int, batch_size: int = 1, native_blocks: bool = True) -> None:
+    def __init__(self, model: nn.Module, max_len: int, batch_size: int = 1, native_blocks: bool = True,
+                 kv_dtype: torch.dtype | None = None) -> None:
         if not supports(model):
             raise ValueError(f"DecodeLoop does not run {type(model).__name__} (see decode_loop.supports)")
         config, inner = model.config, model.model
@@ -131,12 +133,24 @@ class DecodeLoop:
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.norm, self.eps = inner.norm.weight, inner.norm.variance_epsilon
         self.head = _call(model.lm_head)
+        # Each block's step as one native call where the kernels read every projection
+        # (runtime/decode_block.py); else the torch operations below. native_blocks=False keeps
+        # the torch path (the bench compares the two).
+        from .decode_block import NativeBlocks, cache_dtype, qualifies
+
+        native = native_blocks and qualifies(inner.layers, self.dtype, batch_size)
         shape = (batch_size, self.kv_heads, max_len, self.head_dim)
-        # float32 whatever the model's dtype: keys and values are the model's (a bfloat16 value is
-        # exact in float32) and attention sums in float32 as SDPA's CPU kernel does, without
-        # rounding the scores to bfloat16 on the way (eager attention's loss)
-        self.keys = [torch.zeros(shape, dtype=torch.float32) for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=torch.float32) for _ in self.layers]
+        # Keys and values are the model's (a bfloat16 model's are bfloat16, exact in float32 too)
+        # and attention sums in float32 as SDPA's CPU kernel does, without rounding the scores to
+        # bfloat16 on the way (eager attention's loss). The torch path's products read a float32
+        # cache; native blocks widen a bfloat16 one as they read it (half the bytes: at long
+        # contexts the cache is most of what a step reads beside the weights). kv_dtype: None
+        # for that choice, float32 (the bench's comparison), or bfloat16 for a bfloat16 model.
+        if kv_dtype not in (None, torch.float32) and kv_dtype != cache_dtype(self.dtype):
+            raise ValueError(f"a {self.dtype} model's key/value cache cannot be {kv_dtype}: its keys would be rounded")
+        self.kv_dtype = kv_dtype or (cache_dtype(self.dtype) if native else torch.float32)
+        self.keys = [torch.zeros(shape, dtype=self.kv_dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=self.kv_dtype) for _ in self.layers]
         self.length = 0  # positions filled in the cache
         self.rotary = inner.rotary_emb
         rope_type = getattr(self.rotary, "rope_type", "default")
@@ -146,13 +160,8 @@ class DecodeLoop:
         self.cos = self.sin = None
         if not self.rope_per_step:
             self.cos, self.sin = self._rope(torch.arange(max_len)[None])  # (max_len, D) each
-        # Each block's step as one native call where the kernels read every projection
-        # (runtime/decode_block.py); None: the torch operations below. native_blocks=False keeps
-        # the torch path (the bench compares the two).
         self.blocks = None
-        if native_blocks:
-            from .decode_block import NativeBlocks
-
+        if native:
             self.blocks = NativeBlocks.build(inner.layers, self.keys, self.values, self.heads, self.kv_heads,
                                              self.head_dim, self.scaling, batch_size, self.dtype)
 
@@ -213,9 +222,11 @@ class DecodeLoop:
             keys[:, :, pos] = k * cos + k.roll(half, dims=-1) * sin
             values[:, :, pos] = layer.v(h).view(B, KV, D)
             # grouped-query attention: query heads g*G .. g*G+G-1 read key/value head g
-            scores = q.view(B, KV, H // KV, D) @ keys[:, :, :end].transpose(-1, -2) * self.scaling  # (B, KV, G, L)
+            # a bfloat16 cache (native blocks' loop at another batch) widened for the products
+            cached_keys, cached_values = keys[:, :, :end].to(torch.float32), values[:, :, :end].to(torch.float32)
+            scores = q.view(B, KV, H // KV, D) @ cached_keys.transpose(-1, -2) * self.scaling  # (B, KV, G, L)
             probs = torch.softmax(scores, dim=-1)
-            attn = (probs @ values[:, :, :end]).reshape(B, H * D).to(self.dtype)  # (B, KV, G, D) -> (B, H * D)
+            attn = (probs @ cached_values).reshape(B, H * D).to(self.dtype)  # (B, KV, G, D) -> (B, H * D)
             x = x + layer.o(attn)
             h = _rms_norm(x, layer.norm2, layer.eps2)
             x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))

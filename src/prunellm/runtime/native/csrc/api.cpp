@@ -397,7 +397,7 @@ int pnl_matmul_many(const PnlWeight* const* ws, int count, const void* x, int x_
 
 extern "C" {
 
-PNL_API int pnl_abi_version(void) { return 9; }
+PNL_API int pnl_abi_version(void) { return 10; }
 
 // Which int8 kernel runs at `level`: 1 the AVX512_VNNI one, 2 the AVX2 one, 0 the scalar one.
 PNL_API int pnl_int8_kernel(int level) {

@@ -30,11 +30,13 @@ typedef struct PnlBlock {
     const float* bias[7];      // each projection's bias as float32, or null
     const void* norm[2];       // (C) in the model's dtype: before attention, before the MLP
     float eps[2];
-    float* keys;               // (B, KV, max_len, D) float32: this block's cache
-    float* values;
+    void* keys;                // (B, KV, max_len, D) float32 or bfloat16 (kv_bf16): this block's cache
+    void* values;
     int64_t max_len;
     int32_t heads, kv_heads, head_dim;
     float scaling;             // of the scores, as the model's attention scales them
+    int32_t kv_bf16;           // 1: the cache holds bfloat16 (a bfloat16 model's keys and values are
+                               // bfloat16 already: exact, half the bytes attention reads)
 } PnlBlock;
 
 }  // extern "C"
@@ -129,6 +131,17 @@ void rotate_head(const Dtype& dt, const float* a, const float* cos, const float*
         out[d] = dt.round(dt.round(a[d] * cos[d]) + dt.round(a[d - half] * sin[d]));
 }
 
+// A key or value row (D floats, rounded to the model's dtype already) into the block's cache at
+// element `at`: float32, or bfloat16 bits (exact: only a bfloat16 model's cache is bfloat16).
+void cache_row(const PnlBlock* b, void* cache, int64_t at, const float* row, int64_t D) {
+    if (b->kv_bf16) {
+        uint16_t* out = (uint16_t*)cache + at;
+        for (int64_t d = 0; d < D; ++d) out[d] = bf16_bits(row[d]);
+    } else {
+        memcpy((float*)cache + at, row, (size_t)D * sizeof(float));
+    }
+}
+
 PnlAttend attend_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (level >= PNL_AVX512) return pnl_attend_avx512;
@@ -159,10 +172,12 @@ void attend_items(void* context, int64_t begin, int64_t end) {
     if ((int64_t)scratch.size() < group * (a.length + D)) scratch.resize(group * (a.length + D));
     float* probs = scratch.data();
     float* out = probs + group * a.length;
+    const int64_t element = a.b->kv_bf16 ? 2 : 4;
     for (int64_t item = begin; item < end; ++item) {
         const int64_t t = item / KV, g = item % KV;  // query heads g*G .. g*G+G-1 read key/value head g
-        a.attend(a.q + (t * H + g * group) * D, a.b->keys + (t * KV + g) * M * D, a.b->values + (t * KV + g) * M * D,
-                 a.length, D, D, group, a.b->scaling, probs, out);
+        const int64_t first = (t * KV + g) * M * D * element;  // bytes to the head's rows
+        a.attend(a.q + (t * H + g * group) * D, (const char*)a.b->keys + first, (const char*)a.b->values + first,
+                 a.b->kv_bf16, a.length, D, D, group, a.b->scaling, probs, out);
         for (int64_t i = 0; i < group * D; ++i)
             a.dt.store(a.attn, t * H * D + g * group * D + i, a.dt.round(out[i]));
     }
@@ -178,7 +193,7 @@ bool valid(const PnlBlock* b, int64_t pos) {
         return false;
     if (b->proj[GATE]->cols != C || b->proj[UP]->cols != C || b->proj[UP]->rows != b->proj[GATE]->rows) return false;
     if (b->proj[DOWN]->cols != b->proj[GATE]->rows || b->proj[DOWN]->rows != C) return false;
-    return b->norm[0] && b->norm[1] && b->keys && b->values;
+    return b->norm[0] && b->norm[1] && b->keys && b->values && (b->kv_bf16 == 0 || b->kv_bf16 == 1);
 }
 
 }  // namespace
@@ -193,13 +208,14 @@ extern "C" {
 PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtype, const void* cos,
                              const void* sin, int64_t pos, int threads, int level) {
     if (!b || !x || !cos || !sin || batch < 1 || (dtype != PNL_F32 && dtype != PNL_BF16) || !valid(b, pos)) return -2;
+    if (b->kv_bf16 && dtype != PNL_BF16) return -2;  // a float32 model's keys would be rounded
     const Dtype dt{dtype == PNL_BF16};
     const int64_t B = batch, C = b->proj[Q]->cols, H = b->heads, KV = b->kv_heads, D = b->head_dim;
     const int64_t I = b->proj[GATE]->rows, L = pos + 1;
     // Scratch, kept per thread: the dtype buffers (norm output, attention output, MLP activation)
     // and the float32 products.
     thread_local std::vector<float> floats;
-    const int64_t need = B * C * 2 + B * H * D * 3 + B * KV * D * 2 + B * I * 4 + 3 * D + C + 64;
+    const int64_t need = B * C * 2 + B * H * D * 3 + B * KV * D * 2 + B * I * 4 + 4 * D + C + 64;
     if ((int64_t)floats.size() < need) floats.resize(need);
     float* at = floats.data();
     auto take = [&at](int64_t n) { float* p = at; at += n; return p; };
@@ -218,6 +234,7 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     float* cosf = take(D);            // the rotary tables as float32
     float* sinf = take(D);
     float* head_row = take(D);        // one head's projected outputs
+    float* kv_row = take(D);          // a key or value row before the cache
     for (int64_t d = 0; d < D; ++d) cosf[d] = dt.load(cos, d), sinf[d] = dt.load(sin, d);
     const int bf16_x = dt.bf16 ? 1 : 0;
     int done;
@@ -230,12 +247,12 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     for (int64_t t = 0; t < B; ++t) {
         // keys and queries rotated, values as projected
         for (int64_t g = 0; g < KV; ++g) {
-            const int64_t first = t * KV * D + g * D;
-            float* key = b->keys + ((t * KV + g) * b->max_len + pos) * D;
-            float* value = b->values + ((t * KV + g) * b->max_len + pos) * D;
+            const int64_t first = t * KV * D + g * D, at = ((t * KV + g) * b->max_len + pos) * D;
             projected_row(dt, yk + first, b->bias[K] ? b->bias[K] + g * D : nullptr, D, head_row);
-            rotate_head(dt, head_row, cosf, sinf, D, key);
-            projected_row(dt, yv + first, b->bias[V] ? b->bias[V] + g * D : nullptr, D, value);
+            rotate_head(dt, head_row, cosf, sinf, D, kv_row);
+            cache_row(b, b->keys, at, kv_row, D);
+            projected_row(dt, yv + first, b->bias[V] ? b->bias[V] + g * D : nullptr, D, kv_row);
+            cache_row(b, b->values, at, kv_row, D);
         }
         for (int64_t head = 0; head < H; ++head) {
             const int64_t first = t * H * D + head * D;
