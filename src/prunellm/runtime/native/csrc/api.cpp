@@ -101,6 +101,7 @@ PnlKernelInt8 int8_kernel_for(int level) {
 PnlQuantizeX quantize_x_for(int level) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (int8_kernel_for(level) == pnl_rows_int8_avx512vnni) return pnl_quantize_x_avx512;
+    if (int8_kernel_for(level) == pnl_rows_int8_avx2) return pnl_quantize_x_avx2;
 #endif
     return pnl_quantize_x;
 }

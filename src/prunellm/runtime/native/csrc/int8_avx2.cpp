@@ -174,3 +174,74 @@ extern "C" void pnl_rows_int8_avx2(const PnlWeight* w, const PnlQuantX* x, float
     else if (byte8) rows<false, true>(w, x, y, row_begin, row_end, gsum, spread);
     else rows<false, false>(w, x, y, row_begin, row_end, gsum, spread);
 }
+
+// pnl_quantize_x 8 columns at a time (a call rounds every activation of the pass on one thread
+// before any product): the same float32 operations, so the same bits. A block reaching past
+// `cols` is copied into zeros first (AVX2 has no masked load of 16-bit words).
+extern "C" PnlQuantX pnl_quantize_x_avx2(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                                         uint8_t* buffer) {
+    const PnlQuantX out = pnl_quantx_in(cols_pad, tokens, buffer);
+    const int64_t steps = out.steps;
+    int8_t* q = (int8_t*)buffer;
+    const __m256 top = _mm256_set1_ps(127.0f), bottom = _mm256_set1_ps(-127.0f);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    // packs_epi32 then packs_epi16 leave 4-byte groups in the order 0, 2, 4, 6, 1, 3, 5, 7
+    const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    alignas(32) float padded[PNL_INT8_BLOCK];
+    for (int t = 0; t < tokens; ++t) {
+        const float* xf = (const float*)x + t * cols;
+        const uint16_t* xh = (const uint16_t*)x + t * cols;
+        for (int64_t c0 = 0; c0 < cols_pad; c0 += PNL_INT8_BLOCK) {
+            const int64_t width = cols_pad - c0 < PNL_INT8_BLOCK ? cols_pad - c0 : PNL_INT8_BLOCK;
+            const int vectors = (int)(width / 8);
+            const bool whole = c0 + width <= cols;
+            if (!whole)
+                for (int64_t c = 0; c < width; ++c) {
+                    const int64_t col = c0 + c;
+                    padded[c] = col >= cols ? 0.0f
+                                : x_bf16 ? _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)((uint32_t)xh[col] << 16))))
+                                         : xf[col];
+                }
+            __m256 v[PNL_INT8_BLOCK / 8];
+            __m256 amax = _mm256_setzero_ps();
+            for (int j = 0; j < vectors; ++j) {
+                const int64_t col = c0 + 8 * j;
+                if (!whole) v[j] = _mm256_load_ps(padded + 8 * j);
+                else if (x_bf16)
+                    v[j] = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(xh + col))), 16));
+                else v[j] = _mm256_loadu_ps(xf + col);
+                amax = _mm256_max_ps(amax, _mm256_and_ps(v[j], magnitude));
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            const float a = _mm_cvtss_f32(m4);
+            const float s = a > 0.0f ? a / 127.0f : 0.0f, inv = a > 0.0f ? 127.0f / a : 0.0f;
+            const __m256 vinv = _mm256_set1_ps(inv);
+            for (int j0 = 0; j0 < vectors; j0 += 8) {  // a step: 64 columns
+                const int64_t step = (c0 + 8 * j0) / 64;
+                __m256i qi[8];
+                __m256i total = _mm256_setzero_si256();
+                for (int j = 0; j < 8; ++j) {
+                    __m256 r = _mm256_round_ps(_mm256_mul_ps(v[j0 + j], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    r = _mm256_min_ps(_mm256_max_ps(r, bottom), top);
+                    qi[j] = _mm256_cvtps_epi32(r);
+                    total = _mm256_add_epi32(total, qi[j]);
+                }
+                int8_t* dst = q + (step * tokens + t) * 64;
+                for (int h = 0; h < 2; ++h) {  // 32 columns: four registers of 8
+                    const __m256i words = _mm256_packs_epi16(_mm256_packs_epi32(qi[4 * h], qi[4 * h + 1]),
+                                                             _mm256_packs_epi32(qi[4 * h + 2], qi[4 * h + 3]));
+                    _mm256_storeu_si256((__m256i*)(dst + 32 * h), _mm256_permutevar8x32_epi32(words, in_order));
+                }
+                __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+                t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+                t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+                ((float*)out.scale)[t * steps + step] = s;
+                ((float*)out.sum)[t * steps + step] = s * (float)_mm_cvtsi128_si32(t4);
+            }
+        }
+    }
+    return out;
+}

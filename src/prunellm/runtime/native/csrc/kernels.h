@@ -157,6 +157,9 @@ void pnl_rows_int8_avx2(const PnlWeight* w, const PnlQuantX* x, float* y, int64_
 // int8.cpp: pnl_quantize_x with AVX-512, bit for bit its result (the int8 kernel's companion).
 PnlQuantX pnl_quantize_x_avx512(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
                                 uint8_t* buffer);
+// int8_avx2.cpp: pnl_quantize_x with AVX2, bit for bit its result (the AVX2 int8 kernel's companion).
+PnlQuantX pnl_quantize_x_avx2(const void* x, int x_bf16, int64_t cols, int64_t cols_pad, int tokens,
+                              uint8_t* buffer);
 #endif
 
 #ifdef __cplusplus
