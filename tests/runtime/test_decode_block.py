@@ -141,6 +141,39 @@ def test_a_long_context_splits_attention_over_the_team(tmp_path, threads, dtype:
     _agree(got, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("kv_heads, heads, head_dim, threads", [(1, 12, 24, 2), (3, 6, 64, 2), (1, 6, 64, 3)])
+def test_a_long_context_splits_positions_where_the_heads_do_not_share_the_team_evenly(
+        tmp_path, dtype: str, kv_heads: int, heads: int, head_dim: int, threads: int) -> None:
+    """One token and 1400 cached positions on one or three key/value heads (two or three threads
+    would take them unevenly): the block splits each head's positions into parts, attends to
+    each on the team and merges their softmaxes; the output is the torch loop's, on the plain
+    loops (heads of 24) and AVX-512's register path (64)."""
+    config = LlamaConfig(hidden_size=96, intermediate_size=128, num_hidden_layers=1, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=VOCAB,
+                         max_position_embeddings=1500, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    directory = _save(model, dtype, "compressed", tmp_path / "split")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    threshold = cpu_kernels.set_min_part_weights(0)
+    cpu_kernels.use_torch_threads(False)
+    try:
+        native, plain = _loops(directory, batch=1, length=1410)
+        ids = tokens(1, 1400, seed=8)
+        native.prefill(ids), plain.prefill(ids)
+        native.head = plain.head = lambda hidden: hidden
+        # 1401 positions x heads x head_dim >= 2^18 products: on the team
+        assert 1401 * heads * head_dim >= 2 ** 18
+        for fed in (torch.tensor([7]), torch.tensor([2])):
+            _agree(native.step(fed).float(), plain.step(fed).float(), dtype)
+    finally:
+        cpu_kernels.use_torch_threads(True)
+        cpu_kernels.set_min_part_weights(threshold)
+        torch.set_num_threads(before)
+
+
 def _agree(got: torch.Tensor, expected: torch.Tensor, dtype: str) -> None:
     """float32: within float rounding; bfloat16: a few elements one or two units apart."""
     if dtype == "float32":

@@ -154,8 +154,16 @@ PnlAttend attend_for(int level) {
 // is split over the team: below, a wake-up costs more than the work (a few hundred positions).
 constexpr int64_t kTeamAttentionProducts = int64_t(1) << 18;
 
+// Positions a part of a split context holds at least: below, merging parts costs more than the
+// balance gains.
+constexpr int64_t kLeastPartPositions = 64;
+
 // One block's attention at one step: queries q (B, H, D) rotated, output attn (B, H * D) in the
-// dtype; item i is token i / KV's key/value head i % KV and its query heads.
+// dtype. Item i is part i % P of token i / (KV P)'s key/value head i / P % KV and its query
+// heads: positions [p * span, (p + 1) * span) of the context. With P = 1 (a short context, or
+// items that share the team out evenly already) an item writes its heads' rows of attn; with
+// P > 1 it writes its part's softmax-weighted rows and each head's maximum score and sum of
+// exponentials to `parts`, which merge_parts combines.
 struct Attention {
     const PnlBlock* b;
     Dtype dt;
@@ -163,24 +171,68 @@ struct Attention {
     const float* q;
     void* attn;
     int64_t length, dim, heads, kv_heads;
+    int64_t split, span;  // P, and positions a part
+    float* parts;         // P > 1: per item, (G, D) outputs then (G, 2) statistics
 };
+
+int64_t part_floats(const Attention& a) { return a.heads / a.kv_heads * (a.dim + 2); }
 
 void attend_items(void* context, int64_t begin, int64_t end) {
     const Attention& a = *static_cast<const Attention*>(context);
-    const int64_t D = a.dim, H = a.heads, KV = a.kv_heads, group = H / KV, M = a.b->max_len;
+    const int64_t D = a.dim, H = a.heads, KV = a.kv_heads, group = H / KV, M = a.b->max_len, P = a.split;
     thread_local std::vector<float> scratch;  // probabilities (G, L), then outputs (G, D)
     if ((int64_t)scratch.size() < group * (a.length + D)) scratch.resize(group * (a.length + D));
     float* probs = scratch.data();
-    float* out = probs + group * a.length;
     const int64_t element = a.b->kv_bf16 ? 2 : 4;
     for (int64_t item = begin; item < end; ++item) {
-        const int64_t t = item / KV, g = item % KV;  // query heads g*G .. g*G+G-1 read key/value head g
-        const int64_t first = (t * KV + g) * M * D * element;  // bytes to the head's rows
+        // query heads g*G .. g*G+G-1 read key/value head g
+        const int64_t t = item / (KV * P), g = item / P % KV, part = item % P;
+        const int64_t from = part * a.span, count = (a.length - from < a.span ? a.length - from : a.span);
+        const int64_t first = ((t * KV + g) * M + from) * D * element;  // bytes to the part's first row
+        float* out = P > 1 ? a.parts + item * part_floats(a) : probs + group * a.length;
         a.attend(a.q + (t * H + g * group) * D, (const char*)a.b->keys + first, (const char*)a.b->values + first,
-                 a.b->kv_bf16, a.length, D, D, group, a.b->scaling, probs, out);
-        for (int64_t i = 0; i < group * D; ++i)
-            a.dt.store(a.attn, t * H * D + g * group * D + i, a.dt.round(out[i]));
+                 a.b->kv_bf16, count, D, D, group, a.b->scaling, probs, out, P > 1 ? out + group * D : nullptr);
+        if (P == 1)
+            for (int64_t i = 0; i < group * D; ++i)
+                a.dt.store(a.attn, t * H * D + g * group * D + i, a.dt.round(out[i]));
     }
+}
+
+// The parts of each head's context merged (split attention): each part's output is its own
+// softmax's weighted sum, so the whole one's is the sum of the parts' weighted by sum_p e^(m_p - m)
+// over the sum of those (m_p a part's maximum score, m the largest, sum_p its sum of exponentials).
+void merge_parts(const Attention& a, int64_t batch) {
+    const int64_t D = a.dim, H = a.heads, KV = a.kv_heads, group = H / KV, P = a.split, stride = part_floats(a);
+    for (int64_t t = 0; t < batch; ++t)
+        for (int64_t g = 0; g < KV; ++g) {
+            const float* first = a.parts + (t * KV + g) * P * stride;  // the head's P parts
+            for (int64_t h = 0; h < group; ++h) {
+                float most = -INFINITY;
+                for (int64_t p = 0; p < P; ++p) most = fmaxf(most, first[p * stride + group * D + 2 * h]);
+                float weights[64], total = 0.0f;
+                for (int64_t p = 0; p < P; ++p) {
+                    const float* stats = first + p * stride + group * D + 2 * h;
+                    weights[p] = stats[1] * expf(stats[0] - most);
+                    total += weights[p];
+                }
+                for (int64_t d = 0; d < D; ++d) {
+                    float sum = 0.0f;
+                    for (int64_t p = 0; p < P; ++p) sum += weights[p] * first[p * stride + h * D + d];
+                    a.dt.store(a.attn, t * H * D + (g * group + h) * D + d, a.dt.round(sum / total));
+                }
+            }
+        }
+}
+
+// Parts a head's context is split into on `threads`: enough that the team's share of
+// batch x kv_heads x parts items is even (SmolLM2's three key/value heads on two threads took
+// two and one), each part kLeastPartPositions or more.
+int64_t split_for(int64_t items, int64_t length, int threads) {
+    int64_t a = items, b = threads;
+    while (b) { const int64_t r = a % b; a = b; b = r; }  // a = gcd(items, threads)
+    int64_t parts = threads / a;
+    while (parts > 1 && length / parts < kLeastPartPositions) --parts;
+    return parts < 64 ? parts : 64;
 }
 
 bool valid(const PnlBlock* b, int64_t pos) {
@@ -260,13 +312,24 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
             rotate_head(dt, head_row, cosf, sinf, D, q + first);
         }
     }
-    // attention, one item per token and key/value head: on the team once the cache is long
-    // enough to be worth a wake-up, else here
-    Attention work{b, dt, attend_for(level), q, attn, L, D, H, KV};
-    if (B * L * H * D >= kTeamAttentionProducts && threads > 1)
-        pnl_parallel_for(attend_items, &work, B * KV, threads);
-    else
+    // attention, one item per token and key/value head (and part of the context, where that
+    // evens out the team's shares): on the team once the cache is long enough to be worth a
+    // wake-up, else here
+    Attention work{b, dt, attend_for(level), q, attn, L, D, H, KV, 1, L, nullptr};
+    if (B * L * H * D >= kTeamAttentionProducts && threads > 1) {
+        work.split = split_for(B * KV, L, threads);
+        work.span = (L + work.split - 1) / work.split;
+        thread_local std::vector<float> parts;
+        if (work.split > 1) {
+            const int64_t floats_needed = B * KV * work.split * part_floats(work);
+            if ((int64_t)parts.size() < floats_needed) parts.resize(floats_needed);
+            work.parts = parts.data();
+        }
+        pnl_parallel_for(attend_items, &work, B * KV * work.split, threads);
+        if (work.split > 1) merge_parts(work, B);
+    } else {
         attend_items(&work, 0, B * KV);
+    }
     const PnlWeight* o = b->proj[O];
     if ((done = pnl_matmul_many(&o, 1, attn, bf16_x, B, &yo, threads, level)) != 0) return done;
     for (int64_t t = 0; t < B; ++t)

@@ -112,16 +112,21 @@ void pnl_parallel_for(PnlTask task, void* context, int64_t items, int threads);
 // Attention at decode for the G query heads of one key/value head (attend.inc), per ISA file:
 // out (G, D) = softmax(keys (L, D) @ q (G, D)ᵀ * scaling) @ values (L, D), float32 arithmetic;
 // the cached key/value rows are float32, or bfloat16 bits (kv_bf16: a bfloat16 model's cache,
-// whose keys and values are bfloat16 already), `stride` elements apart; probs: G * L floats.
+// whose keys and values are bfloat16 already), `stride` elements apart; probs: G * L floats;
+// stats (unless null): each head's maximum score and sum of exponentials (G, 2), to merge parts.
 typedef void (*PnlAttend)(const float* q, const void* keys, const void* values, int kv_bf16, int64_t length,
-                          int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out);
+                          int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out,
+                          float* stats);
 void pnl_attend_portable(const float* q, const void* keys, const void* values, int kv_bf16, int64_t length,
-                         int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out);
+                         int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out,
+                         float* stats);
 #if defined(__x86_64__) || defined(_M_X64)
 void pnl_attend_avx2(const float* q, const void* keys, const void* values, int kv_bf16, int64_t length,
-                     int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out);
+                     int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out,
+                     float* stats);
 void pnl_attend_avx512(const float* q, const void* keys, const void* values, int kv_bf16, int64_t length,
-                       int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out);
+                       int64_t dim, int64_t stride, int64_t heads, float scaling, float* probs, float* out,
+                       float* stats);
 void pnl_rows_avx2(const PnlWeight* w, const float* xp, int tokens, float* y,
                    int64_t row_begin, int64_t row_end, uint8_t* scratch);
 void pnl_rows_avx512(const PnlWeight* w, const float* xp, int tokens, float* y,
