@@ -198,9 +198,9 @@ extern "C" PnlQuantX pnl_quantize_x_avx2(const void* x, int x_bf16, int64_t cols
             if (!whole)
                 for (int64_t c = 0; c < width; ++c) {
                     const int64_t col = c0 + c;
-                    padded[c] = col >= cols ? 0.0f
-                                : x_bf16 ? _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)((uint32_t)xh[col] << 16))))
-                                         : xf[col];
+                    float value = 0.0f;
+                    if (col < cols) value = x_bf16 ? __builtin_bit_cast(float, (uint32_t)xh[col] << 16) : xf[col];
+                    padded[c] = value;
                 }
             __m256 v[PNL_INT8_BLOCK / 8];
             __m256 amax = _mm256_setzero_ps();
@@ -224,7 +224,8 @@ extern "C" PnlQuantX pnl_quantize_x_avx2(const void* x, int x_bf16, int64_t cols
                 __m256i qi[8];
                 __m256i total = _mm256_setzero_si256();
                 for (int j = 0; j < 8; ++j) {
-                    __m256 r = _mm256_round_ps(_mm256_mul_ps(v[j0 + j], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    __m256 r = _mm256_mul_ps(v[j0 + j], vinv);
+                    r = _mm256_round_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // nearest even
                     r = _mm256_min_ps(_mm256_max_ps(r, bottom), top);
                     qi[j] = _mm256_cvtps_epi32(r);
                     total = _mm256_add_epi32(total, qi[j]);
