@@ -164,14 +164,31 @@ def test_a_long_context_splits_positions_where_the_heads_do_not_share_the_team_e
         ids = tokens(1, 1400, seed=8)
         native.prefill(ids), plain.prefill(ids)
         native.head = plain.head = lambda hidden: hidden
-        # 1401 positions x heads x head_dim >= 2^18 products: on the team
-        assert 1401 * heads * head_dim >= 2 ** 18
+        # 1401 positions x heads x head_dim >= 2^18 products: on the team, each head's context in
+        # as many parts as even out the threads' shares (1 head on 2 or 3 threads, 3 on 2)
+        parts = cpu_kernels._require().pnl_attention_parts(1, heads, kv_heads, head_dim, 1401, threads)
+        assert parts == {(1, 2): 2, (3, 2): 2, (1, 3): 3}[kv_heads, threads]
         for fed in (torch.tensor([7]), torch.tensor([2])):
             _agree(native.step(fed).float(), plain.step(fed).float(), dtype)
     finally:
         cpu_kernels.use_torch_threads(True)
         cpu_kernels.set_min_part_weights(threshold)
         torch.set_num_threads(before)
+
+
+def test_attention_splits_by_positions_only_where_the_heads_share_the_team_unevenly() -> None:
+    """The block's choice: on the calling thread below 2^18 products or on one thread; else one
+    part per key/value head where the heads fill the threads evenly, more where they do not, no
+    part under 64 positions, at most 64 parts."""
+    parts = cpu_kernels._require().pnl_attention_parts
+    assert parts(1, 9, 3, 64, 128, 2) == 0  # SmolLM2 at 128 positions: 74K products
+    assert parts(1, 9, 3, 64, 2000, 1) == 0  # one thread
+    assert parts(1, 9, 3, 64, 2000, 2) == 2  # three heads on two threads
+    assert parts(1, 12, 2, 128, 2000, 2) == 1  # Qwen2.5-1.5B: two heads, two threads
+    assert parts(2, 8, 2, 24, 1401, 2) == 1  # four items on two threads
+    assert parts(1, 64, 1, 128, 100, 2) == 1  # parts of 50 positions: too short
+    assert parts(1, 64, 1, 128, 100000, 96) == 64  # capped
+    assert parts(0, 9, 3, 64, 2000, 2) == -2
 
 
 def _agree(got: torch.Tensor, expected: torch.Tensor, dtype: str) -> None:

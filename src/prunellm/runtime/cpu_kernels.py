@@ -132,6 +132,9 @@ def _load() -> ctypes.CDLL | None:
         # (block, x, batch, dtype, cos, sin, pos, threads, level): runtime/decode_block.py
         lib.pnl_decode_block.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
                                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+        # (batch, heads, kv_heads, head_dim, length, threads): decode_block.cpp's attention split
+        lib.pnl_attention_parts.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int]
+        lib.pnl_attention_parts.restype = ctypes.c_int64
         lib.pnl_kernel_nanoseconds.argtypes = [ctypes.c_int]
         lib.pnl_kernel_nanoseconds.restype = ctypes.c_int64
         lib.pnl_level_supported.argtypes = [ctypes.c_int]

@@ -235,6 +235,13 @@ int64_t split_for(int64_t items, int64_t length, int threads) {
     return parts < 64 ? parts : 64;
 }
 
+// How a step's attention runs: 0 on the calling thread (a short context, or one thread), else
+// on the team in this many parts of each key/value head's context.
+int64_t attention_parts(int64_t batch, int64_t heads, int64_t kv_heads, int64_t dim, int64_t length, int threads) {
+    if (batch * length * heads * dim < kTeamAttentionProducts || threads < 2) return 0;
+    return split_for(batch * kv_heads, length, threads);
+}
+
 bool valid(const PnlBlock* b, int64_t pos) {
     for (const PnlWeight* w : b->proj)
         if (!w) return false;
@@ -316,14 +323,14 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     // evens out the team's shares): on the team once the cache is long enough to be worth a
     // wake-up, else here
     Attention work{b, dt, attend_for(level), q, attn, L, D, H, KV, 1, L, nullptr};
-    if (B * L * H * D >= kTeamAttentionProducts && threads > 1) {
-        work.split = split_for(B * KV, L, threads);
+    if (const int64_t parts = attention_parts(B, H, KV, D, L, threads)) {
+        work.split = parts;
         work.span = (L + work.split - 1) / work.split;
-        thread_local std::vector<float> parts;
+        thread_local std::vector<float> outputs;  // the parts' outputs and statistics
         if (work.split > 1) {
             const int64_t floats_needed = B * KV * work.split * part_floats(work);
-            if ((int64_t)parts.size() < floats_needed) parts.resize(floats_needed);
-            work.parts = parts.data();
+            if ((int64_t)outputs.size() < floats_needed) outputs.resize(floats_needed);
+            work.parts = outputs.data();
         }
         pnl_parallel_for(attend_items, &work, B * KV * work.split, threads);
         if (work.split > 1) merge_parts(work, B);
@@ -359,6 +366,14 @@ PNL_API int pnl_decode_block(const PnlBlock* b, void* x, int64_t batch, int dtyp
     for (int64_t t = 0; t < B; ++t)
         add_projected(dt, (char*)x + t * C * dt.size(), yd + t * C, b->bias[DOWN], C, row);
     return 0;
+}
+
+// attention_parts, for the tests: 0 (attention on the calling thread) or the parts of each
+// key/value head's context a step of these sizes splits attention into; -2 for bad sizes.
+PNL_API int64_t pnl_attention_parts(int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                    int64_t length, int threads) {
+    if (batch < 1 || heads < 1 || kv_heads < 1 || head_dim < 1 || length < 1) return -2;
+    return attention_parts(batch, heads, kv_heads, head_dim, length, threads);
 }
 
 }  // extern "C"
