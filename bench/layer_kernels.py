@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -55,7 +56,14 @@ INT8_LAYOUTS = ["50% bitmask + 4-bit g128", "2:4 + 4-bit g128", "4-bit g128", "8
 
 
 def cpu_description() -> dict[str, str]:
-    return {"model": _cpu_name() or platform.processor() or platform.machine(), "flags": cpu_features()}
+    """The CPU, its features, and the instruction set torch's own products were allowed: an
+    AVX2-only CPU's run can be imitated on a newer one by capping torch (ATEN_CPU_CAPABILITY=avx2,
+    ONEDNN_MAX_CPU_ISA=AVX2) and the kernels (PRUNELLM_CPU_KERNEL=avx2), and the rows say so."""
+    torch_isa = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        torch_isa += f", oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}"
+    return {"model": _cpu_name() or platform.processor() or platform.machine(), "flags": cpu_features(),
+            "torch_isa": torch_isa}
 
 
 def timed(fn, budget_s: float = 0.4, min_runs: int = 5) -> float:
@@ -174,6 +182,7 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
 def print_table(results: list[dict], cpu: dict[str, str], bandwidth: float, isa: str) -> None:
     print(f"CPU: {cpu['model']}; {torch.get_num_threads()} threads; kernels: {isa}")
     print(f"features: {cpu['flags']}")
+    print(f"torch's products: {cpu['torch_isa']}")
     print(f"measured read bandwidth: {bandwidth / 1e9:.1f} GB/s (torch sum over a large buffer)")
     header = f"{'shape':17s} {'T':>3s} {'layout':45s} {'ms':>8s} {'vs dense':>8s} {'MB':>7s} {'GB/s':>6s} {'of bw':>6s}"
     print(header)

@@ -69,6 +69,43 @@ void lay_out(const uint16_t* xb, int tokens, int64_t cp, uint16_t* xq) {
         }
 }
 
+// From this many tokens a call's activations, laid out, outgrow L1 (16 tokens of 4096 columns
+// are 128 KiB) and a walk over whole rows reads all of them again from L2 for every row: 16
+// tokens took 4-5 times as long as 8 on Zen 5 (bench/README.md, "Per-layer CPU kernels"). So
+// kChunk rows walk the columns a panel at a time, each row's sums and source kept in memory
+// between panels, the panel's activations (about kPanelBytes) read from L1 by every row of
+// the chunk.
+constexpr int kPanelTokens = 9;
+constexpr int kChunk = 8;
+constexpr int64_t kPanelBytes = 16384;
+
+// One step's products: RB rows' 64 weights (a, b) against NT tokens' activations laid out at xs.
+template <int NT, int RB, int P>
+inline void products(const __m512bh* a, const __m512bh* b, const uint16_t* xs, __m512 (&part)[RB][NT][P]) {
+    for (int t = 0; t < NT; ++t) {
+        const __m512bh xa = as_bh(_mm512_load_si512((const void*)(xs + t * 64)));
+        const __m512bh xb = as_bh(_mm512_load_si512((const void*)(xs + t * 64 + 32)));
+        for (int i = 0; i < RB; ++i) {
+            part[i][t][0] = _mm512_dpbf16_ps(part[i][t][0], a[i], xa);
+            part[i][t][P - 1] = _mm512_dpbf16_ps(part[i][t][P - 1], b[i], xb);
+        }
+    }
+}
+
+// A scaled source's group end: acc += the group's sums times its scale, the sums reset.
+template <int NT, int RB, int P, class Source>
+inline void fold_group(const Source* src, __m512 (&part)[RB][NT][P], __m512 (&acc)[RB][NT]) {
+    for (int i = 0; i < RB; ++i) {
+        const __m512 s = _mm512_set1_ps(src[i].scale());
+        for (int t = 0; t < NT; ++t) {
+            __m512 sum = part[i][t][0];
+            for (int k = 1; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
+            acc[i][t] = _mm512_fmadd_ps(sum, s, acc[i][t]);
+            for (int k = 0; k < P; ++k) part[i][t][k] = _mm512_setzero_ps();
+        }
+    }
+}
+
 // RB rows and NT tokens at once: one pass over the rows' weights serves every token, and each
 // activation load serves RB rows. P independent sums per row and token when they are few (a
 // vdpbf16ps waits on the previous one into the same sum). A scaled source sums a group into
@@ -90,17 +127,7 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
             for (int k = 0; k < P; ++k) part[i][t][k] = _mm512_setzero_ps();
         }
     }
-    auto fold = [&]() {  // acc += the group's sum times its scale
-        for (int i = 0; i < RB; ++i) {
-            const __m512 s = _mm512_set1_ps(src[i].scale());
-            for (int t = 0; t < NT; ++t) {
-                __m512 sum = part[i][t][0];
-                for (int k = 1; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
-                acc[i][t] = _mm512_fmadd_ps(sum, s, acc[i][t]);
-                for (int k = 0; k < P; ++k) part[i][t][k] = _mm512_setzero_ps();
-            }
-        }
-    };
+    auto fold = [&]() { fold_group<NT, RB, P>(src, part, acc); };
     int64_t next_group = 0, g = 0;
     for (int64_t word = 0; word < words; ++word) {
         const int64_t c = word * 64;
@@ -112,14 +139,7 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
         }
         __m512bh a[RB], b[RB];
         for (int i = 0; i < RB; ++i) src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, a[i], b[i]);
-        for (int t = 0; t < NT; ++t) {
-            const __m512bh xa = as_bh(_mm512_load_si512((const void*)(x + (word * NT + t) * 64)));
-            const __m512bh xb = as_bh(_mm512_load_si512((const void*)(x + (word * NT + t) * 64 + 32)));
-            for (int i = 0; i < RB; ++i) {
-                part[i][t][0] = _mm512_dpbf16_ps(part[i][t][0], a[i], xa);
-                part[i][t][P - 1] = _mm512_dpbf16_ps(part[i][t][P - 1], b[i], xb);
-            }
-        }
+        products<NT, RB, P>(a, b, x + word * NT * 64, part);
     }
     if (Source::kScaled) fold();
     for (int i = 0; i < RB; ++i)
@@ -131,15 +151,94 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
         }
 }
 
+// A row's running state in the panels' walk (below): its source's position, its sums (as
+// block's), its next group.
+template <int NT, int RB, class Source>
+struct Sums {
+    static constexpr int P = NT * RB <= 4 ? 2 : 1;
+    Source src[RB];
+    __m512 part[RB][NT][P], acc[RB][NT];
+    int64_t next_group, g;
+
+    void start(const PnlWeight* w, int64_t r) {
+        next_group = g = 0;
+        for (int i = 0; i < RB; ++i) {
+            src[i].row(w, r + i);
+            for (int t = 0; t < NT; ++t) {
+                acc[i][t] = _mm512_setzero_ps();
+                for (int k = 0; k < P; ++k) part[i][t][k] = _mm512_setzero_ps();
+            }
+        }
+    }
+    void fold() { fold_group<NT, RB, P>(src, part, acc); }
+    void finish(const PnlWeight* w, float* y, int64_t r) {
+        if (Source::kScaled) fold();
+        for (int i = 0; i < RB; ++i)
+            for (int t = 0; t < NT; ++t) {
+                __m512 sum = acc[i][t];
+                if (!Source::kScaled)
+                    for (int k = 0; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
+                y[t * w->rows + r + i] = _mm512_reduce_add_ps(sum);
+            }
+    }
+};
+
+// Steps [word0, word1) of RB rows from r, the activations laid out from word0 on at x. (The
+// compiler stores the sums back to `s` every step; a walk on a copy in registers took 1.5 times
+// as long on Zen 5, with or without its tokens' products reordered; block's loop, walked this
+// way, took 5-8% longer at 8 tokens: it keeps its own.)
+template <int NT, int RB, bool MASKED, class Source>
+inline void walk(const PnlWeight* w, const uint16_t* x, int64_t r, int64_t word0, int64_t word1,
+                 Sums<NT, RB, Source>& s) {
+    constexpr int P = Sums<NT, RB, Source>::P;
+    const int64_t words = w->cols_pad / 64;
+    const bool grouped = w->value_kind == PNL_CODES;
+    const int64_t gs = w->groups == 1 ? w->cols_pad : w->group_size;  // a multiple of 64 (pnl_avx512bf16_reads)
+    const uint64_t* mrow[RB];
+    for (int i = 0; i < RB; ++i) mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
+    for (int64_t word = word0; word < word1; ++word) {
+        const int64_t c = word * 64;
+        if (grouped && c == s.next_group) {
+            if (Source::kScaled && c > 0) s.fold();
+            for (int i = 0; i < RB; ++i) s.src[i].group(w, r + i, s.g < w->groups ? s.g : w->groups - 1);
+            ++s.g;
+            s.next_group += gs;
+        }
+        __m512bh a[RB], b[RB];
+        for (int i = 0; i < RB; ++i) s.src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, a[i], b[i]);
+        products<NT, RB, P>(a, b, x + (word - word0) * NT * 64, s.part);
+    }
+}
+
+template <int NT, bool MASKED, class Source>
+void panels(const PnlWeight* w, const uint16_t* x, float* y, int64_t r0, int64_t r1) {
+    const int64_t words = w->cols_pad / 64;
+    const int64_t step = kPanelBytes / (NT * 128) > 0 ? kPanelBytes / (NT * 128) : 1;  // words a panel
+    Sums<NT, 1, Source> s[kChunk];
+    for (int64_t r = r0; r < r1; r += kChunk) {
+        const int n = (int)(r1 - r < kChunk ? r1 - r : kChunk);
+        for (int i = 0; i < n; ++i) s[i].start(w, r + i);
+        for (int64_t word = 0; word < words; word += step) {
+            const int64_t end = word + step < words ? word + step : words;
+            for (int i = 0; i < n; ++i) walk<NT, 1, MASKED, Source>(w, x + word * NT * 64, r + i, word, end, s[i]);
+        }
+        for (int i = 0; i < n; ++i) s[i].finish(w, y, r + i);
+    }
+}
+
 template <int NT, bool MASKED, class Source>
 void rows(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
     // rows a block: each activation load serves RB rows, while the sums fit the registers
     constexpr int RB = NT == 1 ? 4 : NT <= 3 || (NT <= 8 && !Source::kScaled) ? 2 : 1;
     uint16_t* x = (uint16_t*)scratch;
     lay_out<Source::kOrder>(xb, NT, w->cols_pad, x);
-    int64_t r = r0;
-    for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, y, r);
-    for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r);
+    if constexpr (NT >= kPanelTokens) {
+        panels<NT, MASKED, Source>(w, x, y, r0, r1);
+    } else {
+        int64_t r = r0;
+        for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, y, r);
+        for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r);
+    }
 }
 
 template <class Source>
