@@ -10,8 +10,8 @@ paths. The alternative differs too: a dense layer's is torch's product on its ow
 compressed layer's is expanding the weight for the call, then that product.
 
 The figures are the largest measured token count (of 1, 2, 4, 8, 16) at which the kernel beat
-its alternative at every LLaMA-7B shape, two threads, on the AVX-512 machine of bench/README.md
-("Per-layer CPU kernels", whose crossover table `bench/layer_kernels.py` prints). A CPU with
+its alternative at every LLaMA-7B shape, two threads, on the machines of bench/README.md
+("Per-layer CPU kernels", whose crossover tables `bench/layer_kernels.py` prints). A CPU with
 AMX crosses sooner on the avx512bf16 level with bfloat16 activations: torch's bfloat16 product
 runs on its tiles and costs about the same from 1 to 16 tokens. The amx level's kernels use the
 tiles too and keep ahead to 16 tokens (the Xeon AMX VM's table there). Other CPUs cross
@@ -38,9 +38,10 @@ FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
 # from 1 and 2 tokens, which says nothing of a CPU without them: they keep the untimed limits.
 AVX2_BF16_PATH = {"dense": 1, "values": 2, "4-bit": 16, "8-bit": 16}
 AVX2_LEVEL = "avx2"
-# bfloat16 activations on the avx512bf16 level: a compressed layer's kernel beat expanding it at
-# every count up to 16, a dense layer's beat torch's bfloat16 product up to 4 tokens
-# (bench/README.md's crossover table).
+# bfloat16 activations on the avx512bf16 level of a CPU without AMX: a compressed layer's kernel
+# beat expanding it at every count up to 16, a dense layer's beat torch's bfloat16 product up to
+# 4 tokens (the Zen 5 VM, bench/results/layer_kernels_zen5.json: bench/README.md's crossover
+# table; before the kernel's panels for 9-16 tokens the 4- and 8-bit codes lost at 16 there).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
 # The same on a CPU with AMX (amx_bf16) with the avx512bf16 level forced, against torch's
 # bfloat16 product on AMX tiles: the kernels beat it at every 7B shape up to 1 token dense, 4

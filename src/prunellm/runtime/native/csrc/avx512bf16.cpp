@@ -106,6 +106,19 @@ inline void fold_group(const Source* src, __m512 (&part)[RB][NT][P], __m512 (&ac
     }
 }
 
+// The rows' results: each row and token's sums added across their 16 lanes into y (tokens R
+// apart); a scaled source's sums are in acc (folded), an unscaled one's in part.
+template <int NT, int RB, int P, bool SCALED>
+inline void store_sums(const __m512 (&part)[RB][NT][P], const __m512 (&acc)[RB][NT], float* y, int64_t R, int64_t r) {
+    for (int i = 0; i < RB; ++i)
+        for (int t = 0; t < NT; ++t) {
+            __m512 sum = acc[i][t];
+            if (!SCALED)
+                for (int k = 0; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
+            y[t * R + r + i] = _mm512_reduce_add_ps(sum);
+        }
+}
+
 // RB rows and NT tokens at once: one pass over the rows' weights serves every token, and each
 // activation load serves RB rows. P independent sums per row and token when they are few (a
 // vdpbf16ps waits on the previous one into the same sum). A scaled source sums a group into
@@ -142,13 +155,7 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
         products<NT, RB, P>(a, b, x + word * NT * 64, part);
     }
     if (Source::kScaled) fold();
-    for (int i = 0; i < RB; ++i)
-        for (int t = 0; t < NT; ++t) {
-            __m512 sum = acc[i][t];
-            if (!Source::kScaled)
-                for (int k = 0; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
-            y[t * R + r + i] = _mm512_reduce_add_ps(sum);
-        }
+    store_sums<NT, RB, P, Source::kScaled>(part, acc, y, R, r);
 }
 
 // A row's running state in the panels' walk (below): its source's position, its sums (as
@@ -173,13 +180,7 @@ struct Sums {
     void fold() { fold_group<NT, RB, P>(src, part, acc); }
     void finish(const PnlWeight* w, float* y, int64_t r) {
         if (Source::kScaled) fold();
-        for (int i = 0; i < RB; ++i)
-            for (int t = 0; t < NT; ++t) {
-                __m512 sum = acc[i][t];
-                if (!Source::kScaled)
-                    for (int k = 0; k < P; ++k) sum = _mm512_add_ps(sum, part[i][t][k]);
-                y[t * w->rows + r + i] = _mm512_reduce_add_ps(sum);
-            }
+        store_sums<NT, RB, P, Source::kScaled>(part, acc, y, w->rows, r);
     }
 };
 
