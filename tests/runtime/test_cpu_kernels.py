@@ -147,6 +147,22 @@ def test_bfloat16_activations_sum_as_expand_then_multiply(layers, level, threads
         _close(_float_sums(x, native), x, dense)
 
 
+# Layers wide enough that a call of 9-16 tokens walks them in several panels (avx512bf16.cpp's
+# panels: 8 steps of 64 columns a panel at 16 tokens, 14 at 9), groups ending inside a panel,
+# and 37 rows: chunks of 8 rows and a remainder of 5.
+WIDE_CASES = ["qbitmask:4:128:2304:bfloat16", "qbitmask:4:128:2304", "qnm2-4:4:64:2304:bfloat16",
+              "qquant:8:64:2304:bfloat16", "values"]
+
+
+@pytest.mark.parametrize("case", WIDE_CASES)
+def test_calls_of_nine_to_sixteen_tokens_carry_their_sums_across_panels(level, threads, case) -> None:
+    packed = compress_weight(_pruned(2304, sparsity=0.5).bfloat16()) if case == "values" else _layer(case)
+    dense, native = decompress_weight(packed).float(), cpu_kernels.prepare(packed.spec, packed.tensors)
+    for tokens in (9, 16):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_dense_weight_in_place_with_bfloat16_activations(level, dtype) -> None:
     weight = torch.randn(203, 320, generator=torch.Generator().manual_seed(2)).to(dtype)  # rows not of 16
