@@ -385,6 +385,8 @@ def run_prune(args: argparse.Namespace) -> None:
     if note is not None:
         print(note)
     outcome = _run_job(job, ["prunellm", *args.argv])
+    if group is not None:
+        group.leave()
     if outcome is None:
         return  # not the first process: it evaluates and saves
     if job.note != note:  # the recommended grid fitted to the model's layers once it was loaded

@@ -95,6 +95,14 @@ class Group:
     def barrier(self) -> None:
         dist.barrier()
 
+    def leave(self) -> None:
+        """The end of a run that succeeded everywhere: wait until every rank is done (the first
+        saves and evaluates last), then take the group down together. A rank that tore its group
+        down while another still used it aborted at exit, rarely (Gloo's threads); a rank that
+        fails never gets here, and torchrun stops the rest."""
+        dist.barrier()
+        _shutdown()
+
 
 def solve_cost(rows: int, columns: int) -> float:
     """Rough solver time of an (rows, columns) layer: the inverse Hessian plus the row sweep."""
