@@ -88,6 +88,23 @@ def test_the_int8_kernel_multiplies_the_rounded_activations_by_the_grid(int8_lay
         _close(cpu_kernels.matmul(xb, native), xb.float(), weight, rel=4e-3)
 
 
+# Wider than one panel of 9-16 tokens (int8.cpp's panels: 1024 to 1792 columns), in segments
+# of two steps (groups of 128, or a row of 2304 columns) and of one (groups of 64; a row of 2240,
+# 35 steps, an odd number).
+WIDE_INT8_CASES = ["qbitmask:4:128:2304", "qbitmask:8:64:2240", "qnm2-4:4:128:2304:bfloat16", "qquant:8:128:2304",
+                   "qquant:4:row:2240", "qbitmask:4:row:2304:bfloat16"]
+
+
+@pytest.mark.parametrize("case", WIDE_INT8_CASES)
+def test_calls_of_nine_to_sixteen_tokens_carry_their_sums_across_panels(level, threads, case) -> None:
+    packed = _layer(case)
+    weight, native = _grid_weight(packed), _int8_native(packed)
+    assert reads(native)
+    for tokens in (9, 12, 16):  # 37 rows: chunks of 8 and a remainder
+        x = torch.randn(tokens, weight.shape[1], generator=torch.Generator().manual_seed(tokens)) * 3
+        _close(cpu_kernels.matmul(x, native), x, weight)
+
+
 @pytest.mark.parametrize("case", ["qbitmask:4:128:384", "qnm2-4:4:64:256:bfloat16", "qquant:8:row:200"])
 def test_every_thread_team_gives_the_same_rows(int8_layers, level, threads, case) -> None:
     weight, native = int8_layers[case]

@@ -95,7 +95,7 @@ struct Codes8 {  // 8-bit codes, a byte each
 // group as four bytes (a broadcast load); factors[t * segments + u], scale * the segment's
 // activation scale; and corr[t], the zero point's share, sum over groups of scale * zero * gsum.
 template <int NT, int SEG>
-void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64_t r, int t0, float* corr,
+void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64_t r, float* corr,
                 float* factors, uint32_t* fills) {
     const int64_t words = w->cols_pad / 64, G = w->groups, segments = (words + SEG - 1) / SEG;
     const int64_t gs = G == 1 ? w->cols_pad : w->group_size;
@@ -107,7 +107,7 @@ void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64
         const __mmask16 k = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
         const __m512 zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, z + g)));
         const __m512 sz = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + g), zf);
-        for (int t = 0; t < NT; ++t) c[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(k, gsum + (t0 + t) * G + g), c[t]);
+        for (int t = 0; t < NT; ++t) c[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(k, gsum + t * G + g), c[t]);
     }
     for (int t = 0; t < NT; ++t) corr[t] = _mm512_reduce_add_ps(c[t]);
     int64_t u = 0;
@@ -120,11 +120,16 @@ void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64
             const __m512i zi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, z + u));
             _mm512_mask_storeu_epi32(fills + u, k, _mm512_mullo_epi32(zi, four));
             const __m512 sv = _mm512_maskz_loadu_ps(k, s + u);
-            const int64_t left = (words - 2 * u + 1) / 2;  // segments from u on, whose first steps are gathered
-            const __mmask16 kx = left >= 16 ? k : (__mmask16)(k & ((1u << left) - 1));
+            // each segment's first step's activation scale: the even ones of the steps' scales
+            // from 2u on, two loads and a vpermt2ps (a gather of them was a fifth of a 16-token
+            // call's time on Zen 5)
+            const int64_t left = words - 2 * u;  // steps from 2u on: every segment's first among them
+            const __mmask16 k0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            const __mmask16 k1 = left >= 32 ? (__mmask16)0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
             for (int t = 0; t < NT; ++t) {
-                const float* xs = x->scale + (t0 + t) * words + 2 * u;
-                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), kx, evens, xs, 4);
+                const float* xs = x->scale + t * words + 2 * u;
+                const __m512 xv = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k0, xs), evens,
+                                                         _mm512_maskz_loadu_ps(k1, xs + 16));
                 _mm512_mask_storeu_ps(factors + t * segments + u, k, _mm512_mul_ps(sv, xv));
             }
         }
@@ -133,18 +138,47 @@ void row_tables(const PnlWeight* w, const PnlQuantX* x, const float* gsum, int64
     for (; u < segments; ++u) {
         const int64_t g = u * SEG * 64 / gs < G ? u * SEG * 64 / gs : G - 1;
         fills[u] = (uint32_t)z[g] * 0x01010101u;
-        for (int t = 0; t < NT; ++t) factors[t * segments + u] = s[g] * x->scale[(t0 + t) * words + u * SEG];
+        for (int t = 0; t < NT; ++t) factors[t * segments + u] = s[g] * x->scale[t * words + u * SEG];
     }
 }
 
-// RB rows and NT tokens (t0 on) at once, NT <= 8, in segments of SEG steps (2: groups of a
-// multiple of 128 columns, a whole number of the activations' blocks; 1: the other groups). The
-// int32 sums are carried over a segment, which takes two registers per row and token (acc and
-// carried); tables: RB * (NT + 1) * segments floats of scratch (row_tables).
+// Segment u (`steps` steps) of RB rows for NT tokens (t0 on): the rows' codes against the
+// tokens' int8 activations, int32 sums carried over the segment (two registers per row and token:
+// acc and carried), then converted and added to acc times the segment's factor. factors: (RB,
+// NT, segments) from the rows' tables, fills: (RB, segments).
 template <int NT, int RB, int SEG, bool MASKED, class Source>
-void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r, int t0, float* tables) {
-    static_assert(NT <= 8, "16 tokens' carried sums would not fit the registers: two passes (rows_in_two)");
-    const int64_t words = w->cols_pad / 64, R = w->rows, T = x->tokens;
+__attribute__((always_inline)) inline void segment(const PnlQuantX* x, int t0, int64_t u, int steps, int64_t segments,
+                                                   Source (&src)[RB], const uint64_t* const (&mrow)[RB],
+                                                   __m512 (&acc)[RB][NT], const float* factors, const uint32_t* fills) {
+    const int64_t T = x->tokens;
+    __m512i fill[RB], carried[RB][NT];
+    for (int i = 0; i < RB; ++i) {
+        src[i].prefetch_ahead(MASKED ? mrow[i] + u * SEG : nullptr);
+        fill[i] = _mm512_set1_epi32((int)fills[i * segments + u]);
+        for (int t = 0; t < NT; ++t) carried[i][t] = _mm512_setzero_si512();
+    }
+    for (int k = 0; k < steps; ++k) {
+        const int64_t word = u * SEG + k;
+        __m512i codes[RB];
+        for (int i = 0; i < RB; ++i) codes[i] = src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, fill[i]);
+        for (int t = 0; t < NT; ++t) {
+            const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * T + t0 + t) * 64));
+            for (int i = 0; i < RB; ++i) carried[i][t] = _mm512_dpbusd_epi32(carried[i][t], codes[i], xv);
+        }
+    }
+    for (int i = 0; i < RB; ++i)
+        for (int t = 0; t < NT; ++t)
+            acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(carried[i][t]),
+                                        _mm512_set1_ps(factors[(i * NT + t) * segments + u]), acc[i][t]);
+}
+
+// RB rows and NT tokens at once, NT <= 8, in segments of SEG steps (2: groups of a multiple of
+// 128 columns, a whole number of the activations' blocks; 1: the other groups); tables: RB * (NT
+// + 1) * segments floats of scratch (row_tables).
+template <int NT, int RB, int SEG, bool MASKED, class Source>
+void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, int64_t r, float* tables) {
+    static_assert(NT <= 8, "16 tokens' carried sums would not fit the registers: two lanes (panels)");
+    const int64_t words = w->cols_pad / 64, R = w->rows;
     const int64_t whole = words / SEG, segments = (words + SEG - 1) / SEG;
     float* factors = tables;                                      // (RB, NT, segments)
     uint32_t* fills = (uint32_t*)(tables + RB * NT * segments);  // (RB, segments)
@@ -159,7 +193,7 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
     }
     float corr[RB][NT];
     for (int i = 0; i < RB; ++i)
-        row_tables<NT, SEG>(w, x, gsum, r + i, t0, corr[i], factors + i * NT * segments, fills + i * segments);
+        row_tables<NT, SEG>(w, x, gsum, r + i, corr[i], factors + i * NT * segments, fills + i * segments);
     Source src[RB];
     const uint64_t* mrow[RB];
     __m512 acc[RB][NT];
@@ -168,31 +202,12 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
         mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
         for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
     }
-    auto segment = [&](int64_t u, int steps) __attribute__((always_inline)) {
-        __m512i fill[RB], carried[RB][NT];
-        for (int i = 0; i < RB; ++i) {
-            src[i].prefetch_ahead(MASKED ? mrow[i] + u * SEG : nullptr);
-            fill[i] = _mm512_set1_epi32((int)fills[i * segments + u]);
-            for (int t = 0; t < NT; ++t) carried[i][t] = _mm512_setzero_si512();
-        }
-        for (int k = 0; k < steps; ++k) {
-            const int64_t word = u * SEG + k;
-            __m512i codes[RB];
-            for (int i = 0; i < RB; ++i) codes[i] = src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, fill[i]);
-            for (int t = 0; t < NT; ++t) {
-                const __m512i xv = _mm512_load_si512((const void*)(x->q + (word * T + t0 + t) * 64));
-                for (int i = 0; i < RB; ++i) carried[i][t] = _mm512_dpbusd_epi32(carried[i][t], codes[i], xv);
-            }
-        }
-        for (int i = 0; i < RB; ++i)
-            for (int t = 0; t < NT; ++t)
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(carried[i][t]),
-                                            _mm512_set1_ps(factors[(i * NT + t) * segments + u]), acc[i][t]);
-    };
-    for (int64_t u = 0; u < whole; ++u) segment(u, SEG);
-    if (whole < segments) segment(whole, 1);  // an odd number of steps: the last block has one
+    for (int64_t u = 0; u < whole; ++u)
+        segment<NT, RB, SEG, MASKED, Source>(x, 0, u, SEG, segments, src, mrow, acc, factors, fills);
+    if (whole < segments)  // an odd number of steps: the last block has one
+        segment<NT, RB, SEG, MASKED, Source>(x, 0, whole, 1, segments, src, mrow, acc, factors, fills);
     for (int i = 0; i < RB; ++i)
-        for (int t = 0; t < NT; ++t) y[(t0 + t) * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
+        for (int t = 0; t < NT; ++t) y[t * R + r + i] = _mm512_reduce_add_ps(acc[i][t]) - corr[i][t];
 }
 
 template <int NT, int SEG, bool MASKED, class Source>
@@ -201,19 +216,78 @@ void rows_of(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64
     const float* gsum = pnl_int8_group_sums(w, x, scratch);
     float* tables = (float*)pnl_int8_tables_in(w, x->tokens, scratch);
     int64_t r = r0;
-    for (; r + RB <= r1; r += RB) block<NT, RB, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
-    for (; r < r1; ++r) block<NT, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
+    for (; r + RB <= r1; r += RB) block<NT, RB, SEG, MASKED, Source>(w, x, gsum, y, r, tables);
+    for (; r < r1; ++r) block<NT, 1, SEG, MASKED, Source>(w, x, gsum, y, r, tables);
 }
 
-// 9 to 16 tokens: each row in two passes of NT1 and NT2 tokens, the second reading the row's
-// codes again from L1 (converting 16 tokens' sums every step instead took twice as long).
+// A row's state for NT of a call's tokens (t0 on) between panels: its codes' position and its
+// float32 sums.
+template <int NT, class Source>
+struct Lane {
+    Source src[1];
+    const uint64_t* mrow[1];
+    __m512 acc[1][NT];
+
+    void start(const PnlWeight* w, int64_t r) {
+        src[0].row(w, r);
+        mrow[0] = w->has_mask ? w->mask + r * (w->cols_pad / 64) : nullptr;
+        for (int t = 0; t < NT; ++t) acc[0][t] = _mm512_setzero_ps();
+    }
+};
+
+// 9 to 16 tokens. A token's carried and float sums take two registers, so a row walks its codes
+// twice, for NT1 and then NT2 tokens (two lanes; the second reads the codes from L1: converting
+// 16 tokens' sums every step instead took twice as long). Laid out, 16 tokens' activations of
+// 4096 columns are 64 KiB, more than L1: a walk over whole rows read them again from L2 for each
+// row, and 16 tokens took 2.3-2.9 times as long as 8 on Zen 5 (for twice the arithmetic). So,
+// as the bfloat16 kernel does, PNL_INT8_PANEL_ROWS rows walk the columns a panel (about
+// kPanelBytes of activations) at a time, each row's lanes kept in memory between panels
+// (bench/README.md, "Per-layer CPU kernels").
+constexpr int64_t kPanelBytes = 16384;
+
+// Segments [u0, u1) of a lane (the last of an odd number of steps has one).
+template <int NT, int SEG, bool MASKED, class Source>
+inline void walk(const PnlQuantX* x, int t0, int64_t u0, int64_t u1, int64_t whole, int64_t segments,
+                 Lane<NT, Source>& lane, const float* factors, const uint32_t* fills) {
+    const int64_t end = u1 < whole ? u1 : whole;
+    for (int64_t u = u0; u < end; ++u)
+        segment<NT, 1, SEG, MASKED, Source>(x, t0, u, SEG, segments, lane.src, lane.mrow, lane.acc, factors, fills);
+    if (u1 > whole) segment<NT, 1, SEG, MASKED, Source>(x, t0, whole, 1, segments, lane.src, lane.mrow, lane.acc, factors, fills);
+}
+
 template <int NT1, int NT2, int SEG, bool MASKED, class Source>
-void rows_in_two(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+void panels(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t r1, uint8_t* scratch) {
+    constexpr int NT = NT1 + NT2, rows = PNL_INT8_PANEL_ROWS;
+    const int64_t words = w->cols_pad / 64, R = w->rows;
+    const int64_t whole = words / SEG, segments = (words + SEG - 1) / SEG;
+    const int64_t per = kPanelBytes / (NT * 64 * SEG) > 0 ? kPanelBytes / (NT * 64 * SEG) : 1;  // segments a panel
     const float* gsum = pnl_int8_group_sums(w, x, scratch);
-    float* tables = (float*)pnl_int8_tables_in(w, x->tokens, scratch);
-    for (int64_t r = r0; r < r1; ++r) {
-        block<NT1, 1, SEG, MASKED, Source>(w, x, gsum, y, r, 0, tables);
-        block<NT2, 1, SEG, MASKED, Source>(w, x, gsum, y, r, NT1, tables);
+    float* factors = (float*)pnl_int8_tables_in(w, x->tokens, scratch);  // (rows, NT, segments)
+    uint32_t* fills = (uint32_t*)(factors + rows * NT * segments);        // (rows, segments)
+    Lane<NT1, Source> first[rows];
+    Lane<NT2, Source> second[rows];
+    float corr[rows][NT];
+    for (int64_t r = r0; r < r1; r += rows) {
+        const int n = (int)(r1 - r < rows ? r1 - r : rows);
+        for (int i = 0; i < n; ++i) {
+            row_tables<NT, SEG>(w, x, gsum, r + i, corr[i], factors + i * NT * segments, fills + i * segments);
+            first[i].start(w, r + i);
+            second[i].start(w, r + i);
+        }
+        for (int64_t u0 = 0; u0 < segments; u0 += per) {
+            const int64_t u1 = u0 + per < segments ? u0 + per : segments;
+            for (int i = 0; i < n; ++i) {
+                const float* f = factors + i * NT * segments;
+                walk<NT1, SEG, MASKED>(x, 0, u0, u1, whole, segments, first[i], f, fills + i * segments);
+                walk<NT2, SEG, MASKED>(x, NT1, u0, u1, whole, segments, second[i], f + NT1 * segments,
+                                       fills + i * segments);
+            }
+        }
+        for (int i = 0; i < n; ++i) {
+            for (int t = 0; t < NT1; ++t) y[t * R + r + i] = _mm512_reduce_add_ps(first[i].acc[0][t]) - corr[i][t];
+            for (int t = 0; t < NT2; ++t)
+                y[(NT1 + t) * R + r + i] = _mm512_reduce_add_ps(second[i].acc[0][t]) - corr[i][NT1 + t];
+        }
     }
 }
 
@@ -222,10 +296,10 @@ void rows(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t r0, int64_t 
     const int64_t gs = w->groups == 1 ? w->cols_pad : w->group_size;  // a multiple of 64 (pnl_int8_reads)
     if (gs % 128 == 0) {
         if constexpr (NT <= 8) rows_of<NT, 2, MASKED, Source>(w, x, y, r0, r1, scratch);
-        else rows_in_two<NT - NT / 2, NT / 2, 2, MASKED, Source>(w, x, y, r0, r1, scratch);
+        else panels<NT - NT / 2, NT / 2, 2, MASKED, Source>(w, x, y, r0, r1, scratch);
     } else {
         if constexpr (NT <= 8) rows_of<NT, 1, MASKED, Source>(w, x, y, r0, r1, scratch);
-        else rows_in_two<NT - NT / 2, NT / 2, 1, MASKED, Source>(w, x, y, r0, r1, scratch);
+        else panels<NT - NT / 2, NT / 2, 1, MASKED, Source>(w, x, y, r0, r1, scratch);
     }
 }
 

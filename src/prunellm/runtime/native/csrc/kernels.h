@@ -82,6 +82,8 @@ int pnl_int8_reads(const PnlWeight* w);
 typedef void (*PnlKernelInt8)(const PnlWeight* w, const PnlQuantX* x, float* y, int64_t row_begin, int64_t row_end,
                               uint8_t* scratch);
 size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens);
+// Rows that walk a call of 9-16 tokens together, a panel of columns at a time (int8.cpp).
+#define PNL_INT8_PANEL_ROWS 8
 // The vector kernels' shared parts of scratch (quantized_x.cpp): the per-call table gsum (T, G),
 // for each token and group the sum over the group's steps of x.scale * sum(q), written into
 // scratch; and where a kernel's own part of scratch starts, after it.

@@ -85,10 +85,13 @@ extern "C" int pnl_int8_reads(const PnlWeight* w) {
 // The vector kernels' scratch (int8.cpp, int8_avx2.cpp): per call, for each token and group, the
 // sum over the group's steps of scale * sum(q) (the zero point's term), tokens x groups floats;
 // then (pnl_int8_tables_in) a block of rows' tables, at most 12 floats a step (rows x tokens <= 8
-// factors and at most 4 rows' fills per segment of 1 or 2 steps), or a row's codes spread to
-// bytes (cols_pad, and 128 for loads past the end).
+// factors and at most 4 rows' fills per segment of 1 or 2 steps), from 9 tokens a panel's rows'
+// tables ((tokens + 1) floats a row and segment), or a row's codes spread to bytes (cols_pad,
+// and 128 for loads past the end).
 extern "C" size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens) {
-    return aligned((size_t)tokens * w->groups * sizeof(float)) + (size_t)w->cols_pad + 128 + 64;
+    const size_t spread = (size_t)w->cols_pad + 128;
+    const size_t panel = tokens > 8 ? (size_t)PNL_INT8_PANEL_ROWS * (tokens + 1) * (w->cols_pad / 64) * sizeof(float) : 0;
+    return aligned((size_t)tokens * w->groups * sizeof(float)) + (spread > panel ? spread : panel) + 64;
 }
 
 extern "C" uint8_t* pnl_int8_tables_in(const PnlWeight* w, int tokens, uint8_t* scratch) {
