@@ -135,47 +135,58 @@ def cycled(fn, weights: list) -> float:
 def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, bandwidth: float,
         working_set: int, kernel_x: torch.dtype = torch.bfloat16, only: str | None = None) -> list[dict]:
     results = []
+    names = [n for n in LAYOUTS if only is None or only in n] + \
+        [n + INT8 for n in INT8_LAYOUTS if only is None or only in n + INT8]
     for shape_name, (rows, cols) in shapes.items():
         base = torch.randn(rows, cols)
         fp32 = [base.clone() for _ in range(copies_for(rows * cols * 4, working_set))]
         bf16 = [base.to(torch.bfloat16) for _ in range(copies_for(rows * cols * 2, working_set))]
         in_place = [cpu_kernels.prepare_dense(w) for w in bf16]  # the dense bf16 copies, read by the kernels
-        natives = {}
-        for name in [n for n in LAYOUTS if only is None or only in n] + \
-                [n + INT8 for n in INT8_LAYOUTS if only is None or only in n + INT8]:
+        xs = {count: torch.randn(count, cols) for count in tokens}
+        timed_rows: dict[int, list[tuple[str, float, int]]] = {}
+        alternative: dict[tuple[int, str], float] = {}
+        for count, x in xs.items():
+            x16 = x.to(torch.bfloat16)
+            xk = x.to(kernel_x)  # the kernels' activations: a bfloat16 forward hands them bfloat16
+            t16 = cycled(lambda w: F.linear(x16, w), bf16)
+            timed_rows[count] = [("dense fp32 (torch)", cycled(lambda w: F.linear(x, w), fp32), rows * cols * 4),
+                                 ("dense bf16 (torch)", t16, rows * cols * 2),
+                                 ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(xk, w), in_place),
+                                  rows * cols * 2)]
+            # the kernel's alternative in the runtime: torch's product on the dense weight, or for a
+            # compressed layer the weight expanded for the call first (runtime/linear.py)
+            alternative[count, "dense bf16 (kernel)"] = t16
+        # One layout's copies at a time (each fills the working set): all of them at once took
+        # 16 GiB at 1 GiB each.
+        for name in names:
             packed = layer(name.removesuffix(INT8), rows, cols)
             first = cpu_kernels.prepare(packed.spec, packed.tensors)
             # each prepare repacks into buffers of its own: distinct memory per copy
-            natives[name] = [first] + [cpu_kernels.prepare(packed.spec, packed.tensors)
-                                       for _ in range(copies_for(first.nbytes, working_set) - 1)]
-            for native in natives[name]:
+            weights = [first] + [cpu_kernels.prepare(packed.spec, packed.tensors)
+                                 for _ in range(copies_for(first.nbytes, working_set) - 1)]
+            for native in weights:
                 native.int8_activations = name.endswith(INT8)
-        for count in tokens:
-            x = torch.randn(count, cols)
-            x16 = x.to(torch.bfloat16)
-            xk = x.to(kernel_x)  # the kernels' activations: a bfloat16 forward hands them bfloat16
-            t32 = cycled(lambda w: F.linear(x, w), fp32)
-            t16 = cycled(lambda w: F.linear(x16, w), bf16)
-            dense = min(t32, t16)
-            dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
-            rows_out = [("dense fp32 (torch)", t32, rows * cols * 4), ("dense bf16 (torch)", t16, rows * cols * 2),
-                        ("dense bf16 (kernel)", cycled(lambda w: cpu_kernels.matmul(xk, w), in_place), rows * cols * 2)]
-            # the kernel's alternative in the runtime: torch's product on the dense weight, or for a
-            # compressed layer the weight expanded for the call first (runtime/linear.py)
-            alternative = {"dense bf16 (kernel)": t16}
-            for name, weights in natives.items():
-                rows_out.append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights), weights[0].nbytes))
+            for count, x in xs.items():
+                xk = x.to(kernel_x)
+                timed_rows[count].append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights),
+                                          weights[0].nbytes))
                 # with int8 activations the expanded call rounds them first too (runtime/linear.py)
                 xa = round_activations(xk).to(xk.dtype) if name.endswith(INT8) else xk
-                alternative[name] = cycled(lambda w: F.linear(xa, cpu_kernels.expand_for_call(w).to(xk.dtype)), weights)
-            for name, seconds, nbytes in rows_out:
+                alternative[count, name] = cycled(
+                    lambda w: F.linear(xa, cpu_kernels.expand_for_call(w).to(xk.dtype)), weights)
+            del weights, first
+        for count, measured in timed_rows.items():
+            t32, t16 = measured[0][1], measured[1][1]
+            dense = min(t32, t16)
+            dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
+            for name, seconds, nbytes in measured:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
                                 "gb_s": nbytes / seconds / 1e9, "of_bandwidth": nbytes / seconds / bandwidth,
                                 "dense_bytes": dense_bytes, "threads": threads})
-                if name in alternative:
-                    results[-1]["alternative_ms"] = alternative[name] * 1e3
-        del fp32, bf16, in_place, natives
+                if (count, name) in alternative:
+                    results[-1]["alternative_ms"] = alternative[count, name] * 1e3
+        del fp32, bf16, in_place
     return results
 
 
