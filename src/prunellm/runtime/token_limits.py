@@ -31,17 +31,20 @@ MOST_TOKENS = 16  # no limit is above this (the kernels' tests go to 16 tokens)
 AVX512_PATH = {"dense": 1, "values": 16, "4-bit": 16, "8-bit": 16}
 # AVX2 and portable kernels: not timed against the expanded alternative on an AVX2-only machine.
 FLOAT32_PATH = {"dense": 1, "values": 2, "4-bit": 2, "8-bit": 2}
-# bfloat16 activations on the avx2 level, measured with that level forced on the Xeon AMX VM
-# (bench/results/layer_kernels_xeon_avx2.json): 4- and 8-bit codes beat expanding the layer
-# at every 7B shape up to 16 tokens, even with torch's product on AMX tiles (where an AVX2-only
-# CPU's bfloat16 product is slower still); the dense and stored-value kernels lost to AMX tiles
-# from 1 and 2 tokens, which says nothing of a CPU without them: they keep the untimed limits.
-AVX2_BF16_PATH = {"dense": 1, "values": 2, "4-bit": 16, "8-bit": 16}
+# bfloat16 activations on the avx2 level, the level of CPUs without AVX-512. On an AVX2-only CPU
+# imitated on the Zen 5 VM (the level forced, torch capped at AVX2:
+# bench/results/layer_kernels_zen5_avx2only.json, 1 and 16 tokens) every compressed kernel beat
+# expanding the layer at every 7B shape at both counts (stored values 2.0-2.9x at 16), the dense
+# kernel beat torch's bfloat16 product at 1 token at two shapes of three (0.75-1.17x). Forced on
+# the Xeon AMX VM (bench/results/layer_kernels_xeon_avx2.json, torch on AMX tiles) the stored
+# values lost to expanding at 16 tokens at two shapes: not a CPU that runs this level.
+AVX2_BF16_PATH = {"dense": 1, "values": 16, "4-bit": 16, "8-bit": 16}
 AVX2_LEVEL = "avx2"
 # bfloat16 activations on the avx512bf16 level of a CPU without AMX: a compressed layer's kernel
 # beat expanding it at every count up to 16, a dense layer's beat torch's bfloat16 product up to
-# 4 tokens (the Zen 5 VM, bench/results/layer_kernels_zen5.json: bench/README.md's crossover
-# table; before the kernel's panels for 9-16 tokens the 4- and 8-bit codes lost at 16 there).
+# 2 tokens and was level or ahead at 4 (0.99-1.72x; 1.05-1.52x in an earlier run), behind at 8
+# (the Zen 5 VM, bench/results/layer_kernels_zen5.json: bench/README.md's crossover table; before
+# the kernel's panels for 9-16 tokens the 4- and 8-bit codes lost at 16 there).
 BF16_DOT_PATH = {"dense": 4, "values": 16, "4-bit": 16, "8-bit": 16}
 # The same on a CPU with AMX (amx_bf16) with the avx512bf16 level forced, against torch's
 # bfloat16 product on AMX tiles: the kernels beat it at every 7B shape up to 1 token dense, 4
@@ -55,8 +58,8 @@ AMX_BF16_DOT_PATH = {"dense": 1, "values": 4, "4-bit": 8, "8-bit": 8}
 AMX_TILE_PATH = {"dense": 16, "values": 16, "4-bit": 16, "8-bit": 16}
 # Int8 activations (runtime/int8_activations.py), whatever the activations' dtype, by the kernel
 # that runs them (cpu_kernels.int8_kernel()): the VNNI kernel beat the expanded product on
-# rounded activations at every 7B shape up to 16 tokens (bench/README.md's crossover table,
-# "(int8 activations)" rows); the AVX2 one, forced on the same Xeon, beat it at 1 and at 16
+# rounded activations at every 7B shape up to 16 tokens (bench/README.md's crossover tables,
+# "(int8 activations)" rows: the Xeon's, and the Zen 5 VM's since the int8 kernel's panels); the AVX2 one, forced on the same Xeon, beat it at 1 and at 16
 # tokens (bench/results/layer_kernels_xeon_avx2_int8.json; 2-15 not timed); the scalar kernel
 # of CPUs without AVX2 is not timed against it (a guess, as FLOAT32_PATH's).
 INT8_LIMITS = {"vnni": 16, "avx2": 16, "scalar": 1}
