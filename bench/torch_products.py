@@ -65,6 +65,11 @@ def main() -> None:
         done = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env={**env, **caps},
                               capture_output=True, text=True, check=True)
         results[name] = json.loads(done.stdout)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from layer_kernels import cpu_description
+
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']}; features: {cpu['flags']}")
     print(f"{rows}x{cols}, {args.threads} threads, {args.working_set_mib} MiB of copies; ms a call (x the default)")
     for dtype in ("bfloat16", "float32"):
         for count in args.tokens:

@@ -59,8 +59,9 @@ AMX_TILE_PATH = {"dense": 16, "values": 16, "4-bit": 16, "8-bit": 16}
 # Int8 activations (runtime/int8_activations.py), whatever the activations' dtype, by the kernel
 # that runs them (cpu_kernels.int8_kernel()): the VNNI kernel beat the expanded product on
 # rounded activations at every 7B shape up to 16 tokens (bench/README.md's crossover tables,
-# "(int8 activations)" rows: the Xeon's, and the Zen 5 VM's since the int8 kernel's panels); the AVX2 one, forced on the same Xeon, beat it at 1 and at 16
-# tokens (bench/results/layer_kernels_xeon_avx2_int8.json; 2-15 not timed); the scalar kernel
+# "(int8 activations)" rows: the Xeon's, and the Zen 5 VM's since the int8 kernel's panels); the
+# AVX2 one, forced on the Xeon, beat it at 1 and at 16 tokens
+# (bench/results/layer_kernels_xeon_avx2_int8.json; 2-15 not timed); the scalar kernel
 # of CPUs without AVX2 is not timed against it (a guess, as FLOAT32_PATH's).
 INT8_LIMITS = {"vnni": 16, "avx2": 16, "scalar": 1}
 AVX512_LEVELS = ("avx512", "avx512bf16", "amx")

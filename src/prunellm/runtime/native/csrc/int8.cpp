@@ -252,7 +252,8 @@ inline void walk(const PnlQuantX* x, int t0, int64_t u0, int64_t u1, int64_t who
     const int64_t end = u1 < whole ? u1 : whole;
     for (int64_t u = u0; u < end; ++u)
         segment<NT, 1, SEG, MASKED, Source>(x, t0, u, SEG, segments, lane.src, lane.mrow, lane.acc, factors, fills);
-    if (u1 > whole) segment<NT, 1, SEG, MASKED, Source>(x, t0, whole, 1, segments, lane.src, lane.mrow, lane.acc, factors, fills);
+    if (u1 > whole)
+        segment<NT, 1, SEG, MASKED, Source>(x, t0, whole, 1, segments, lane.src, lane.mrow, lane.acc, factors, fills);
 }
 
 template <int NT1, int NT2, int SEG, bool MASKED, class Source>

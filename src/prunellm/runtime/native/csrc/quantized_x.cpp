@@ -90,7 +90,8 @@ extern "C" int pnl_int8_reads(const PnlWeight* w) {
 // and 128 for loads past the end).
 extern "C" size_t pnl_int8_scratch_bytes(const PnlWeight* w, int tokens) {
     const size_t spread = (size_t)w->cols_pad + 128;
-    const size_t panel = tokens > 8 ? (size_t)PNL_INT8_PANEL_ROWS * (tokens + 1) * (w->cols_pad / 64) * sizeof(float) : 0;
+    const size_t steps = (size_t)w->cols_pad / 64;
+    const size_t panel = tokens > 8 ? (size_t)PNL_INT8_PANEL_ROWS * (tokens + 1) * steps * sizeof(float) : 0;
     return aligned((size_t)tokens * w->groups * sizeof(float)) + (spread > panel ? spread : panel) + 64;
 }
 
