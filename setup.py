@@ -88,6 +88,6 @@ class BuildNative(build_ext):
 
 native = Extension("prunellm.runtime.native._prunellm_cpu", sources=[f"{CSRC}/{name}" for name in SOURCES],
                    depends=[f"{CSRC}/{name}" for name in ("kernels.h", "attend.inc", "bf16_sources.inc",
-                                                          "avx2_sum.inc")], language="c++")
+                                                          "prefetch.inc", "avx2_sum.inc")], language="c++")
 
 setup(ext_modules=[native], cmdclass={"build_ext": BuildNative})

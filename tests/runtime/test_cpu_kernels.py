@@ -163,6 +163,25 @@ def test_calls_of_nine_to_sixteen_tokens_carry_their_sums_across_panels(level, t
         _close(_float_sums(x, native), x, dense)
 
 
+# Rows longer than a block's prefetch floor (bf16_sources.inc, prefetch.inc): each stream is
+# prefetched where it is read a block of rows on, clipped at the last row (37 rows: the last
+# blocks reach past it), at 1 and 2 tokens (blocks of 4 and 2 rows) and 9 (chunks of panels).
+LONG_CASES = ["values:0.5", "values:0.7", "qbitmask:4:128:8960:bfloat16", "qnm2-4:4:128:8960:bfloat16",
+              "qquant:8:128:8960:bfloat16"]
+
+
+@pytest.mark.parametrize("case", LONG_CASES)
+def test_long_rows_sum_as_expand_then_multiply(level, threads, case) -> None:
+    if case.startswith("values"):
+        packed = compress_weight(_pruned(8960, sparsity=float(case.split(":")[1])).bfloat16())
+    else:
+        packed = _layer(case)
+    dense, native = decompress_weight(packed).float(), cpu_kernels.prepare(packed.spec, packed.tensors)
+    for tokens in (1, 2, 9):
+        x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_dense_weight_in_place_with_bfloat16_activations(level, dtype) -> None:
     weight = torch.randn(203, 320, generator=torch.Generator().manual_seed(2)).to(dtype)  # rows not of 16

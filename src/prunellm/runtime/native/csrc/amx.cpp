@@ -80,7 +80,7 @@ void block16(const PnlWeight* w, const uint32_t* xq, int tokens, float* y, int64
     Source src[kTileRows];
     const uint64_t* mrow[kTileRows];
     for (int i = 0; i < kTileRows; ++i) {
-        src[i].row(w, r + i);
+        src[i].row(w, r + i, kTileRows);
         mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
     }
     _tile_zero(0);

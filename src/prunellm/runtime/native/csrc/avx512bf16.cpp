@@ -133,7 +133,7 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
     __m512 part[RB][NT][P], acc[RB][NT];
     const uint64_t* mrow[RB];
     for (int i = 0; i < RB; ++i) {
-        src[i].row(w, r + i);
+        src[i].row(w, r + i, RB);
         mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
         for (int t = 0; t < NT; ++t) {
             acc[i][t] = _mm512_setzero_ps();
@@ -170,7 +170,7 @@ struct Sums {
     void start(const PnlWeight* w, int64_t r) {
         next_group = g = 0;
         for (int i = 0; i < RB; ++i) {
-            src[i].row(w, r + i);
+            src[i].row(w, r + i, kChunk);
             for (int t = 0; t < NT; ++t) {
                 acc[i][t] = _mm512_setzero_ps();
                 for (int k = 0; k < P; ++k) part[i][t][k] = _mm512_setzero_ps();
@@ -320,7 +320,7 @@ void expand_rows(const PnlWeight* w, void* out, int64_t r0, int64_t r1) {
     const __m512i ib = _mm512_load_si512((const void*)(Columns<Source::kOrder>::kOrder.word + 32));
     for (int64_t r = r0; r < r1; ++r) {
         Source src;
-        src.row(w, r);
+        src.row(w, r, 1);
         const uint64_t* mrow = MASKED ? w->mask + r * words : nullptr;
         int64_t next_group = 0, g = 0;
         for (int64_t word = 0; word < words; ++word) {

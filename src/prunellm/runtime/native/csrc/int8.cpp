@@ -31,11 +31,9 @@
 
 namespace {
 
-// As bf16_sources.inc, for the same short streams: without it a 4096 x 4096 layer at 50% + 4-bit
-// took 1.5x as long from DRAM on the Xeon of bench/README.md.
-constexpr int kPrefetchBytes = 16384;
-
-inline void prefetch(const void* p, int64_t ahead) { _mm_prefetch((const char*)p + ahead, _MM_HINT_T1); }
+// Without it a 4096 x 4096 layer at 50% + 4-bit took 1.5x as long from DRAM on the Xeon of
+// bench/README.md.
+#include "prefetch.inc"
 
 // The mask word straight into a mask register (a load; see bf16_sources.inc's mask_whole).
 inline __mmask64 mask_whole(const uint64_t* word) {
@@ -50,13 +48,16 @@ template <bool EVEN>
 struct Codes4 {
     const uint8_t* base;
     int64_t p;  // the next code's index
-    void row(const PnlWeight* w, int64_t r) {
+    int64_t q_ahead, m_ahead;
+    void row(const PnlWeight* w, int64_t r, int in_flight) {
         base = (const uint8_t*)w->values;
         p = w->row_start[r];
+        q_ahead = ahead(kPrefetchBytes / 2, stored_in(w, r, in_flight) / 2);
+        m_ahead = mask_ahead(w, in_flight);
     }
     void prefetch_ahead(const uint64_t* mword) {  // once per segment: 2 steps read at most 64 bytes of codes
-        prefetch(base + (p >> 1), kPrefetchBytes / 2);
-        if (mword) prefetch(mword, kPrefetchBytes / 4);
+        prefetch(base + (p >> 1), q_ahead);
+        if (mword) prefetch(mword, m_ahead);
     }
     template <bool MASKED>
     __m512i next(const uint64_t* mword, __m512i fill) {
@@ -77,11 +78,16 @@ struct Codes4 {
 
 struct Codes8 {  // 8-bit codes, a byte each
     const uint8_t* p;
-    void row(const PnlWeight* w, int64_t r) { p = (const uint8_t*)w->values + w->row_start[r]; }
+    int64_t p_ahead, m_ahead;
+    void row(const PnlWeight* w, int64_t r, int in_flight) {
+        p = (const uint8_t*)w->values + w->row_start[r];
+        p_ahead = ahead(kPrefetchBytes, stored_in(w, r, in_flight));
+        m_ahead = mask_ahead(w, in_flight);
+    }
     void prefetch_ahead(const uint64_t* mword) {  // 2 steps read at most 128 bytes
-        prefetch(p, kPrefetchBytes);
-        prefetch(p + 64, kPrefetchBytes);
-        if (mword) prefetch(mword, kPrefetchBytes / 4);
+        prefetch(p, p_ahead);
+        prefetch(p + 64, p_ahead);
+        if (mword) prefetch(mword, m_ahead);
     }
     template <bool MASKED>
     __m512i next(const uint64_t* mword, __m512i fill) {
@@ -198,7 +204,7 @@ void block(const PnlWeight* w, const PnlQuantX* x, const float* gsum, float* y, 
     const uint64_t* mrow[RB];
     __m512 acc[RB][NT];
     for (int i = 0; i < RB; ++i) {
-        src[i].row(w, r + i);
+        src[i].row(w, r + i, RB);
         mrow[i] = MASKED ? w->mask + (r + i) * words : nullptr;
         for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
     }
@@ -229,7 +235,7 @@ struct Lane {
     __m512 acc[1][NT];
 
     void start(const PnlWeight* w, int64_t r) {
-        src[0].row(w, r);
+        src[0].row(w, r, PNL_INT8_PANEL_ROWS);  // a chunk of panels' rows side by side
         mrow[0] = w->has_mask ? w->mask + r * (w->cols_pad / 64) : nullptr;
         for (int t = 0; t < NT; ++t) acc[0][t] = _mm512_setzero_ps();
     }

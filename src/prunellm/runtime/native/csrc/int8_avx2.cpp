@@ -43,9 +43,7 @@ struct RankTable {
 };
 constexpr RankTable kRank{};
 
-constexpr int kPrefetchBytes = 16384;  // as int8.cpp
-
-inline void prefetch(const void* p, int64_t ahead) { _mm_prefetch((const char*)p + ahead, _MM_HINT_T1); }
+#include "prefetch.inc"  // one row at a time: its streams run on into the next row's, a fixed distance
 
 // Row r's codes as bytes: 8-bit ones where they are, 4-bit ones spread into `spread` (at least
 // the row's codes rounded up to 64, and cols_pad: a dense row's last step reads that far).
