@@ -2,10 +2,12 @@
 compressed layouts (runtime/cpu_kernels.py).
 
     python bench/layer_kernels.py [--threads 2] [--tokens 1 2 4 8 16] [--working-set-mib 512] \
-        [--kernel-x bfloat16|float32] [--out bench/results/layer_kernels.json]
+        [--kernel-x bfloat16|float32] [--shapes llama-7b|qwen2.5-1.5b] \
+        [--out bench/results/layer_kernels.json]
 
-Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down) and
-token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), dense
+Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down; or with
+`--shapes qwen2.5-1.5b` the shapes of the whole-model benchmark's Qwen2.5-Coder-1.5B, whose
+rows are shorter and whose down projection's longer) and token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), dense
 bfloat16 through the kernels (read in place, as `prunellm.load` runs a dense layer at decode),
 then each layout through the kernels (activations bfloat16, as a bfloat16 forward hands them,
 which the avx512bf16 level multiplies without widening; --kernel-x float32 for float32 ones),
@@ -46,6 +48,9 @@ from prunellm.runtime.int8_activations import round_activations
 from prunellm.solvers.quant import QuantGrid
 
 SHAPES = {"attn 4096x4096": (4096, 4096), "up 11008x4096": (11008, 4096), "down 4096x11008": (4096, 11008)}
+QWEN_SHAPES = {"q/o 1536x1536": (1536, 1536), "k/v 256x1536": (256, 1536), "gate/up 8960x1536": (8960, 1536),
+               "down 1536x8960": (1536, 8960)}
+SHAPE_SETS = {"llama-7b": SHAPES, "qwen2.5-1.5b": QWEN_SHAPES}
 SMALL = {"small 264x384": (264, 384), "small 520x1024": (520, 1024)}
 LAYOUTS = ["50% bitmask bf16", "70% bitmask bf16", "2:4 bf16", "50% bitmask + 4-bit g128", "2:4 + 4-bit g128",
            "4-bit g128", "8-bit g128"]
@@ -275,6 +280,9 @@ def main() -> None:
                         help="MiB of distinct copies each row cycles through (beyond the last-level cache)")
     parser.add_argument("--kernel-x", choices=["bfloat16", "float32"], default="bfloat16",
                         help="the activations' dtype in the kernels' rows (torch's dense rows take both)")
+    parser.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="llama-7b",
+                        help="whose layer shapes: LLaMA-7B's (issue 28's targets) or the Qwen model's of "
+                        "bench/cpu_model.py")
     parser.add_argument("--only", help="only the layouts whose name holds this text (the dense rows always run)")
     parser.add_argument("--small", action="store_true", help="tiny shapes and buffer: a smoke test, not figures")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -289,7 +297,7 @@ def main() -> None:
     cpu = cpu_description()
     bandwidth = read_bandwidth(0.0625 if args.small else 1.0)
     working_set = (1 if args.small else args.working_set_mib) * 2**20
-    results = run(SMALL if args.small else SHAPES, args.tokens, args.threads, bandwidth, working_set,
+    results = run(SMALL if args.small else SHAPE_SETS[args.shapes], args.tokens, args.threads, bandwidth, working_set,
                   getattr(torch, args.kernel_x), args.only)
     print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
     print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), "
@@ -302,7 +310,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "kernels": cpu_kernels.isa(),
-                                        "kernel_x": args.kernel_x,
+                                        "kernel_x": args.kernel_x, "shapes": "small" if args.small else args.shapes,
                                         "read_bandwidth_gb_s": bandwidth / 1e9, "small": args.small,
                                         "working_set_mib": working_set / 2**20,
                                         "results": results}, indent=1) + "\n")
