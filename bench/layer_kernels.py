@@ -7,10 +7,11 @@ compressed layouts (runtime/cpu_kernels.py).
 
 Per layer shape (LLaMA-7B's: 4096x4096 attention, 11008x4096 gate/up, 4096x11008 down; or with
 `--shapes qwen2.5-1.5b` the shapes of the whole-model benchmark's Qwen2.5-Coder-1.5B, whose
-rows are shorter and whose down projection's longer) and token count: dense float32 and bfloat16 through torch's F.linear (the faster is "dense"), dense
-bfloat16 through the kernels (read in place, as `prunellm.load` runs a dense layer at decode),
-then each layout through the kernels (activations bfloat16, as a bfloat16 forward hands them,
-which the avx512bf16 level multiplies without widening; --kernel-x float32 for float32 ones),
+rows are shorter and whose down projection's longer) and token count: dense float32 and
+bfloat16 through torch's F.linear (the faster is "dense"), dense bfloat16 through the kernels
+(read in place, as `prunellm.load` runs a dense layer at decode), then each layout through the
+kernels (activations bfloat16, as a bfloat16 forward hands them, which the avx512bf16 level
+multiplies without widening; --kernel-x float32 for float32 ones),
 with its time, speed-up over dense, bytes read, GB/s, and the share of this machine's read
 bandwidth (measured here: torch summing a 1 GiB buffer on the same threads). Each compressed
 layout is also timed as the runtime's alternative to its kernel, the weight expanded for the
@@ -297,8 +298,8 @@ def main() -> None:
     cpu = cpu_description()
     bandwidth = read_bandwidth(0.0625 if args.small else 1.0)
     working_set = (1 if args.small else args.working_set_mib) * 2**20
-    results = run(SMALL if args.small else SHAPE_SETS[args.shapes], args.tokens, args.threads, bandwidth, working_set,
-                  getattr(torch, args.kernel_x), args.only)
+    shapes = SMALL if args.small else SHAPE_SETS[args.shapes]
+    results = run(shapes, args.tokens, args.threads, bandwidth, working_set, getattr(torch, args.kernel_x), args.only)
     print_table(results, cpu, bandwidth, f"{cpu_kernels.isa()}, {args.kernel_x} activations")
     print("\nkernel over its alternative (expanded + torch; torch bf16 for the dense kernel), "
           "tokens up to which it wins:")

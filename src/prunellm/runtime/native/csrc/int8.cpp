@@ -52,7 +52,7 @@ struct Codes4 {
     void row(const PnlWeight* w, int64_t r, int in_flight) {
         base = (const uint8_t*)w->values;
         p = w->row_start[r];
-        q_ahead = ahead(kPrefetchBytes / 2, stored_in(w, r, in_flight) / 2);
+        q_ahead = values_ahead(w, r, in_flight, kPrefetchBytes / 2);
         m_ahead = mask_ahead(w, in_flight);
     }
     void prefetch_ahead(const uint64_t* mword) {  // once per segment: 2 steps read at most 64 bytes of codes
@@ -81,7 +81,7 @@ struct Codes8 {  // 8-bit codes, a byte each
     int64_t p_ahead, m_ahead;
     void row(const PnlWeight* w, int64_t r, int in_flight) {
         p = (const uint8_t*)w->values + w->row_start[r];
-        p_ahead = ahead(kPrefetchBytes, stored_in(w, r, in_flight));
+        p_ahead = values_ahead(w, r, in_flight, kPrefetchBytes);
         m_ahead = mask_ahead(w, in_flight);
     }
     void prefetch_ahead(const uint64_t* mword) {  // 2 steps read at most 128 bytes
