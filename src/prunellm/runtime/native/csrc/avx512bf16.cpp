@@ -124,7 +124,7 @@ inline void store_sums(const __m512 (&part)[RB][NT][P], const __m512 (&acc)[RB][
 // vdpbf16ps waits on the previous one into the same sum). A scaled source sums a group into
 // `part` and adds part * scale to `acc` at the group's end.
 template <int NT, int RB, bool MASKED, class Source>
-void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
+void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r, BlockPrefetch& ahead) {
     constexpr int P = NT * RB <= 4 ? 2 : 1;
     const int64_t cp = w->cols_pad, words = cp / 64, R = w->rows;
     const bool grouped = w->value_kind == PNL_CODES;
@@ -141,8 +141,11 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
         }
     }
     auto fold = [&]() { fold_group<NT, RB, P>(src, part, acc); };
+    constexpr bool kBlockPrefetch = MASKED && Source::kBlockPrefetch;
+    if (kBlockPrefetch) ahead.block(r, RB);
     int64_t next_group = 0, g = 0;
     for (int64_t word = 0; word < words; ++word) {
+        if (kBlockPrefetch) ahead.step(word);
         const int64_t c = word * 64;
         if (grouped && c == next_group) {
             if (Source::kScaled && c > 0) fold();
@@ -151,7 +154,8 @@ void block(const PnlWeight* w, const uint16_t* x, float* y, int64_t r) {
             next_group += gs;
         }
         __m512bh a[RB], b[RB];
-        for (int i = 0; i < RB; ++i) src[i].template next<MASKED>(MASKED ? mrow[i] + word : nullptr, a[i], b[i]);
+        for (int i = 0; i < RB; ++i)
+            src[i].template next<MASKED, !kBlockPrefetch>(MASKED ? mrow[i] + word : nullptr, a[i], b[i]);
         products<NT, RB, P>(a, b, x + word * NT * 64, part);
     }
     if (Source::kScaled) fold();
@@ -236,9 +240,10 @@ void rows(const PnlWeight* w, const uint16_t* xb, float* y, int64_t r0, int64_t 
     if constexpr (NT >= kPanelTokens) {
         panels<NT, MASKED, Source>(w, x, y, r0, r1);
     } else {
+        BlockPrefetch ahead(w, r0);
         int64_t r = r0;
-        for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, y, r);
-        for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r);
+        for (; r + RB <= r1; r += RB) block<NT, RB, MASKED, Source>(w, x, y, r, ahead);
+        for (; r < r1; ++r) block<NT, 1, MASKED, Source>(w, x, y, r, ahead);
     }
 }
 
