@@ -1,7 +1,7 @@
 """A whole model at decode on this CPU: prunellm's dense model against the same model kept
 compressed on the native kernels, one row per compressed layout.
 
-    python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] \
+    python bench/cpu_model.py DIR [DIR ...] [--prompt-tokens 128] [--new-tokens 128] [--rounds 1] \
         [--head-bits 4 [8]] [--embed-bits 4] [--int8-activations] [--llama FILE.gguf ...] [--llama-ppl] \
         [--out bench/results/cpu_model_smollm2.json] [--plot bench/results/cpu_model_smollm2.png]
     python bench/cpu_model.py DIR [DIR ...] [--head-bits 4] [--llama FILE.gguf ...] --score-only --out SCORES.json
@@ -32,6 +32,13 @@ scored by llama.cpp (llama-cpp-python) on the windows of the first DIR's report 
 tokenizer, window length and token count: like with like). The plot draws perplexity against
 decode tokens/s and against the file size; with no perplexity in any row, decode tokens/s
 against the weights held in memory.
+
+--rounds N times every row, llama.cpp's included, N times in turn (all rows, then all again)
+and keeps each row's fastest round, every round's tokens/s in the row's `decode_rounds` and in
+the table. On a machine whose memory bandwidth moves between levels minutes apart (the Zen 5
+VM of bench/README.md: 50 and 80 GB/s), --repeats alone times each row's runs within the same
+minute, so one row can land wholly in a slow spell and another in a fast one; rounds spread
+each row's runs over the whole run.
 
 --score-only times nothing: it scores every row's perplexity on the model as it runs
 (`prunellm.load`, the "+ head N-bit" rows with their head quantized, the dense row expanded)
@@ -91,6 +98,21 @@ def measure(directories: list[Path], config: InferConfig, head_bits: tuple[int, 
             row["perplexity"] = _perplexity_of(scores, row)
             row["ppl_source"] = "as loaded"
     return {"machine": machine_description("cpu"), "config": vars(config), "rows": rows}
+
+
+def best_of_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Each row's fastest round of several runs of the same rows (in the same order), with every
+    round's decode tokens/s as `decode_rounds` (and the perplexity of the round that scored one:
+    llama.cpp's files are scored in the first only)."""
+    merged = []
+    for same in zip(*rounds, strict=True):
+        if len({row["setting"] for row in same}) != 1:
+            raise ValueError(f"the rounds' rows differ: {sorted({row['setting'] for row in same})}")
+        best = max(same, key=lambda row: row["decode_tokens_per_second"])
+        scored = next((row["perplexity"] for row in same if row.get("perplexity")), best.get("perplexity", {}))
+        merged.append({**best, "perplexity": scored,
+                       "decode_rounds": [row["decode_tokens_per_second"] for row in same]})
+    return merged
 
 
 def _row_key(row: dict) -> str:
@@ -230,18 +252,23 @@ def describe(method: dict) -> str:
 
 
 def table(result: dict) -> str:
+    """The rows as a markdown table; with --rounds, a last column of every round's tokens/s."""
     rows = result["rows"]
     dense = max(row["decode_tokens_per_second"] for row in rows if row["setting"].startswith("dense"))
-    lines = ["| setting | decode tok/s | × dense | prefill tok/s | weights MiB | run peak MiB | file MiB | ppl |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rounds = any(len(row.get("decode_rounds", ())) > 1 for row in rows)
+    lines = ["| setting | decode tok/s | × dense | prefill tok/s | weights MiB | run peak MiB | file MiB | ppl |"
+             + (" rounds tok/s |" if rounds else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if rounds else "")]
     for row in rows:
         ppl = next(iter(row["perplexity"].values()), None) if row["perplexity"] else None
         file_mib = f"{row['file_bytes'] / 2**20:.1f}" if row["file_bytes"] else "–"
         prefill = f"{row['prefill_tokens_per_second']:.0f}" if "prefill_tokens_per_second" in row else "–"
         peak = f"{row['run_peak_memory_bytes'] / 2**20:.0f}" if "run_peak_memory_bytes" in row else "–"
+        each = " / ".join(f"{value:.1f}" for value in row.get("decode_rounds", ()))
         lines.append(f"| {row['setting']} | {row['decode_tokens_per_second']:.1f} | "
                      f"{row['decode_tokens_per_second'] / dense:.2f} | {prefill} | {row['weight_bytes'] / 2**20:.1f} | "
-                     f"{peak} | {file_mib} | {'–' if ppl is None else f'{ppl:.2f}'} |")
+                     f"{peak} | {file_mib} | {'–' if ppl is None else f'{ppl:.2f}'} |"
+                     + (f" {each} |" if rounds else ""))
     return "\n".join(lines)
 
 
@@ -320,6 +347,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise SystemExit("--embed-bits quantizes the embeddings of the --head-bits rows: give --head-bits")
     if args.int8_activations and not args.head_bits:
         raise SystemExit("--int8-activations adds a row per --head-bits row: give --head-bits")
+    if args.rounds < 1 or args.repeats < 1:
+        raise SystemExit(f"--rounds and --repeats count runs: at least 1 (got {args.rounds} and {args.repeats})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time all rows this many times in turn, each row's fastest round kept (see above)")
     parser.add_argument("--head-bits", type=int, nargs="+", choices=(8, 4), default=[],
                         help="also each compressed row with its head quantized to these bits")
     parser.add_argument("--embed-bits", type=int, choices=(8, 4), default=None,
@@ -370,9 +401,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scores = read_scores(args.ppl_from, args.directories[0]) if args.ppl_from else None
     config = InferConfig(args.prompt_tokens, args.new_tokens, 1, args.repeats, "cpu")
-    result = measure(args.directories, config, args.head_bits, scores, args.embed_bits, args.int8_activations)
-    result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(),
-                                 args.directories[0] if args.llama_ppl or scores else None, scores)
+    rounds = []
+    for round_ in range(args.rounds):
+        result = measure(args.directories, config, args.head_bits, scores, args.embed_bits, args.int8_activations)
+        # llama.cpp's files are scored in the first round only (scores given: in none)
+        windows_from = args.directories[0] if (args.llama_ppl and round_ == 0) or scores else None
+        result["rows"] += llama_rows(args.llama, config, torch.get_num_threads(), windows_from, scores)
+        rounds.append(result["rows"])
+    if args.rounds > 1:
+        result["rows"] = best_of_rounds(rounds)
+        result["rounds"] = args.rounds
     print(result["machine"])
     print(table(result))
     if args.out:

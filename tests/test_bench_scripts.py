@@ -51,6 +51,7 @@ def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path, monkeypatc
         (str(tmp_path / "run"), "--llama", str(tmp_path / "not.gguf"), "--score-only", "--out", "x"): "not a GGUF",
         (str(tmp_path / "run"), "--ppl-from", str(tmp_path / "none.json")): "no such file",
         (str(tmp_path / "none.json"), "--from-json"): "is not a file",
+        (str(tmp_path / "run"), "--rounds", "0"): "at least 1",
     }
     for args, message in cases.items():
         with pytest.raises(SystemExit) as stopped:
@@ -58,3 +59,33 @@ def test_cpu_model_refuses_paths_it_cannot_read_in_one_line(tmp_path, monkeypatc
         assert isinstance(stopped.value.code, str) and message in stopped.value.code, args
         assert len(stopped.value.code.splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
+
+
+def test_cpu_model_rounds_keep_each_rows_fastest_round(monkeypatch) -> None:
+    """--rounds: rows matched by setting keep their fastest round's figures, list every round's
+    tokens/s, and a llama.cpp row keeps the perplexity its first round scored; rounds whose rows
+    differ are refused; the table shows the rounds."""
+    import pytest
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("cpu_model_rounds", BENCH / "cpu_model.py")
+    cpu_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_model)
+
+    def row(setting: str, speed: float, peak: int, ppl: dict) -> dict:
+        return {"setting": setting, "decode_tokens_per_second": speed, "run_peak_memory_bytes": peak,
+                "weight_bytes": 2**20, "file_bytes": None, "perplexity": ppl}
+
+    first = [row("dense bf16 (kernels)", 10.0, 1 << 30, {"wikitext2": 17.0}),
+             row("llama.cpp F16", 12.0, 0, {"wikitext2": 17.5})]
+    second = [row("dense bf16 (kernels)", 14.0, 2 << 30, {"wikitext2": 17.0}), row("llama.cpp F16", 11.0, 0, {})]
+    third = [row("dense bf16 (kernels)", 13.0, 3 << 30, {"wikitext2": 17.0}), row("llama.cpp F16", 15.0, 0, {})]
+    merged = cpu_model.best_of_rounds([first, second, third])
+    assert [r["decode_tokens_per_second"] for r in merged] == [14.0, 15.0]
+    assert merged[0]["run_peak_memory_bytes"] == 2 << 30  # the fastest round's own figures
+    assert merged[0]["decode_rounds"] == [10.0, 14.0, 13.0] and merged[1]["decode_rounds"] == [12.0, 11.0, 15.0]
+    assert merged[1]["perplexity"] == {"wikitext2": 17.5}
+    text = cpu_model.table({"rows": merged})
+    assert "rounds tok/s" in text and "12.0 / 11.0 / 15.0" in text
+    with pytest.raises(ValueError, match="rows differ"):
+        cpu_model.best_of_rounds([first, list(reversed(second))])
