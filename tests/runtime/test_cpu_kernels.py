@@ -164,8 +164,9 @@ def test_calls_of_nine_to_sixteen_tokens_carry_their_sums_across_panels(level, t
 
 
 # Rows longer than a block's prefetch floor (bf16_sources.inc, prefetch.inc): each stream is
-# prefetched where it is read a block of rows on, clipped at the last row (37 rows: the last
-# blocks reach past it), at 1 and 2 tokens (blocks of 4 and 2 rows) and 9 (chunks of panels).
+# prefetched where it is read a block of rows on (stored bfloat16 values: the block's own
+# BlockPrefetch over its thread's rows), clipped at the last row (37 rows: the last blocks reach
+# past it), at 1 and 2 tokens (blocks of 4 and 2 rows) and 9 (chunks of panels).
 LONG_CASES = ["values:0.5", "values:0.7", "qbitmask:4:128:8960:bfloat16", "qnm2-4:4:128:8960:bfloat16",
               "qquant:8:128:8960:bfloat16"]
 
@@ -179,6 +180,24 @@ def test_long_rows_sum_as_expand_then_multiply(level, threads, case) -> None:
     dense, native = decompress_weight(packed).float(), cpu_kernels.prepare(packed.spec, packed.tensors)
     for tokens in (1, 2, 9):
         x = torch.randn(tokens, dense.shape[1], generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+        _close(_float_sums(x, native), x, dense)
+
+
+def test_masked_rows_of_uneven_lengths_sum_as_expand_then_multiply(level, threads) -> None:
+    """Stored bfloat16 values whose rows hold nothing, everything or half (BlockPrefetch paces
+    its streams by each block's bytes: blocks of no bytes, of a full layer's rows, and the single
+    rows after the last whole block), 8960 columns and 37 rows, 1 to 4 tokens (blocks of 4, 2,
+    2 and 1 rows)."""
+    weight = _pruned(8960, sparsity=0.5)  # (ROWS, 8960)
+    full = torch.randn(ROWS, 8960, generator=torch.Generator().manual_seed(5))
+    weight[0::4] = 0.0
+    weight[1::4] = full[1::4]
+    weight[8:16] = 0.0  # two whole blocks of 4 rows with nothing stored
+    packed = compress_weight(weight.bfloat16())
+    assert packed.spec.layout == "bitmask"
+    dense, native = decompress_weight(packed).float(), cpu_kernels.prepare(packed.spec, packed.tensors)
+    for tokens in (1, 2, 3, 4):
+        x = torch.randn(tokens, 8960, generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
         _close(_float_sums(x, native), x, dense)
 
 
