@@ -17,7 +17,10 @@ bandwidth (measured here: torch summing a 1 GiB buffer on the same threads). Eac
 layout is also timed as the runtime's alternative to its kernel, the weight expanded for the
 call then torch's product ("expanded"), and the dense kernel against torch's bfloat16 product:
 the crossover table says up to how many tokens each kernel wins at every shape, the figures
-runtime/token_limits.py holds. Each row cycles through copies of its layer in distinct memory, at least
+runtime/token_limits.py holds. Before each layout's kernel at each token count the dense
+kernel is timed again, so that a layout's speed-up over the dense kernel ("× dense kernel",
+the 1-token table beside the byte limit) comes from one spell of a VM whose memory bandwidth
+moves between levels within minutes. Each row cycles through copies of its layer in distinct memory, at least
 --working-set-mib in all, as a model's layers follow one another: a single layer timed in a
 loop would sit in the last-level cache (32 MiB on the machine of bench/README.md) and flatter
 every figure. "of bytes" is the byte-limited time (bytes / bandwidth) over the measured one: 1.0
@@ -174,8 +177,12 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
                 native.int8_activations = name.endswith(INT8)
             for count, x in xs.items():
                 xk = x.to(kernel_x)
+                # the dense kernel again just before the layout: on a VM whose memory moves between
+                # levels within minutes, the dense rows timed at the shape's start can fall in
+                # another spell than this row, and the pair keeps the ratio to one spell
+                paired = cycled(lambda w: cpu_kernels.matmul(xk, w), in_place)
                 timed_rows[count].append((name, cycled(lambda w: cpu_kernels.matmul(xk, w), weights),
-                                          weights[0].nbytes))
+                                          weights[0].nbytes, paired))
                 # with int8 activations the expanded call rounds them first too (runtime/linear.py)
                 xa = round_activations(xk).to(xk.dtype) if name.endswith(INT8) else xk
                 alternative[count, name] = cycled(
@@ -185,11 +192,13 @@ def run(shapes: dict[str, tuple[int, int]], tokens: list[int], threads: int, ban
             t32, t16 = measured[0][1], measured[1][1]
             dense = min(t32, t16)
             dense_bytes = rows * cols * (4 if t32 <= t16 else 2)
-            for name, seconds, nbytes in measured:
+            for name, seconds, nbytes, *paired in measured:
                 results.append({"shape": shape_name, "rows": rows, "cols": cols, "tokens": count, "layout": name,
                                 "ms": seconds * 1e3, "speedup": dense / seconds, "bytes": nbytes,
                                 "gb_s": nbytes / seconds / 1e9, "of_bandwidth": nbytes / seconds / bandwidth,
                                 "dense_bytes": dense_bytes, "threads": threads})
+                if paired:  # the dense kernel (bfloat16 in place) timed just before this row
+                    results[-1]["paired_dense_kernel_ms"] = paired[0] * 1e3
                 if (count, name) in alternative:
                     results[-1]["alternative_ms"] = alternative[count, name] * 1e3
         del fp32, bf16, in_place
@@ -239,6 +248,29 @@ def family_limits(results: list[dict]) -> dict[str, int]:
     return limits
 
 
+def paired_table(results: list[dict], shapes: list[str]) -> list[str]:
+    """1 token: each compressed layout's speed-up over the dense kernel timed just before it, and
+    the byte limit (the dense bfloat16 bytes over the layout's); no lines for results without
+    the pairs (runs before they were timed)."""
+    at = {(r["shape"], r["layout"]): r for r in results if r["tokens"] == 1 and "paired_dense_kernel_ms" in r}
+    if not at:
+        return []
+    lines = ["", "| layout (1 token) | " + " | ".join(f"{s.split()[1]} × dense kernel (limit)" for s in shapes)
+             + " |",
+             "| --- | " + " | ".join("---:" for _ in shapes) + " |"]
+    for layout in dict.fromkeys(layout for _, layout in at):
+        cells = []
+        for shape in shapes:
+            r = at.get((shape, layout))
+            if r is None:
+                cells.append("–")
+                continue
+            limit = r["rows"] * r["cols"] * 2 / r["bytes"]  # dense bfloat16 bytes over the layout's
+            cells.append(f"{r['paired_dense_kernel_ms'] / r['ms']:.2f}× ({limit:.2f})")
+        lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: list[dict]) -> str:
     """bench/README.md's two tables: 1 token per shape, and the speed-up range by token count."""
     shapes = list(dict.fromkeys(r["shape"] for r in results))
@@ -255,6 +287,7 @@ def markdown(results: list[dict]) -> str:
         gb = [r["gb_s"] for r in rows]
         share = [r["of_bandwidth"] for r in rows]
         lines.append(f"| {layout} | {cells} | {min(gb):.0f}-{max(gb):.0f} | {min(share):.2f}-{max(share):.2f} |")
+    lines += paired_table(results, shapes)
     lines += ["", "| layout | " + " | ".join(f"{c} token{'s' if c > 1 else ''}" for c in counts) + " |",
               "| --- | " + " | ".join("---:" for _ in counts) + " |"]
     for layout in layouts:

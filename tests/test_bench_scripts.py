@@ -89,3 +89,34 @@ def test_cpu_model_rounds_keep_each_rows_fastest_round(monkeypatch) -> None:
     assert "rounds tok/s" in text and "12.0 / 11.0 / 15.0" in text
     with pytest.raises(ValueError, match="rows differ"):
         cpu_model.best_of_rounds([first, list(reversed(second))])
+
+
+def test_layer_kernels_pairs_each_layout_with_the_dense_kernel_timed_before_it(monkeypatch) -> None:
+    """bench/layer_kernels.py's 1-token table of each layout against the dense kernel timed just
+    before it: the ratio and the byte limit per shape, a dash where a shape lacks the layout, and
+    no table for results of runs before the pairs were timed."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("layer_kernels_under_test", BENCH / "layer_kernels.py")
+    layer_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layer_kernels)
+
+    def result(shape: str, layout: str, ms: float, nbytes: int, paired: float | None, tokens: int = 1) -> dict:
+        row = {"shape": shape, "rows": 64, "cols": 128, "tokens": tokens, "layout": layout, "ms": ms,
+               "speedup": 1.0, "bytes": nbytes, "gb_s": 1.0, "of_bandwidth": 0.5}
+        if paired is not None:
+            row["paired_dense_kernel_ms"] = paired
+        return row
+
+    dense_bytes = 64 * 128 * 2
+    results = [result("a 64x128", "dense bf16 (kernel)", 1.0, dense_bytes, None),
+               result("a 64x128", "50% bitmask bf16", 0.5, dense_bytes // 2, 0.8),
+               result("a 64x128", "50% bitmask bf16", 0.9, dense_bytes // 2, 1.8, tokens=16),
+               result("b 64x128", "dense bf16 (kernel)", 1.0, dense_bytes, None)]
+    lines = layer_kernels.paired_table(results, ["a 64x128", "b 64x128"])
+    assert lines[1].startswith("| layout (1 token) | 64x128 × dense kernel (limit)")
+    assert lines[3] == "| 50% bitmask bf16 | 1.60× (2.00) | – |"
+    assert len(lines) == 4  # the dense rows have no pair of their own
+    assert "× dense kernel (limit)" in layer_kernels.markdown(results)
+    for row in results:
+        row.pop("paired_dense_kernel_ms", None)
+    assert layer_kernels.paired_table(results, ["a 64x128", "b 64x128"]) == []
